@@ -1,0 +1,1 @@
+"""Reading images and masks, datasets and splits, synthetic phantoms."""
