@@ -1,0 +1,146 @@
+"""Training checkpoints: written atomically, read with `weights_only=True`, rebuild their model alone.
+
+A checkpoint is a plain dict of tensors and Python containers:
+{"model", "optimizer", "epoch", "metric", "model_args", "recipe", "version"} plus the state a resumed
+run needs to continue exactly (GradScaler, RNG states, best-so-far, history, negative-rotation
+position). Nothing in it is an arbitrary Python object, so loading runs no code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ptxfast import __version__
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says which file and what to do."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` to `path` atomically (a temporary file in the same folder, then os.replace),
+    so a run killed mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def link_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Make `dst` hold the same bytes as the just-written `src` (a hard link when the filesystem
+    allows, else a copy), atomically: best.pt then costs no second write of a large file."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True`: tensors and plain containers only, no code runs.
+
+    A file holding other pickled objects is refused with a `CheckpointError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path} was refused: it holds Python objects, not only tensors and plain containers "
+            f"({first}); load only checkpoints written by ptxfast"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({err}); retrain it") from None
+    if not isinstance(state, dict) or "model" not in state or "model_args" not in state:
+        raise CheckpointError(f"{path} is not a ptxfast checkpoint (no model / model_args)")
+    return state
+
+
+def model_from_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, checkpoint dict): the architecture rebuilt from `model_args` and the
+    saved weights loaded; no ImageNet lookup, no network. A cascade's segmenter is in the state."""
+    from ptxfast.models import build
+
+    state = load_checkpoint(path, map_location)
+    name = state["model_args"]["name"]
+    model = build(name, weights=None)
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (how cascades and exports name the checkpoints they used)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- RNG states
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python RNG states as tensors and plain containers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": version, "state": list(internal), "gauss": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def checkpoint_header(name: str, size: int) -> dict[str, Any]:
+    """The `model_args` and `version` entries every ptxfast checkpoint carries."""
+    return {"model_args": {"name": name, "size": size}, "version": __version__}

@@ -1,0 +1,167 @@
+"""Training recipes as data: `train/*.toml` → `TrainConfig`.
+
+A recipe file has a `[defaults]` table and optional `[models.<name>]` tables that override it for
+one model; every key is a `TrainConfig` field. Command-line options fill the same dataclass via
+`with_overrides`. Nothing is executed: TOML in, a typed, validated dataclass out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptxfast import MODEL_NAMES
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = None  # type: ignore[assignment]
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "train"
+
+
+class TrainError(ValueError):
+    """A training run that cannot start or go on; the message says what to do."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on. Recipes and command-line options fill it."""
+
+    arch: str  # one of the eight model names
+    data: str = ""  # dataset root (CANDID-PTX or SIIM layout); "" when datasets are passed in
+    runs: str = "runs"  # checkpoints and logs go to <runs>/<arch>/
+    size: int = 512  # square input side in pixels; a multiple of 32 (U-Net strides)
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 1e-4
+    loss: str = "bce"  # BCE with logits: per pixel for segmenters, per image otherwise
+    optimizer: str = "adam"
+    # Initial weights: "imagenet" (read from disk caches), "none", or a state-dict path.
+    weights: str = "imagenet"
+    # "paper": DESIGN.md policy per model; "none": all trainable; "auto": the paper's policy when
+    # the model starts from pretrained weights, all trainable from random init (frozen random
+    # layers would only add noise).
+    freezing: str = "paper"
+    # Every N epochs the training negatives are swapped for unseen pool ones; 0: never.
+    rotate_every: int = 4
+    select: str = "f1"  # validation metric that picks best.pt
+    seed: int = 0  # initial weights, data order, and the splits when splits.csv does not exist yet
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+    workers: int = 0  # DataLoader worker processes
+    amp: str = "fp16"  # CUDA autocast: "fp16" (+ GradScaler), "bf16" or "off"; CPU is always fp32
+    channels_last: bool = True  # NHWC memory format on CUDA (faster convolutions with AMP)
+    cache_images: bool = False  # keep decoded, resized images in memory across epochs (small runs)
+    cache_masks: bool = True  # cascades with cache_images: run the frozen segmenter once per image
+    segmenter: str = ""  # cascades: the segmenter checkpoint; "": <runs>/<segmenter name>/best.pt
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this run's checkpoints and logs live: <runs>/<arch>."""
+        return Path(self.runs) / self.arch
+
+
+_CHOICES = {
+    "loss": ("bce",),
+    "optimizer": ("adam",),
+    "freezing": ("paper", "none", "auto"),
+    "select": ("f1", "auc", "recall", "precision"),
+    "amp": ("fp16", "bf16", "off"),
+}
+# Fields that change the arithmetic of a run: a resume must not change them.
+RESUME_FIXED = ("arch", "size", "batch_size", "lr", "loss", "optimizer", "freezing", "seed")
+
+
+def _validate(cfg: TrainConfig) -> None:
+    if cfg.arch not in MODEL_NAMES:
+        raise TrainError(f"unknown model {cfg.arch!r}; choose one of: {', '.join(MODEL_NAMES)}")
+    for name, allowed in _CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise TrainError(f"{name} = {getattr(cfg, name)!r}; choose one of {', '.join(allowed)}")
+    if cfg.size < 32 or cfg.size % 32:
+        raise TrainError(f"size {cfg.size} must be a positive multiple of 32 (U-Net strides)")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise TrainError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise TrainError(f"lr must be positive, got {cfg.lr}")
+    if cfg.rotate_every < 0 or cfg.workers < 0:
+        raise TrainError("rotate_every and workers must be >= 0")
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check a recipe value against the field's type (TOML ints are fine where floats go)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if name not in fields:
+        raise TrainError(f"{source}: unknown setting {name!r}; known: {', '.join(fields)}")
+    want = type(fields[name].default) if name != "arch" else str
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is str and isinstance(value, Path):
+        return str(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise TrainError(f"{source}: {name} = {value!r} should be a {want.__name__}")
+    return value
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """`paper` / `quick` (the recipes in train/) or a path to a .toml file."""
+    text = str(recipe)
+    bare = "/" not in text and not text.endswith(".toml")
+    path = RECIPE_DIR / f"{text}.toml" if bare else Path(text)
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
+        raise TrainError(f"recipe {text!r} not found; use one of {known} or a path to a .toml file")
+    return path
+
+
+def load_recipe(recipe: str | Path, arch: str) -> TrainConfig:
+    """The TrainConfig of `arch` in a recipe: its [defaults] table overlaid by [models.<arch>]."""
+    path = recipe_path(recipe)
+    if tomllib is None:
+        raise TrainError("reading recipes needs Python 3.11+ (tomllib)")
+    with open(path, "rb") as f:
+        try:
+            doc = tomllib.load(f)
+        except tomllib.TOMLDecodeError as err:
+            raise TrainError(f"{path} is not valid TOML: {err}") from None
+    extra = set(doc) - {"defaults", "models"}
+    if extra:
+        raise TrainError(f"{path}: unknown table(s) {sorted(extra)}; use [defaults] and [models.X]")
+    unknown = set(doc.get("models", {})) - set(MODEL_NAMES)
+    if unknown:
+        raise TrainError(f"{path}: unknown model(s) {sorted(unknown)}; known: {MODEL_NAMES}")
+    values = {**doc.get("defaults", {}), **doc.get("models", {}).get(arch, {})}
+    values = {k: _coerce(k, v, str(path)) for k, v in values.items()}
+    values.pop("arch", None)
+    return TrainConfig(arch=arch, **values)
+
+
+def with_overrides(cfg: TrainConfig, **overrides: Any) -> TrainConfig:
+    """A copy of `cfg` with the given settings replaced (None values are ignored)."""
+    given = {k: _coerce(k, v, "override") for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(cfg, **given)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # JSON string escapes are valid TOML basic strings
+
+
+def config_toml(cfg: TrainConfig, notes: dict[str, Any] | None = None) -> str:
+    """The resolved config as a recipe file (`load_recipe` reads it back); `notes` become
+    comments (e.g. the sha256 of a cascade's segmenter checkpoint)."""
+    lines = [f"# resolved ptxfast training config of {cfg.arch}"]
+    lines += [f"# {k} = {v}" for k, v in (notes or {}).items()]
+    lines.append("[defaults]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in dataclasses.asdict(cfg).items() if k != "arch"]
+    return "\n".join(lines) + "\n"

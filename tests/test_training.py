@@ -1,0 +1,417 @@
+"""Training: recipes, one optimizer step, evaluation, checkpoints, exact resume, DDP, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from ptxfast import MODEL_NAMES
+from ptxfast.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from ptxfast.models import build, min_area
+from ptxfast.training import (
+    Step,
+    TrainConfig,
+    TrainData,
+    TrainError,
+    evaluate,
+    fit,
+    load_recipe,
+    train_one_epoch,
+    with_overrides,
+)
+
+S = 64
+
+
+@pytest.fixture(autouse=True)
+def _quiet_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    logging.getLogger("ptxfast.models").setLevel(logging.ERROR)  # no ImageNet files in CI
+    yield
+    logging.getLogger("ptxfast.models").setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # On a shared 2-core machine two OpenMP threads that wait on each other run several times
+    # slower than one; tiny models gain little from a second thread anyway.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _items(n: int, seed: int) -> TensorDataset:
+    """n images at S², every second one with a bright rectangle (its mask) that marks it positive."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) % 2).float()
+    mask = torch.zeros(n, 1, S, S)
+    mask[y == 1, :, 16:40, 8:30] = 1
+    x = torch.rand(n, 1, S, S, generator=g) * 0.5 + 0.4 * mask
+    return TensorDataset(x, mask, y)
+
+
+class _Noisy(Dataset):
+    """Adds noise from the *global* torch RNG, so resuming must restore RNG state to match."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, m, y = self.base[i]
+        return (x + 0.01 * torch.rand_like(x)).clamp(0, 1), m, y
+
+
+def _data(n_train: int = 8) -> TrainData:
+    blocks = [_items(n_train, 10 + b) for b in range(3)]  # stands in for negative rotation
+    return TrainData(
+        train=lambda e: _Noisy(blocks[(e // 2) % 3]), val=_items(6, 1), test=_items(6, 2)
+    )
+
+
+def _cfg(tmp_path, arch: str = "rn34", **kw) -> TrainConfig:
+    base = dict(
+        arch=arch,
+        runs=str(tmp_path / "runs"),
+        size=S,
+        epochs=1,
+        batch_size=2,
+        weights="none",
+        device="cpu",
+        rotate_every=2,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+# ------------------------------------------------------------------------------------- recipes
+
+
+@pytest.mark.parametrize("recipe", ["paper", "quick"])
+def test_recipes_load_for_all_eight(recipe):
+    for name in MODEL_NAMES:
+        cfg = load_recipe(recipe, name)
+        assert cfg.arch == name and cfg.loss == "bce" and cfg.optimizer == "adam"
+        assert cfg.rotate_every > 0 and cfg.select == "f1"
+    paper = load_recipe("paper", "eb3")
+    assert (paper.lr, paper.batch_size, paper.epochs, paper.size) == (1e-4, 4, 20, 512)
+    assert paper.weights == "imagenet" and paper.rotate_every == 4
+
+
+def test_recipe_file_sections_and_errors(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[defaults]\nepochs = 3\nlr = 1\n[models."eb3un+eb3"]\nepochs = 5\n')
+    assert load_recipe(path, "eb3").epochs == 3
+    cfg = load_recipe(path, "eb3un+eb3")
+    assert cfg.epochs == 5 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    path.write_text("[defaults]\nepoch = 3\n")
+    with pytest.raises(TrainError, match="unknown setting 'epoch'"):
+        load_recipe(path, "eb3")
+    path.write_text("[defaults]\nsize = 100\n")
+    with pytest.raises(TrainError, match="multiple of 32"):
+        load_recipe(path, "eb3")
+    path.write_text('[defaults]\nepochs = "many"\n')
+    with pytest.raises(TrainError, match="should be a int"):
+        load_recipe(path, "eb3")
+    with pytest.raises(TrainError, match="not found"):
+        load_recipe("fastest", "eb3")
+    over = with_overrides(load_recipe("paper", "rn34"), epochs=2, lr=None, size=64)
+    assert (over.epochs, over.lr, over.size) == (2, 1e-4, 64)
+
+
+# ---------------------------------------------------------------------------------------- loop
+
+
+@pytest.mark.parametrize("arch", ["rn34", "eb3", "rn34un", "rn34un+rn34"])
+def test_one_step_lowers_the_loss(arch):
+    torch.manual_seed(0)
+    model = build(arch, weights=None)
+    x, m, y = _items(2, 0).tensors
+    step = Step(
+        "segmenter" if arch == "rn34un" else "classifier", torch.device("cpu")
+    )  # a cascade steps like a classifier: image in, image logit out
+
+    def loss() -> float:
+        model.train()  # batch statistics, as in the step itself
+        with torch.no_grad():
+            logits, target, _ = step(model, (x, m, y))
+            return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, target))
+
+    before = loss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    stats = train_one_epoch(model, [(x, m, y)], opt, step)
+    assert stats["images"] == 2 and stats["loss"] == pytest.approx(before, rel=1e-4)
+    assert loss() < before
+    for n, p in model.named_parameters():  # the frozen part did not move
+        if n in frozen:
+            assert torch.equal(p, frozen[n])
+
+
+class _FixedMasks(torch.nn.Module):
+    """A 'segmenter' returning given logits, to check the evaluation's labelling rule."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+        self.i = 0
+
+    def forward(self, x):
+        out = self.logits[self.i : self.i + len(x)]
+        self.i += len(x)
+        return out
+
+
+def test_segmenter_evaluation_uses_the_area_rule():
+    area = min_area(S)  # 6 at 64²
+    counts = [0, area, area + 1, 40]  # pixels above 0.3 per image
+    logits = torch.full((4, 1, S, S), -5.0)
+    for i, c in enumerate(counts):
+        logits[i].view(-1)[:c] = 2.0
+    labels = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    masks = torch.zeros(4, 1, S, S)
+    masks[1].view(-1)[: area + 1] = 1  # image 1: truth larger than the prediction
+    masks[2].view(-1)[: area + 1] = 1  # image 2: exact
+    data = TensorDataset(torch.zeros(4, 1, S, S), masks, labels)
+    loader = torch.utils.data.DataLoader(data, batch_size=3)
+    out = evaluate(_FixedMasks(logits), loader, Step("segmenter", torch.device("cpu")))
+    # predicted labels: [0, 0, 1, 1] against truth [0, 1, 1, 0]
+    assert out["recall"] == 0.5 and out["precision"] == 0.5 and out["f1"] == 0.5
+    assert out["n"] == 4 and out["auc"] == pytest.approx(0.5)
+    dice_1 = 2 * area / (area + area + 1)
+    assert out["dice"] == pytest.approx((dice_1 + 1.0) / 2)
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+
+def test_fit_writes_checkpoints_that_rebuild_the_model(tmp_path):
+    cfg = _cfg(tmp_path, epochs=2)
+    result = fit(cfg, _data())
+    run = cfg.run_dir
+    for name in ("last.pt", "best.pt", "summary.csv", "recipe.toml", "result.json"):
+        assert (run / name).is_file()
+    state = load_checkpoint(run / "last.pt")
+    assert {"model", "optimizer", "epoch", "metric", "model_args", "recipe", "version"} <= set(
+        state
+    )
+    assert {"scaler", "rng", "best_metric", "history"} <= set(state)
+    assert state["epoch"] == 2 and state["model_args"]["name"] == "rn34"
+    model, loaded = model_from_checkpoint(run / "last.pt")
+    assert not model.training
+    for k, v in state["model"].items():
+        assert torch.equal(model.state_dict()[k], v)
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] == result["best_epoch"] and result["test"]["n"] == 6
+    lines = (run / "summary.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch,train_loss")
+    assert load_recipe(run / "recipe.toml", "rn34") == cfg  # the resolved recipe reads back
+    assert not list(run.glob(".*tmp"))  # atomic writes leave no temporaries
+
+
+class _Payload:
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # runs on unpickling: creates the marker file
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "model_args": {"name": "rn34"}, "x": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        model_from_checkpoint(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: an unsafe load runs it
+    assert marker.exists()
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    whole = _cfg(tmp_path / "a", epochs=3)
+    fit(whole, _data())
+    cut = _cfg(tmp_path / "b", epochs=1)  # "killed" after epoch 1 (last.pt written)
+    fit(cut, _data())
+    resumed = fit(dataclasses.replace(cut, epochs=3), _data(), resume=True)
+    a = load_checkpoint(whole.run_dir / "last.pt")
+    b = load_checkpoint(cut.run_dir / "last.pt")
+    assert b["epoch"] == 3 and resumed["best_epoch"] == a["best_epoch"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    for pa, pb in zip(opt_a.values(), opt_b.values(), strict=True):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"])
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    with pytest.raises(TrainError, match="different recipe"):
+        fit(dataclasses.replace(cut, epochs=4, lr=1e-3), _data(), resume=True)
+
+
+def test_cascade_needs_its_trained_segmenter(tmp_path):
+    with pytest.raises(TrainError, match="ptxfast train --arch eb3un"):
+        fit(_cfg(tmp_path, "eb3un+rn34"), _data())
+
+
+def test_cascade_trains_on_a_frozen_segmenter(tmp_path):
+    seg_cfg = _cfg(tmp_path, "rn34un")
+    fit(seg_cfg, _data())
+    seg = load_checkpoint(seg_cfg.run_dir / "best.pt")["model"]
+    result = fit(_cfg(tmp_path, "rn34un+rn34"), _data())
+    assert len(result["segmenter_sha256"]) == 64
+    state = load_checkpoint(tmp_path / "runs" / "rn34un+rn34" / "last.pt")
+    for k, v in seg.items():  # the segmenter inside the cascade is the trained one, untouched
+        assert torch.equal(state["model"][f"segmenter.{k}"], v)
+    assert state["recipe"]["segmenter_sha256"] == result["segmenter_sha256"]
+
+
+# ---------------------------------------------------------------------------------------- DDP
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    logging.getLogger("ptxfast.models").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+    import ptxfast.training as training
+
+    real = training.train_one_epoch
+
+    def spy(module, *args, **kwargs):  # each rank's own weights after its epoch
+        stats = real(module, *args, **kwargs)
+        flat = torch.nn.utils.parameters_to_vector(module.parameters()).detach()
+        torch.save(flat, f"{out}/rank{rank}.pt")
+        return stats
+
+    training.train_one_epoch = spy
+    try:
+        fit(cfg, _data())
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    cfg = _cfg(tmp_path, "rn34")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    state = load_checkpoint(cfg.run_dir / "last.pt")
+    # The two ranks split the 8 training images: 2 steps of 2 each, 8 images in all.
+    assert state["history"][0]["train_images"] == 8
+    # Different shards, same weights after the step: the gradients were averaged across ranks.
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(rank0, rank1)
+    saved = torch.nn.utils.parameters_to_vector(
+        model_from_checkpoint(cfg.run_dir / "last.pt")[0].parameters()
+    )
+    assert torch.equal(saved, rank0)
+    assert not list(cfg.run_dir.glob(".*tmp"))
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "model_args": {"name": "rn34"}}, path)
+
+    def broken(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "model_args": {}}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from ptxfast.data.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("phantoms")
+    write_dataset(out, n=24, seed=0, size=256, positive_rate=0.4)
+    return out
+
+
+def test_cli_trains_on_phantoms_and_resumes(phantoms, tmp_path):
+    from click.testing import CliRunner
+
+    from ptxfast.cli import cli
+
+    runs = tmp_path / "runs"
+    args = ["train", "--arch", "rn34", "--recipe", "quick", "--data", str(phantoms)]
+    args += ["--runs", str(runs), "--batch-size", "4", "--weights", "none"]
+    result = CliRunner().invoke(cli, [*args, "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "rn34" in result.output and "test F1" in result.output
+    state = load_checkpoint(runs / "rn34" / "last.pt")
+    assert state["epoch"] == 1 and state["recipe"]["cache_images"] is True
+    assert state["recipe"]["size"] == load_recipe("quick", "rn34").size
+    # Resuming a finished run with more epochs continues at epoch 2.
+    result = CliRunner().invoke(cli, [*args, "--epochs", "2", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(runs / "rn34" / "last.pt")["epoch"] == 2
+
+
+def test_cli_errors_name_the_fix(phantoms, tmp_path):
+    from click.testing import CliRunner
+
+    from ptxfast.cli import cli
+
+    args = ["train", "--arch", "eb3un+eb3", "--data", str(phantoms), "--runs", str(tmp_path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "ptxfast train --arch eb3un" in result.output
+    result = CliRunner().invoke(cli, ["train", "--arch", "vgg16", "--data", str(phantoms)])
+    assert result.exit_code != 0 and "rn34un+rn34" in result.output
+    result = CliRunner().invoke(cli, ["train", "--arch", "all", "--recipe", "fast"])
+    assert result.exit_code != 0 and "quick" in result.output
+
+
+# ---------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_cuda_amp_channels_last_fit_and_resume(tmp_path, amp):
+    cfg = _cfg(tmp_path, "eb3un+eb3", device="cuda", amp=amp, epochs=1)
+    fit(_cfg(tmp_path, "eb3un", device="cuda", amp=amp), _data())
+    fit(cfg, _data())
+    state = load_checkpoint(cfg.run_dir / "last.pt")
+    assert bool(state["scaler"]) == (amp == "fp16")  # GradScaler only for fp16
+    assert all(v.device.type == "cpu" for v in state["model"].values())  # map_location cpu
+    result = fit(dataclasses.replace(cfg, epochs=2), _data(), resume=True)
+    assert load_checkpoint(cfg.run_dir / "last.pt")["epoch"] == 2
+    assert 0.0 <= result["test"]["f1"] <= 1.0 and result["test"]["n"] == 6
+    model, _ = model_from_checkpoint(cfg.run_dir / "last.pt")
+    assert torch.isfinite(model(torch.rand(2, 1, S, S))).all()
