@@ -1,0 +1,334 @@
+"""The paper's figures as PNG: mask overlays, confusion matrices, ROC curves, recall vs F1.
+
+Figures are built on `matplotlib.figure.Figure` objects and written by the Agg canvas, so nothing
+here touches pyplot's global state or needs a display. Inputs are plain arrays and numbers; the
+evaluation decides what to draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# One colour per model kind (recall-vs-F1 points); ROC curves add a line style per kind.
+KIND_COLORS = {"classifier": "#1f77b4", "segmenter": "#e6550d", "cascade": "#2ca02c"}
+KIND_LINES = {"classifier": "-", "segmenter": "--", "cascade": "-."}
+OUTCOME_COLORS = {"TP": "#1a9641", "TN": "#404040", "FP": "#e66101", "FN": "#d7191c"}
+TRUE_COLOR = "#00e5ff"  # true mask outline: cyan reads on gray and is apart from the prediction
+PRED_COLOR = "#ff2d95"  # predicted mask: magenta fill, distinct for red-green colour blindness
+_DPI = 110
+
+__all__ = [
+    "KIND_COLORS",
+    "OverlayTile",
+    "confusion_matrices",
+    "overlay_grid",
+    "recall_f1",
+    "roc_curves",
+]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, facecolor="white")
+    return path
+
+
+@dataclass(frozen=True)
+class OverlayTile:
+    """One image of an overlay grid."""
+
+    image: np.ndarray  # S×S in [0, 1]
+    true_mask: np.ndarray  # S×S bool
+    pred_mask: np.ndarray  # S×S bool: the pixels above the pixel threshold
+    outcome: str  # "TP", "FP", "FN" or "TN"; FN and TN masks are not reported, so only outlined
+    score: float  # the image probability (or a segmenter's k-th largest pixel)
+    caption: str = ""  # e.g. a short image id
+    dice: float | None = None
+
+
+def _outline(ax, mask: np.ndarray, color: str, width: float) -> None:
+    if mask.any() and not mask.all():  # contour of a constant field draws nothing and warns
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=width)
+
+
+def overlay_grid(
+    tiles: Sequence[OverlayTile],
+    path: str | Path,
+    title: str,
+    score_name: str = "p",
+    columns: int = 4,
+) -> Path:
+    """A grid of images with the true mask outlined and the predicted mask filled, each titled
+    with its outcome (TP/FP/FN/TN), score and Dice. In images called negative (FN, TN) the
+    pixels above the threshold are only outlined: the pipeline reports no mask there."""
+    from matplotlib.patches import Patch
+
+    if not tiles:
+        raise ValueError("no images to draw")
+    cols = min(columns, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    fig = _figure(3.0 * cols, 3.2 * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    width = 1.4 if max(t.image.shape[0] for t in tiles) > 128 else 1.0
+    for ax, t in zip(axes, tiles, strict=False):
+        ax.imshow(t.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
+        if t.outcome in ("TP", "FP"):
+            fill = np.zeros((*t.pred_mask.shape, 4), dtype=np.float32)
+            fill[t.pred_mask] = (1.0, 0.18, 0.58, 0.38)  # PRED_COLOR, translucent
+            ax.imshow(fill, interpolation="nearest")
+        _outline(ax, t.pred_mask, PRED_COLOR, 0.8 * width)
+        _outline(ax, t.true_mask, TRUE_COLOR, width)
+        text = f"{t.outcome}  {score_name} = {t.score:.2f}"
+        if t.dice is not None and t.true_mask.any():
+            text += f"  Dice {t.dice:.2f}"
+        if t.caption:
+            text += f"\n{t.caption}"
+        ax.set_title(text, fontsize=9, color=OUTCOME_COLORS.get(t.outcome, "black"))
+    handles = [
+        Patch(facecolor="none", edgecolor=TRUE_COLOR, linewidth=2, label="true mask (outline)"),
+        Patch(facecolor=PRED_COLOR, alpha=0.5, edgecolor=PRED_COLOR, label="predicted mask"),
+        Patch(
+            facecolor="none",
+            edgecolor=PRED_COLOR,
+            label="pixels above threshold, image called negative",
+        ),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def confusion_matrices(
+    panels: Sequence[tuple[str, dict[str, int]]], path: str | Path, columns: int = 4
+) -> Path:
+    """One 2×2 confusion matrix per (title, {"tn", "fp", "fn", "tp"}), rows = truth.
+
+    Cells show the count and the share of their true class, and are shaded by that share, so
+    recall and specificity read off the diagonal whatever the class balance.
+    """
+    if not panels:
+        raise ValueError("no confusion matrices to draw")
+    cols = min(columns, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = _figure(3.0 * cols, 3.1 * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (name, c) in zip(axes, panels, strict=False):
+        counts = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]], dtype=float)
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(2):
+            for j in range(2):
+                color = "white" if share[i, j] > 0.55 else "black"
+                ax.text(
+                    j,
+                    i,
+                    f"{int(counts[i, j])}\n{100 * share[i, j]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=10,
+                    color=color,
+                )
+        ax.set_xticks([0, 1], ["no PTX", "PTX"], fontsize=8)
+        ax.set_yticks([0, 1], ["no PTX", "PTX"], fontsize=8, rotation=90, va="center")
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(name, fontsize=10)
+    fig.suptitle("confusion matrices (test split)", fontsize=11)
+    return _save(fig, path)
+
+
+def roc_curves(curves: Sequence[tuple[str, str, np.ndarray, np.ndarray]], path: str | Path) -> Path:
+    """ROC curves of (name, kind, labels, scores) on one plot, AUC in the legend; a model whose
+    labels hold one class has no curve and is listed as "AUC n/a"."""
+    from matplotlib.lines import Line2D
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig = _figure(6.4, 5.6)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle=":", label="chance")
+    palette = [f"C{i}" for i in range(10)]
+    for i, (name, kind, labels, scores) in enumerate(curves):
+        y = np.asarray(labels).astype(bool).ravel()
+        s = np.asarray(scores, dtype=np.float64).ravel()
+        style = dict(color=palette[i % 10], linestyle=KIND_LINES.get(kind, "-"), linewidth=1.6)
+        if y.any() and not y.all():
+            fpr, tpr, _ = roc_curve(y, s)
+            auc = roc_auc_score(y, s)
+            ax.plot(fpr, tpr, label=f"{name} ({kind}) AUC {auc:.3f}", **style)
+        else:
+            ax.add_line(Line2D([], [], label=f"{name} ({kind}) AUC n/a", **style))
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (1 − specificity)")
+    ax.set_ylabel("true positive rate (recall)")
+    ax.set_title("ROC curves (test split)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def _distance(box, point: tuple[float, float]) -> float:
+    """Display distance from a point to the nearest edge of a box (0 inside it)."""
+    x, y = point
+    return math.hypot(max(box.x0 - x, 0, x - box.x1), max(box.y0 - y, 0, y - box.y1))
+
+
+def _place_labels(fig, ax, texts: list, gaps: list[float], radii: list[float]) -> None:
+    """Put each annotation where it overlaps no label placed before it and no marker and is
+    nearer its own point than any other: beside its point (on its preferred side, else the
+    other), else one, two, ... lines above or below.
+
+    `gaps` are the horizontal offsets (points) that clear each point's rings, `radii` the
+    markers' radii in points. Greedy, in the order given: plenty for the eight models.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+
+    def extent(t) -> Bbox:  # the text alone: an Annotation's own extent includes its leader
+        t.update_positions(renderer)
+        return Text.get_window_extent(t, renderer)
+
+    px = fig.dpi / 72  # pixels per point
+    obstacles, centers = [], []
+    for t, r in zip(texts, radii, strict=True):
+        x, y = ax.transData.transform(t.xy)
+        obstacles.append(Bbox([[x - r * px, y - r * px], [x + r * px, y + r * px]]))
+        centers.append((round(float(x), 1), round(float(y), 1)))
+    inside = ax.bbox.padded(-2)
+    placed: list = []
+    for i, (t, gap) in enumerate(zip(texts, gaps, strict=True)):
+        right = t.get_ha() == "right"
+        line = t.get_fontsize() + 2
+        candidates = [(0, right), (0, not right)]
+        for n in range(1, 9):
+            for dy in (n * line, -n * line):
+                candidates += [(dy, right), (dy, not right)]
+        best: tuple[float, float, bool] | None = None
+        best_cost = math.inf
+        for order, (dy, to_left) in enumerate(candidates):
+            t.set_ha("right" if to_left else "left")
+            t.set_position((-gap if to_left else gap, dy))
+            box = extent(t)
+            hits = sum(box.overlaps(o) for o in placed + obstacles)
+            own = _distance(box, centers[i])
+            # A label nearer another point than its own would name the wrong one.
+            mine = all(own <= _distance(box, c) for c in centers if c != centers[i])
+            inner = inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+            # Nothing perfect in a crowd: least overlap first, then the nearest place.
+            cost = 100 * (not inner) + 10 * hits + 5 * (not mine) + order / len(candidates)
+            if cost < best_cost:
+                best, best_cost = (dy, gap, to_left), cost
+            if cost < 1:
+                break
+        dy, gap, to_left = best
+        t.set_ha("right" if to_left else "left")
+        t.set_position((-gap if to_left else gap, dy))
+        placed.append(extent(t))
+
+
+def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path) -> Path:
+    """Recall (y) against F1 (x) of (label, kind, recall, f1) points, coloured by kind; labels
+    containing "tuned" are drawn hollow. Labels move apart where points crowd."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(6.6, 5.8)
+    ax = fig.add_subplot()
+    xs = [p[3] for p in points] or [0.0]
+    ys = [p[2] for p in points] or [0.0]
+    pad = 0.06
+    x0, x1 = max(-0.03, min(xs) - pad), min(1.03, max(xs) + pad)
+    y0, y1 = max(-0.03, min(ys) - pad), min(1.03, max(ys) + pad)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    kinds_seen: list[str] = []
+    texts, gaps, radii = [], [], []
+
+    def place(f1: float, recall: float) -> tuple[float, float]:
+        return round(f1, 3), round(recall, 3)
+
+    crowd: dict[tuple[float, float], int] = {}
+    for _, _, recall, f1 in points:
+        crowd[place(f1, recall)] = crowd.get(place(f1, recall), 0) + 1
+    seen: dict[tuple[float, float], int] = {}
+    for label, kind, recall, f1 in points:
+        tuned = "tuned" in label
+        color = KIND_COLORS.get(kind, "black")
+        # Models at the same place become concentric rings, so each colour stays visible; the
+        # label starts outside the outermost ring.
+        k = seen.get(place(f1, recall), 0)
+        seen[place(f1, recall)] = k + 1
+        radius = 4.2 * (1 + 1.3 * (crowd[place(f1, recall)] - 1))  # of the outermost ring
+        gap = radius + 4
+        ax.scatter(
+            [f1],
+            [recall],
+            s=70 * (1 + 1.3 * k) ** 2,
+            color="none" if k else "white" if tuned else color,
+            edgecolors=color,
+            linewidths=1.8,
+            zorder=3 - 0.01 * k,
+            clip_on=False,
+        )
+        right = f1 > x0 + 0.7 * (x1 - x0)  # labels near the right edge go to the left
+        texts.append(
+            ax.annotate(
+                label,
+                (f1, recall),
+                xytext=(-gap if right else gap, 0),
+                textcoords="offset points",
+                ha="right" if right else "left",
+                va="center",
+                fontsize=8,
+                color=color,
+                zorder=4,
+                # A leader line, seen when the label had to move off its point's row.
+                arrowprops=dict(arrowstyle="-", color=color, lw=0.5, shrinkA=1, shrinkB=radius),
+            )
+        )
+        gaps.append(gap)
+        radii.append(radius)
+        if kind not in kinds_seen:
+            kinds_seen.append(kind)
+    _place_labels(fig, ax, texts, gaps, radii)
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=KIND_COLORS.get(k, "black"), label=k)
+        for k in kinds_seen
+    ]
+    if any("tuned" in p[0] for p in points):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                linestyle="",
+                markerfacecolor="white",
+                color="gray",
+                label="tuned cut-offs",
+            )
+        )
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    ax.set_xlabel("F1")
+    ax.set_ylabel("recall")
+    ax.set_title("recall vs F1 (test split)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,162 @@
+"""`evaluate_runs` and `ptxfast evaluate` on tiny phantoms and tiny untrained checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ptxfast import MODEL_NAMES
+from ptxfast.checkpoint import checkpoint_header, model_from_checkpoint, save_checkpoint
+from ptxfast.evaluation import CSV_COLUMNS, METRIC_KEYS, EvalError, evaluate_runs
+from ptxfast.metrics import binary_metrics, dice, seg_labels
+from ptxfast.models import PIXEL_THRESHOLD, build, min_area
+from ptxfast.recipes import TrainConfig
+
+S = 64
+TRAINED = ("rn34", "rn34un", "rn34un+rn34")
+FIGURES = ("confusion.png", "roc.png", "recall_f1.png")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # 64² models are too small to share out: on a busy 2-core machine two intra-op threads
+    # spend most of the run waiting on each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from ptxfast.data.synth import write_dataset
+
+    out = tmp_path_factory.mktemp("phantoms")
+    write_dataset(out, n=30, seed=0, size=S, positive_rate=0.4, workers=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(phantoms, tmp_path_factory):
+    """best.pt files as training writes them (model, header, recipe), from untrained models."""
+    root = tmp_path_factory.mktemp("runs")
+    logging.getLogger("ptxfast.models").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    for name in TRAINED:
+        cfg = TrainConfig(arch=name, data=str(phantoms), runs=str(root), size=S, weights="none")
+        state = {
+            "model": build(name, weights=None).state_dict(),
+            "optimizer": {},
+            "epoch": 1,
+            "metric": 0.0,
+            **checkpoint_header(name, S),
+            "recipe": dataclasses.asdict(cfg),
+        }
+        save_checkpoint(state, root / name / "best.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    import warnings
+
+    out = tmp_path_factory.mktemp("eval")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny split's quotas are scaled down, on purpose
+        return evaluate_runs(runs, out=out, device="cpu", batch_size=4, tune=True, overlays=4)
+
+
+def test_report_has_every_model_metric_and_file(report, runs):
+    assert [r.name for r in report.results] == list(TRAINED)  # the paper's order
+    assert report.missing == [n for n in MODEL_NAMES if n not in TRAINED]
+    for key in ("metrics_json", "metrics_csv", "confusion", "roc", "recall_f1"):
+        assert report.files[key].is_file() and report.files[key].stat().st_size > 0
+    for name in ("rn34un", "rn34un+rn34"):
+        png = report.out / f"overlays_{name}.png"
+        assert report.files[f"overlays_{name}"] == png and png.stat().st_size > 1000
+    assert not (report.out / "overlays_rn34.png").exists()  # classifiers draw no masks
+
+    doc = json.loads((report.out / "metrics.json").read_text())
+    assert set(doc["models"]) == set(TRAINED) and doc["missing"] == report.missing
+    for name, entry in doc["models"].items():
+        assert set(entry["metrics"]) == set(METRIC_KEYS)
+        m = entry["metrics"]
+        assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == m["n"] == len(report.results[0].labels)
+        assert entry["size"] == S and entry["epoch"] == 1 and len(entry["sha256"]) == 64
+        assert (m["dice"] is None) == (name == "rn34")
+        assert (entry["tuned"] is not None) == (name == "rn34un")
+    tuned = doc["models"]["rn34un"]["tuned"]
+    assert set(tuned) >= {"pixel_threshold", "min_area", "val_f1", "metrics"}
+    assert set(tuned["metrics"]) == set(METRIC_KEYS)
+
+    with open(report.out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert [(r["model"], r["cutoffs"]) for r in rows] == [
+        ("rn34", "paper"),
+        ("rn34un", "paper"),
+        ("rn34un", "tuned"),
+        ("rn34un+rn34", "paper"),
+    ]
+    assert rows[1]["min_area"] == str(min_area(S)) and rows[0]["threshold"] == "0.5"
+
+
+def test_segmenter_figures_match_a_direct_computation(report, runs, phantoms):
+    """Rerun the segmenter by hand on the test split: same labels, confusion matrix and Dice."""
+    from ptxfast.data.datasets import PTXDataset, ensure_splits
+
+    model, _ = model_from_checkpoint(runs / "rn34un" / "best.pt")
+    items = PTXDataset(ensure_splits(phantoms)["test"], S)
+    x = torch.stack([items[i][0] for i in range(len(items))])
+    true = torch.stack([items[i][1] for i in range(len(items))]).numpy() > 0.5
+    y = np.array([int(items[i][2]) for i in range(len(items))])
+    with torch.inference_mode():
+        prob = torch.sigmoid(model(x)).numpy()
+    called = seg_labels(prob, PIXEL_THRESHOLD, min_area(S))
+    expect = binary_metrics(y, called.astype(float), 0.5)
+    reported = np.where(called[:, None, None, None], prob > PIXEL_THRESHOLD, False)
+    d = dice(reported, true)
+
+    got = next(r for r in report.results if r.name == "rn34un")
+    assert (got.scores > PIXEL_THRESHOLD).tolist() == called.tolist()
+    for k in ("tn", "fp", "fn", "tp", "f1", "recall", "precision"):
+        assert got.metrics[k] == pytest.approx(expect[k]), k
+    assert got.metrics["dice"] == pytest.approx(d.mean)
+    assert got.labels.tolist() == y.tolist()
+
+
+def test_cli_evaluate_writes_every_file(runs, phantoms, tmp_path):
+    from click.testing import CliRunner
+
+    from ptxfast.cli import cli
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--runs", str(runs), "--data", str(phantoms), "--out", str(out)]
+    args += ["--models", "rn34,rn34un+rn34,eb3", "--device", "cpu", "--batch-size", "3"]
+    result = CliRunner().invoke(cli, [*args, "--overlays", "2"])
+    assert result.exit_code == 0, result.output
+    assert "rn34un+rn34" in result.output and re.search(r"eb3 +not trained", result.output)
+    for name in ("metrics.json", "metrics.csv", *FIGURES, "overlays_rn34un+rn34.png"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "metrics.json").read_text())
+    assert list(doc["models"]) == ["rn34", "rn34un+rn34"] and doc["missing"] == ["eb3"]
+
+
+def test_errors_name_the_fix(runs, tmp_path):
+    from click.testing import CliRunner
+
+    from ptxfast.cli import cli
+
+    with pytest.raises(EvalError, match="ptxfast train"):
+        evaluate_runs(tmp_path, models="eb3")
+    with pytest.raises(EvalError, match="unknown model 'vgg16'"):
+        evaluate_runs(runs, models=["vgg16"])
+    result = CliRunner().invoke(cli, ["evaluate", "--runs", str(tmp_path / "nowhere")])
+    assert result.exit_code != 0 and "not found" in result.output
