@@ -1,0 +1,174 @@
+"""What scoring writes besides preds.csv: PNG masks and overlays, and DICOM Segmentations.
+
+Every writer works at the source image's resolution: the model's S×S probability map is
+resized (bilinear) to the stored Rows×Columns before thresholding, so outlines follow the
+anatomy rather than S×S blocks. Files are written through a temporary name and `os.replace`,
+so an interrupted run never leaves a half-written mask behind (a resumed run rewrites it).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SEGMENT_LABEL = "Pneumothorax"
+# Patient and study attributes a SEG must carry (Type 2: present, possibly empty), which
+# highdicom copies from the source; files in the wild sometimes lack them.
+_TYPE2_COPIED = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
+_OUTLINE_RGB = (255, 40, 40)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Who made a mask, as written into DICOM SEG: model name, artifact and the rule it used."""
+
+    name: str
+    backend: str
+    precision: str
+    sha256: str
+    pixel_threshold: float
+
+
+def source_mask(prob: np.ndarray, rows: int, columns: int, threshold: float) -> np.ndarray:
+    """The S×S probability map `prob` resized to rows×columns and thresholded (bool)."""
+    from PIL import Image
+
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.shape != (rows, columns):
+        prob = np.asarray(
+            Image.fromarray(prob, mode="F").resize((columns, rows), Image.Resampling.BILINEAR)
+        )
+    return prob > threshold
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Mask pixels with a 4-neighbour outside the mask, thickened for large images."""
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    edge = mask & ~inner
+    # About one outline pixel per 512 of image side, so the outline stays visible when a
+    # 3000-pixel radiograph is viewed scaled down.
+    for _ in range(max(0, max(mask.shape) // 512 - 1)):
+        grown = edge.copy()
+        grown[1:, :] |= edge[:-1, :]
+        grown[:-1, :] |= edge[1:, :]
+        grown[:, 1:] |= edge[:, :-1]
+        grown[:, :-1] |= edge[:, 1:]
+        edge = grown
+    return edge
+
+
+def _save_png(image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="PNG", compress_level=3)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_png_masks(
+    mask: np.ndarray, image: np.ndarray, mask_path: Path, overlay_path: Path
+) -> None:
+    """Write the mask (0/255 grayscale PNG) and an overlay (the image with the mask outlined).
+
+    `mask` is bool rows×columns, `image` float32 rows×columns in [0, 1] (air dark).
+    """
+    from PIL import Image
+
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
+    _save_png(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), mask_path)
+    gray = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    rgb[_outline(mask)] = _OUTLINE_RGB
+    _save_png(Image.fromarray(rgb, mode="RGB"), overlay_path)
+
+
+def write_dicom_seg(source, mask: np.ndarray, path: Path, model: ModelIdentity) -> Path:
+    """Write a BINARY DICOM Segmentation of `mask` over the pydicom dataset `source`.
+
+    One segment, "Pneumothorax" (SCT 36118008), made by an automatic algorithm identified as
+    ptxfast and the model (name, backend, precision, artifact sha256 and pixel threshold). The
+    segmentation references `source`'s SOPInstanceUID and shares its study and patient.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from ptxfast import __version__
+
+    # A projection radiograph has no slice thickness, and highdicom cannot read back a Pixel
+    # Measures item without one; such sources get a SEG without Pixel Measures (optional when
+    # there is no Frame of Reference), whose geometry is the source image's it references.
+    strip = "SliceThickness" not in source and "PixelSpacing" in source
+    missing = [k for k in _TYPE2_COPIED if k not in source]
+    if strip or missing:
+        source = copy.deepcopy(source)  # Dataset.copy() is shallow
+        if strip:
+            del source.PixelSpacing
+        for keyword in missing:
+            setattr(source, keyword, None)  # empty: unknown, as Type 2 allows
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"ptxfast {model.name}",
+        family=codes.DCM.ArtificialIntelligence,
+        version=f"{__version__} {model.sha256[:12]}",
+        source="ptxfast",
+        parameters={
+            "backend": model.backend,
+            "precision": model.precision,
+            "pixel_threshold": f"{model.pixel_threshold:g}",
+        },
+    )
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.cid7150.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Pneumothorax,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=mask[None].astype(bool),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=hd.UID(),
+        series_number=1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="ptxfast",
+        manufacturer_model_name=model.name[:64],
+        software_versions=__version__,
+        device_serial_number=model.sha256[:16],
+        content_label="PTXFAST",
+        content_description=f"Pneumothorax by ptxfast {model.name}"[:64],
+        # A positive whose mask is empty still gets its (empty) frame, so every SEG has one.
+        omit_empty_frames=False,
+    )
+    # Type 2C in the General Image module for images without Image Orientation (Patient),
+    # which highdicom does not carry over from a projection radiograph.
+    if "ImageOrientationSlide" not in seg and "PatientOrientation" not in seg:
+        seg.PatientOrientation = source.get("PatientOrientation", "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        seg.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

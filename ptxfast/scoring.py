@@ -1,0 +1,1020 @@
+"""Score a folder of chest X-rays with an exported model: one CSV row per file, never a crash.
+
+`score_folder(root, out, model=...)` finds the inputs under `root`, decodes them in DataLoader
+worker processes while the main process runs the model, and appends one row per file to `out`:
+
+    path,sop_instance_uid,probability,label,mask_area,error
+
+- path: relative to `root`, with "/" separators (so shard CSVs and resumed runs agree);
+- probability: the artifact's image probability; label: 1 when it exceeds the sidecar's label
+  threshold; mask_area: pixels above the pixel threshold at the model's S×S input (empty for
+  classifiers); error: one line when the file could not be scored (then probability, label
+  and mask_area are empty).
+
+Inputs. The tree is walked recursively (names starting with "." are ignored, symlinked folders
+are not followed) and the files are sorted by relative path. A file is an input when its bytes
+say DICOM (`dicom.is_dicom`: the "DICM" preamble or a bare data set), PNG or JPEG, or when its
+name claims to be one (.dcm/.dicom/.dic, .png, .jpg/.jpeg): a claimed file that is not what
+it says gets a row with an error rather than being passed over silently. Files that cannot be
+opened are rows with an error too. Everything else is skipped and counted.
+
+Durability. Rows are written batch by batch with one write, flushed and fsync'd, after the
+masks of that batch, so the CSV is the record of what is done. `resume=True` keeps the longest
+prefix of complete rows (a torn last line from a killed run is cut off and its file scored
+again) and skips every path already there; after any number of interruptions the CSV holds
+exactly one row per file.
+
+Sharding. `shard=(k, n)` keeps the k-th of every n files of the sorted list (i % n == k - 1),
+so n processes, on one machine or many, cover the folder exactly once. Combine their CSVs by
+keeping one header:
+
+    head -n 1 preds-1.csv > preds.csv && tail -q -n +2 preds-*.csv >> preds.csv
+
+Outputs. With `masks_dir`, each positive gets `<masks_dir>/<path>.mask.png` (0/255 at the
+source's Rows×Columns) and `<path>.overlay.png` (the image with the mask outlined); with
+`seg_dir`, each positive DICOM gets `<seg_dir>/<SOPInstanceUID>.dcm`, a BINARY DICOM
+Segmentation referencing its source. PNG/JPEG inputs get PNGs but no SEG (counted in the
+summary). Both need an artifact exported with its mask output (`--return-mask`).
+
+Speed. Decoding runs in `workers` processes, each timing its own files; the batches travel
+with their metadata, are pinned and copied asynchronously on CUDA, and the model runs while
+the next batches decode. On a CPU the model gets the cores the workers leave (on 2 cores: one
+model thread, one decoding process). The summary compares the end-to-end throughput with the
+model alone on a preloaded batch of the same size (best of the run's thread count and all
+cores): where decoding a file costs as much CPU as the model's pass over it (1024² DICOMs
+scored at 64²), no pipeline on 2 cores gets near the model-only figure, and the split above
+keeps both cores busy.
+
+Crashes. A decoder that raises gives its file an error row. A decoder that kills its worker
+process (a segfault in a codec, the OOM killer) is detected; the file it was decoding gets an
+error row and the loader restarts on the files left. With `workers=0` decoding runs in the
+scoring process itself, which has no such protection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ptxfast.data.dicom import ImageReadError, is_dicom, load_image, read_dataset
+
+CSV_COLUMNS = ("path", "sop_instance_uid", "probability", "label", "mask_area", "error")
+CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+PNG_SUFFIXES = frozenset({".png"})
+JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # any POSIX file name round-trips
+_WORKER_FAILURE = re.compile(r"DataLoader (worker|timed out)")
+_PIDS = re.compile(r"pid(?:\(s\))?\s+([\d, ]+)")
+
+
+class ScoreError(ValueError):
+    """A scoring run that cannot start as asked; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------ the summary
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run did and how fast; `as_dict()` is the `--json` file."""
+
+    root: str
+    out: str
+    model: str  # the artifact's model name
+    artifact: str | None  # its sidecar, None for a predictor passed in
+    backend: str
+    precision: str
+    device: str
+    batch_size: int
+    workers: int
+    threads: int  # torch intra-op threads of the scoring process
+    shard: tuple[int, int]
+    files: int = 0  # inputs in this shard (scored now, failed now, or already in the CSV)
+    already: int = 0  # rows found in the CSV by --resume
+    scored: int = 0
+    failed: int = 0
+    skipped: int = 0  # files that are not images (and do not claim to be)
+    positives: int = 0
+    torn_line_dropped: bool = False
+    masks_written: int = 0
+    segs_written: int = 0
+    seg_not_dicom: int = 0  # positives read from PNG/JPEG: mask PNGs but no DICOM SEG
+    output_errors: list[str] = field(default_factory=list)
+    skipped_examples: list[str] = field(default_factory=list)
+    worker_restarts: int = 0
+    seconds: float = 0.0  # wall time of the whole call
+    setup_seconds: float = 0.0  # finding files, loading and warming the model
+    loop_seconds: float = 0.0  # first batch asked for → last row written
+    batches: int = 0
+    images_per_s: float | None = None  # images scored / loop_seconds
+    # Throughput once the pipeline is full: batches decoded ahead during setup are left out.
+    steady_images_per_s: float | None = None
+    latency_ms: dict[str, float | None] = field(default_factory=dict)  # per batch p50/p95/p99
+    time_s: dict[str, float] = field(default_factory=dict)  # decode/wait/transfer/compute/write
+    gpu: dict[str, Any] | None = None
+    # The predictor alone on a preloaded batch of the run's size: the best of the run's thread
+    # count and all cores (CPU), so the ratio is against the fastest the model goes alone.
+    model_only_images_per_s: float | None = None
+    model_only_threads: int | None = None
+    model_only_by_threads: dict[str, float] = field(default_factory=dict)
+    ratio: float | None = None  # steady end-to-end / model-only
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN as null)."""
+        return _clean(asdict(self))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """The files of one shard: what will be scored and what was passed over."""
+
+    inputs: list[str]  # relative POSIX paths, sorted
+    skipped: list[str]
+    candidates: int  # files in the whole tree (all shards), before sniffing
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "K/N" → (K, N) with 1 ≤ K ≤ N."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise ScoreError(f"--shard {text!r}: write K/N with 1 <= K <= N, e.g. --shard 2/4")
+    return int(m[1]), int(m[2])
+
+
+def _walk(root: Path, exclude: Sequence[Path]) -> list[str]:
+    excluded = {os.path.normcase(os.path.abspath(p)) for p in exclude}
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        # Hidden folders (.git, .cache) and our own output folders are not inputs.
+        dirs[:] = [
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and os.path.normcase(os.path.abspath(os.path.join(folder, d))) not in excluded
+        ]
+        for name in files:
+            full = os.path.join(folder, name)
+            if name.startswith(".") or os.path.normcase(os.path.abspath(full)) in excluded:
+                continue
+            found.append(Path(os.path.relpath(full, root)).as_posix())
+    found.sort()
+    return found
+
+
+def _claims_image(rel: str) -> bool:
+    suffix = os.path.splitext(rel)[1].lower()
+    return suffix in DICOM_SUFFIXES or suffix in PNG_SUFFIXES or suffix in JPEG_SUFFIXES
+
+
+def _is_input(path: Path, rel: str) -> bool:
+    """DICOM, PNG or JPEG by content, or a name claiming one; unopenable files count too."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return True  # a row says why it could not be read
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+        return True
+    return _claims_image(rel) or is_dicom(path)
+
+
+def find_inputs(
+    root: str | os.PathLike,
+    shard: tuple[int, int] = (1, 1),
+    exclude: Sequence[str | os.PathLike] = (),
+) -> Inputs:
+    """The input files of shard `shard` = (k, n) under `root`, in sorted relative-path order.
+
+    The shard is cut from the sorted list of all files (i % n == k - 1), then only its own
+    files are opened to decide what they are; `exclude` names files or folders to leave out
+    (the run's own outputs when they sit inside `root`).
+    """
+    root = Path(root)
+    k, n = shard
+    if not 1 <= k <= n:
+        raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
+    candidates = _walk(root, [Path(p) for p in exclude])
+    inputs, skipped = [], []
+    for rel in candidates[k - 1 :: n]:
+        (inputs if _is_input(root / rel, rel) else skipped).append(rel)
+    return Inputs(inputs, skipped, len(candidates))
+
+
+# --------------------------------------------------------------------------------- the CSV
+
+
+class _Counted:
+    """Lines for csv.reader, counting the bytes handed out and whether the last had no end."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.consumed = 0
+        self.torn = False
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self.lines:
+            self.consumed += len(line.encode(**_ENCODING))
+            self.torn = not line.endswith("\n")
+            yield line
+
+
+def read_done(path: Path) -> tuple[set[str], int, bool]:
+    """(paths with a row, byte length of the complete rows, whether a torn tail follows them).
+
+    Only the last record may be incomplete (a run killed mid-write); anything else that is not
+    a row of six fields is refused, since silently dropping rows would lose results.
+    """
+    data = path.read_bytes()
+    header = CSV_HEADER.encode()
+    if not data.startswith(header):
+        if header.startswith(data):  # killed while writing the header itself
+            return set(), 0, bool(data)
+        raise ScoreError(
+            f"{path} is not a ptxfast predictions CSV (its first line is not "
+            f"{CSV_HEADER.strip()!r}); choose another --out or pass --overwrite"
+        )
+    text = data[len(header) :].decode(**_ENCODING)
+    lines = text.split("\n")
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    counted = _Counted(lines)
+    done: set[str] = set()
+    good = len(header)
+    records = 0
+    size = len(data) - len(header)
+    reader = csv.reader(counted)
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error:  # the file ends inside a quoted field: a torn final record
+            break
+        records += 1
+        if counted.torn or len(record) != len(CSV_COLUMNS):
+            if counted.torn or counted.consumed == size:
+                break  # the final record: torn by a kill, cut off and scored again
+            raise ScoreError(
+                f"{path}: record {records} has {len(record)} fields, not {len(CSV_COLUMNS)}; "
+                "fix or remove that line, or start again with --overwrite"
+            )
+        done.add(record[0])
+        good = len(header) + counted.consumed
+    return done, good, good < len(data)
+
+
+class _PredsCsv:
+    """The predictions file: checked (and, on resume, read) first, then opened for appending
+    batch by batch with fsync. Nothing in an existing file changes before `open()`."""
+
+    def __init__(self, path: Path, resume: bool, overwrite: bool) -> None:
+        self.path = path
+        self.done: set[str] = set()
+        self.torn = False
+        self.good = 0  # bytes of complete rows to keep (resume); 0 starts a new file
+        if path.is_dir():
+            raise ScoreError(f"--out {path} is a folder; give a file name such as preds.csv")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.created = not path.exists()
+            exists = not self.created and path.stat().st_size > 0
+            open(path, "a").close()  # writable? (creates it, changes nothing)
+        except OSError as err:
+            raise ScoreError(f"cannot write --out {path}: {err.strerror or err}") from None
+        if exists and not (resume or overwrite):
+            raise ScoreError(
+                f"{path} already has rows; pass --resume to continue it (files already there "
+                "are skipped) or --overwrite to start again"
+            )
+        if exists and resume and not overwrite:
+            self.done, self.good, self.torn = read_done(path)
+
+    def discard(self) -> None:
+        """Remove the file the writability check created, when the run stops before `open`."""
+        if self.created and not hasattr(self, "file"):
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_size == 0:
+                    self.path.unlink()
+
+    def open(self) -> None:
+        """Cut a torn last line (resume) or write the header (new file), durably."""
+        good = self.good
+        try:
+            self.file = open(self.path, "r+" if good else "w", newline="", **_ENCODING)
+        except OSError as err:
+            raise ScoreError(f"cannot write --out {self.path}: {err.strerror or err}") from None
+        if good:
+            self.file.truncate(good)  # drop a torn last line; its file is scored again
+            self.file.seek(good)
+        else:
+            self.file.write(CSV_HEADER)
+        self._sync()
+        if not good:
+            _fsync_dir(self.path.parent)  # the new name survives a power cut too
+
+    def _sync(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def append(self, rows: Sequence[Sequence[str]]) -> None:
+        """Write rows with one write call, then flush and fsync."""
+        if not rows:
+            return
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        self.file.write(buf.getvalue())
+        self._sync()
+
+    def close(self) -> None:
+        if hasattr(self, "file"):
+            self.file.close()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """Create `folder` and write a probe file in it, so a bad path fails before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ptxfast-probe-"):
+            pass
+    except OSError as err:
+        raise ScoreError(f"cannot write {option} {folder}: {err.strerror or err}") from None
+
+
+# ------------------------------------------------------------------------- decoding workers
+
+
+@dataclass
+class _Meta:
+    """Per-file results of decoding, carried with the batch."""
+
+    index: int
+    sop_instance_uid: str | None = None
+    error: str | None = None
+    rows: int = 0
+    columns: int = 0
+    dicom: bool = False
+
+
+class _Batch:
+    """A collated batch: the decoded images stacked, plus every file's metadata and decode time."""
+
+    def __init__(self, images: torch.Tensor | None, ok: list[int], meta: list[_Meta], secs: float):
+        self.images = images  # len(ok)×1×S×S float32, or None when no file decoded
+        self.ok = ok  # positions in `meta` of the decoded files, in `images` order
+        self.meta = meta
+        self.decode_seconds = secs  # summed over the files, measured inside the worker
+
+    def pin_memory(self) -> _Batch:
+        """Called by the DataLoader's pinning thread on CUDA runs."""
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+def _one_line(err: BaseException, path: Path) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    prefix = f"{os.fspath(path)}: "
+    if text.startswith(prefix):  # the row already names the file
+        text = text[len(prefix) :]
+    if not isinstance(err, ImageReadError):
+        text = f"{type(err).__name__}: {text}"
+    return text
+
+
+def _sop_of(path: Path) -> str | None:
+    """The SOPInstanceUID of a DICOM whose pixels failed, when its header still reads."""
+    try:
+        return str(read_dataset(path, stop_before_pixels=True).get("SOPInstanceUID", "")) or None
+    except Exception:
+        return None
+
+
+class _Files(Dataset):
+    """Decodes file i of `paths` to size×size; failures become metadata, never exceptions.
+
+    `state` is a shared-memory int64 tensor: the decoding process's pid while a file is being
+    decoded, -1 once done, so the file that killed a worker can be named.
+    """
+
+    def __init__(self, root: Path, paths: Sequence[str], size: int, state: torch.Tensor):
+        self.root = root
+        self.paths = paths
+        self.size = size
+        self.state = state
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray | None, _Meta, float]:
+        self.state[i] = os.getpid()
+        path = self.root / self.paths[i]
+        meta = _Meta(index=i)
+        t0 = time.perf_counter()
+        img = None
+        try:
+            if os.path.getsize(path) == 0:
+                raise ImageReadError(f"{path}: empty file (0 bytes)")
+            with warnings.catch_warnings():
+                # e.g. "N frames; using the first": the row is the place for results.
+                warnings.simplefilter("ignore")
+                img, info = load_image(path, self.size)
+            meta.sop_instance_uid = info.sop_instance_uid
+            meta.rows, meta.columns = info.rows, info.columns
+            meta.dicom = info.transfer_syntax_uid is not None
+        except Exception as err:  # any decoder failure is this file's error, not the run's
+            meta.error = _one_line(err, path)
+            if isinstance(err, MemoryError):
+                meta.error = "out of memory while decoding"
+            meta.sop_instance_uid = _sop_of(path)
+        secs = time.perf_counter() - t0
+        self.state[i] = -1
+        return img, meta, secs
+
+
+def _collate(items: list[tuple[np.ndarray | None, _Meta, float]]) -> _Batch:
+    ok = [j for j, (img, _, _) in enumerate(items) if img is not None]
+    images = None
+    if ok:
+        images = torch.from_numpy(np.stack([items[j][0] for j in ok]))[:, None]
+    return _Batch(images, ok, [m for _, m, _ in items], sum(s for _, _, s in items))
+
+
+def _worker_init(_: int) -> None:
+    # One decode per process: the resize's numpy/BLAS calls must not spawn thread pools
+    # that compete with the model for the cores (torch already runs 1 thread in workers).
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:
+        pass
+
+
+# --------------------------------------------------------------------------------- the run
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    ms = np.asarray(values) * 1000.0
+    return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}
+
+
+def _check_masks(kind: str, return_mask: bool, what: str, export_command: str | None) -> None:
+    if kind == "classifier":
+        raise ScoreError(
+            f"{what} is a classifier and has no mask; for --masks/--dicom-seg score with a "
+            "segmenter or cascade artifact exported with --return-mask"
+        )
+    if not return_mask:
+        fix = f"`{export_command} --return-mask`" if export_command else "--return-mask"
+        raise ScoreError(
+            f"{what} was exported without its mask output; --masks/--dicom-seg need one: "
+            f"re-export it with {fix}"
+        )
+
+
+def _model_only(
+    predictor, x: torch.Tensor, iters: int, threads: int, budget_s: float = 5.0
+) -> float:
+    """Images/s of the predictor alone on a preloaded batch (device-synchronised): `iters`
+    timed batches after a warm one, fewer (at least one) when they take over `budget_s`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = x.to(predictor.device)
+        predictor(x)  # warm (a partial last batch may be a new shape)
+        _sync(predictor.device)
+        t0 = time.perf_counter()
+        done = 0
+        while done < iters and (done == 0 or time.perf_counter() - t0 < budget_s):
+            predictor(x)
+            _sync(predictor.device)
+            done += 1
+        return done * x.shape[0] / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cores() -> int:
+    """CPUs this process may run on (taskset and container limits included)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _default_workers(device: torch.device) -> int:
+    cores = _cores()
+    if device.type == "cuda":
+        # The GPU outruns decoding (an H200 ran a 512² cascade at ~650 images/s, one worker
+        # decoded ~65 1024² DICOMs/s): every core but the scoring process's decodes.
+        return max(1, min(16, cores - 1))
+    # CPU: decoding a radiograph costs a few percent of a model pass, so one decoding
+    # process keeps the model fed; the model gets the other cores (see _default_threads).
+    return 1 if cores > 1 else 0
+
+
+def _default_threads(device: torch.device, workers: int) -> int | None:
+    """Torch threads for the model on CPU: the cores the decoding workers leave free.
+
+    OpenMP threads wait for each other at every parallel region, so one of them preempted by a
+    decoding worker (or anything else) stalls them all: on a 2-core machine, 2 model threads
+    beside a worker ran several times slower than 1. None leaves torch's own setting (GPU).
+    """
+    if device.type != "cpu":
+        return None
+    return max(1, min(torch.get_num_threads(), _cores() - workers))
+
+
+class _Writer:
+    """Turns a scored batch into CSV rows, and the positives' masks into files."""
+
+    def __init__(
+        self,
+        root: Path,
+        paths: Sequence[str],
+        summary: ScoreSummary,
+        masks_dir: Path | None,
+        seg_dir: Path | None,
+        identity,
+    ) -> None:
+        self.root, self.paths, self.s = root, paths, summary
+        self.masks_dir, self.seg_dir, self.identity = masks_dir, seg_dir, identity
+
+    def rows(self, batch: _Batch, prob, area, label, masks: dict[int, np.ndarray]) -> list:
+        """One row per file of `batch`; outputs (PNG, SEG) for each positive in `masks`."""
+        rows = []
+        by_ok = {pos: j for j, pos in enumerate(batch.ok)}
+        for pos, meta in enumerate(batch.meta):
+            rel = self.paths[meta.index]
+            sop = meta.sop_instance_uid or ""
+            j = by_ok.get(pos)
+            if j is None:
+                rows.append([rel, sop, "", "", "", meta.error or "could not be decoded"])
+                continue
+            a = int(area[j])
+            positive = bool(label[j])
+            rows.append(
+                [rel, sop, f"{float(prob[j]):.6f}", str(int(positive)), "" if a < 0 else str(a), ""]
+            )
+            if positive and j in masks:
+                self._outputs(rel, meta, masks[j])
+        return rows
+
+    def _outputs(self, rel: str, meta: _Meta, prob: np.ndarray) -> None:
+        from ptxfast import outputs
+
+        path = self.root / rel
+        try:
+            mask = outputs.source_mask(prob, meta.rows, meta.columns, self.identity.pixel_threshold)
+            if self.masks_dir is not None:
+                image, _ = load_image(path)
+                if image.shape != mask.shape:  # a reader that disagrees with its header
+                    image = np.asarray(
+                        torch.nn.functional.interpolate(
+                            torch.from_numpy(image)[None, None], size=mask.shape, mode="area"
+                        )[0, 0]
+                    )
+                target = self.masks_dir / rel
+                outputs.write_png_masks(
+                    mask,
+                    image,
+                    target.with_name(target.name + ".mask.png"),
+                    target.with_name(target.name + ".overlay.png"),
+                )
+                self.s.masks_written += 1
+            if self.seg_dir is not None:
+                if not meta.dicom:
+                    self.s.seg_not_dicom += 1
+                elif not meta.sop_instance_uid:
+                    self.s.output_errors.append(f"{rel}: no SOPInstanceUID, so no DICOM SEG")
+                else:
+                    source = read_dataset(path, stop_before_pixels=True)
+                    outputs.write_dicom_seg(
+                        source, mask, self.seg_dir / f"{meta.sop_instance_uid}.dcm", self.identity
+                    )
+                    self.s.segs_written += 1
+        except Exception as err:  # the score stands; the mask is reported as missing
+            self.s.output_errors.append(f"{rel}: {_one_line(err, path)}")
+
+
+@dataclass
+class _Job:
+    """A validated scoring request: what score_folder hands to the run."""
+
+    root: Path
+    out: Path
+    preds: _PredsCsv
+    predictor: Any  # runtime.Predictor
+    batch_size: int
+    workers: int | None
+    shard: tuple[int, int]
+    masks_dir: Path | None
+    seg_dir: Path | None
+    summary_json: Path | None
+    threads: int | None
+    prefetch_factor: int
+    model_only_iters: int
+    decode_timeout: float
+    progress: Callable[[int, int], None] | None
+    t_start: float
+
+
+def score_folder(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    model: str | os.PathLike | Any = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    workers: int | None = None,
+    resume: bool = False,
+    shard: tuple[int, int] = (1, 1),
+    masks_dir: str | os.PathLike | None = None,
+    seg_dir: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    summary_json: str | os.PathLike | None = None,
+    exports_dir: str | os.PathLike = "exports",
+    threads: int | None = None,
+    prefetch_factor: int = 2,
+    model_only_iters: int = 5,
+    decode_timeout: float = 600.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScoreSummary:
+    """Score every image under `root` into the CSV `out`; returns what happened and how fast.
+
+    model: an artifact (model file or sidecar), None for the newest under `exports_dir`, or a
+    `runtime.Predictor`. device: auto, cuda, cuda:N or cpu. workers: decoding processes
+    (default: 1 on CPU, all cores but one (at most 16) on CUDA; 0 decodes in this process). threads: torch threads
+    for the model on CPU (default: the cores the workers leave, at least 1). masks_dir / seg_dir: PNG mask +
+    overlay, and DICOM SEG, for every positive (need an artifact with a mask output).
+    model_only_iters: batches timed for the model-only throughput (0 skips it). Output paths
+    are checked before any work; see the module docstring for inputs, resume and shards.
+    """
+    from ptxfast import artifact, runtime
+
+    t_start = time.perf_counter()
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise ScoreError(f"{root} is not a folder; give the folder of DICOM/PNG/JPEG files")
+    if batch_size < 1:
+        raise ScoreError("--batch-size must be at least 1")
+    if workers is not None and workers < 0:
+        raise ScoreError("--workers must be 0 (decode in this process) or more")
+    k, n = shard
+    if not 1 <= k <= n:
+        raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
+    masks_dir = Path(masks_dir) if masks_dir is not None else None
+    seg_dir = Path(seg_dir) if seg_dir is not None else None
+    summary_json = Path(summary_json) if summary_json is not None else None
+
+    # Everything that can be refused is refused before a file is decoded.
+    if isinstance(model, runtime.Predictor):
+        source = model
+        if masks_dir is not None or seg_dir is not None:
+            _check_masks(model.kind, model.return_mask, repr(model), None)
+    else:
+        try:
+            source = artifact.read_sidecar(
+                artifact.latest_artifact(exports_dir) if model is None else model
+            )
+        except artifact.ArtifactError as err:
+            raise ScoreError(str(err)) from None
+        if masks_dir is not None or seg_dir is not None:
+            _check_masks(
+                source["kind"],
+                bool(source["return_mask"]),
+                str(source.model_path),
+                source.export_command,
+            )
+    for folder, option in ((masks_dir, "--masks"), (seg_dir, "--dicom-seg")):
+        if folder is not None:
+            _check_writable(folder, option)
+    if summary_json is not None:
+        _check_writable(summary_json.parent, "--json")
+    preds = _PredsCsv(out, resume, overwrite)
+    # The model is loaded (sha256 checked, device and precision refused) before the CSV is
+    # touched or a file decoded.
+    try:
+        predictor = source if isinstance(source, runtime.Predictor) else _load(source, device)
+    except ScoreError:
+        preds.discard()
+        raise
+    preds.open()
+    job = _Job(
+        root, out, preds, predictor, batch_size, workers, (k, n), masks_dir, seg_dir,
+        summary_json, threads, prefetch_factor, model_only_iters, decode_timeout, progress,
+        t_start,
+    )  # fmt: skip
+    try:
+        return _run(job)
+    finally:
+        preds.close()
+
+
+def _make_loader(
+    dataset: _Files, indices: list[int], job: _Job, workers: int, pin: bool
+) -> Iterator[_Batch]:
+    """An iterator over batches of `indices`; its workers start (and prefetch) at once."""
+    dl = DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=job.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        prefetch_factor=job.prefetch_factor if workers else None,
+        # One pass over the files: workers live as long as the pass (a restart after a
+        # crashed worker makes a new loader).
+        persistent_workers=False,
+        worker_init_fn=_worker_init if workers else None,
+        timeout=job.decode_timeout if workers else 0,
+    )
+    return iter(dl)
+
+
+def _run(job: _Job) -> ScoreSummary:
+    from ptxfast.outputs import ModelIdentity
+    from ptxfast.telemetry import GpuSampler
+
+    predictor = job.predictor
+    dev = predictor.device
+    workers = job.workers if job.workers is not None else _default_workers(dev)
+    exclude = [p for p in (job.out, job.masks_dir, job.seg_dir, job.summary_json) if p]
+    found = find_inputs(job.root, job.shard, exclude)
+    todo = [i for i, rel in enumerate(found.inputs) if rel not in job.preds.done]
+
+    # The decoding workers start first and fill their prefetch queues while the model warms.
+    state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
+    dataset = _Files(job.root, found.inputs, predictor.size, state)
+    pin = dev.type == "cuda"
+    it = _make_loader(dataset, todo, job, workers, pin) if todo else iter(())
+    all_threads = torch.get_num_threads()
+    threads = job.threads or _default_threads(dev, workers)
+    if dev.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    # From here a worker that dies raises (from torch's SIGCHLD handler) wherever the main
+    # process is; one dying during warm-up is remembered and handled when the loop starts.
+    failure: RuntimeError | None = None
+    warm = not todo
+    while not warm:
+        try:
+            predictor.warmup(min(job.batch_size, len(todo)), iters=3)
+            warm = True
+        except RuntimeError as err:
+            if not _WORKER_FAILURE.search(str(err)):
+                raise
+            failure = err
+
+    side = predictor.sidecar
+    summary = ScoreSummary(
+        root=str(job.root),
+        out=str(job.out),
+        model=predictor.name,
+        artifact=str(side.path) if side is not None else None,
+        backend=predictor.backend,
+        precision=predictor.precision,
+        device=str(dev),
+        batch_size=job.batch_size,
+        workers=workers,
+        threads=torch.get_num_threads(),
+        shard=job.shard,
+        files=len(found.inputs),
+        already=len(found.inputs) - len(todo),
+        skipped=len(found.skipped),
+        skipped_examples=found.skipped[:5],
+        torn_line_dropped=job.preds.torn,
+    )
+    identity = ModelIdentity(
+        name=predictor.name,
+        backend=predictor.backend,
+        precision=predictor.precision,
+        sha256=str(side["sha256"]) if side is not None else "",
+        pixel_threshold=float(predictor.thresholds.get("pixel") or 0.3),
+    )
+    writer = _Writer(job.root, found.inputs, summary, job.masks_dir, job.seg_dir, identity)
+    want_masks = job.masks_dir is not None or job.seg_dir is not None
+    summary.setup_seconds = time.perf_counter() - job.t_start
+
+    times = dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0)
+    latencies: list[float] = []
+    marks: list[tuple[float, int]] = []  # (time a batch's rows were written, images in it)
+    last_x: torch.Tensor | None = None
+    pending = list(todo)
+    done = 0
+    t_loop = time.perf_counter()
+    with GpuSampler(dev) as sampler:
+        while pending:
+            try:
+                if failure is not None:
+                    failure, err = None, failure
+                    raise err
+                t_prev = time.perf_counter()
+                for batch in it:
+                    t_got = time.perf_counter()
+                    times["wait"] += t_got - t_prev
+                    times["decode"] += batch.decode_seconds
+                    scores, x = _score_batch(
+                        batch, predictor, dev, job.batch_size, want_masks, times
+                    )
+                    t_w = time.perf_counter()
+                    job.preds.append(writer.rows(batch, *(scores or (None, None, None, {}))))
+                    t_end = time.perf_counter()
+                    times["write"] += t_end - t_w
+                    latencies.append(t_end - t_prev)
+                    marks.append((t_end, len(batch.ok)))
+                    if x is not None and (x.shape[0] == job.batch_size or last_x is None):
+                        last_x = x
+                    done += len(batch.meta)
+                    if job.progress:
+                        job.progress(done, len(todo))
+                    t_prev = time.perf_counter()
+                pending = []
+            except RuntimeError as err:
+                if not _WORKER_FAILURE.search(str(err)):
+                    raise
+                pending, failed = _recover(err, pending, job.preds, found.inputs, state)
+                done += failed
+                summary.worker_restarts += 1
+                it = _make_loader(dataset, pending, job, workers, pin) if pending else iter(())
+    loop = time.perf_counter() - t_loop
+    torch.set_num_threads(all_threads)
+
+    _count(summary, job.preds.path, {found.inputs[i] for i in todo})
+    summary.loop_seconds = loop
+    summary.batches = len(marks)
+    summary.time_s = times
+    summary.latency_ms = _percentiles(latencies)
+    if summary.scored and loop > 0:
+        summary.images_per_s = summary.scored / loop
+    summary.steady_images_per_s = _steady(marks, t_loop, workers * job.prefetch_factor)
+    if sampler.active:
+        summary.gpu = sampler.stats.as_dict()
+    if job.model_only_iters > 0 and last_x is not None:
+        x = last_x
+        if x.shape[0] < job.batch_size:  # time the batch size the run used
+            x = x.repeat(math.ceil(job.batch_size / x.shape[0]), 1, 1, 1)[: job.batch_size]
+        most = min(all_threads, _cores())
+        counts = sorted({summary.threads, most}) if dev.type == "cpu" else [all_threads]
+        for t in counts:
+            ips = _model_only(predictor, x, job.model_only_iters, t)
+            summary.model_only_by_threads[str(t)] = ips
+            if ips > (summary.model_only_images_per_s or 0.0):
+                summary.model_only_images_per_s, summary.model_only_threads = ips, t
+        steady = summary.steady_images_per_s or summary.images_per_s
+        if steady:
+            summary.ratio = steady / summary.model_only_images_per_s
+    summary.seconds = time.perf_counter() - job.t_start
+    if job.summary_json is not None:
+        job.summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    return summary
+
+
+def _load(sidecar, device: str):
+    """The artifact's predictor on `device`; its refusals as ScoreError."""
+    from ptxfast import runtime
+
+    try:
+        # "auto": the device type the artifact was exported for when it is here, else the CPU.
+        return runtime.load_predictor(sidecar, device=device)
+    except ValueError as err:  # PredictorError, ArtifactError (bytes not the sidecar's)
+        raise ScoreError(str(err)) from None
+
+
+def _score_batch(
+    batch: _Batch,
+    predictor,
+    dev: torch.device,
+    batch_size: int,
+    want_masks: bool,
+    times: dict[str, float],
+) -> tuple[tuple | None, torch.Tensor | None]:
+    """((prob, area, label, masks) as numpy, or None when no file decoded; the batch on the
+    device, kept for the model-only timing)."""
+    if batch.images is None:
+        return None, None
+    t0 = time.perf_counter()
+    x = batch.images.to(dev, non_blocking=True)  # from pinned memory on CUDA
+    _sync(dev)
+    t1 = time.perf_counter()
+    n = x.shape[0]
+    if dev.type == "cuda" and n < batch_size:
+        # Compiled GPU graphs specialise on shapes (a TorchScript fuser recompiled for seconds
+        # on a last batch of 16 after 32s): repeat the last image up to the run's batch size.
+        x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
+    o = predictor(x)
+    _sync(dev)
+    times["transfer"] += t1 - t0
+    times["compute"] += time.perf_counter() - t1
+    label = predictor.label(o.prob[:n]).cpu().numpy()
+    prob = o.prob[:n].float().cpu().numpy()
+    area = o.area[:n].cpu().numpy()
+    masks: dict[int, np.ndarray] = {}
+    if want_masks and o.mask is not None and label.any():
+        pos = np.flatnonzero(label)
+        chosen = o.mask[torch.as_tensor(pos, device=o.mask.device), 0].float().cpu().numpy()
+        masks = dict(zip(pos.tolist(), chosen, strict=True))
+    return (prob, area, label, masks), x
+
+
+def _count(summary: ScoreSummary, csv_path: Path, paths: set[str]) -> None:
+    """Scored / failed / positives of this run's files, read back from the CSV (the record)."""
+    summary.scored = summary.failed = summary.positives = 0
+    with open(csv_path, newline="", **_ENCODING) as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for row in reader:
+            if len(row) != len(CSV_COLUMNS) or row[0] not in paths:
+                continue
+            if row[2]:
+                summary.scored += 1
+                summary.positives += row[3] == "1"
+            else:
+                summary.failed += 1
+
+
+def _steady(marks: list[tuple[float, int]], t0: float, ahead: int) -> float | None:
+    """Images/s after the batches decoded ahead during setup (at most half the run) are done."""
+    if not marks:
+        return None
+    skip = min(ahead, len(marks) // 2)
+    start = marks[skip - 1][0] if skip else t0
+    images = sum(n for _, n in marks[skip:])
+    span = marks[-1][0] - start
+    return images / span if images and span > 0 else None
+
+
+def _recover(
+    err: RuntimeError,
+    pending: list[int],
+    preds: _PredsCsv,
+    paths: Sequence[str],
+    state: torch.Tensor,
+) -> tuple[list[int], int]:
+    """After a decoding worker died: error rows for the file(s) it was decoding; returns the
+    files still to score (the CSV on disk says which rows were written) and the rows added."""
+    with contextlib.suppress(Exception):
+        preds.file.flush()
+    done, _, _ = read_done(preds.path)
+    left = [i for i in pending if paths[i] not in done]
+    pids = {int(p) for m in _PIDS.finditer(str(err)) for p in re.findall(r"\d+", m[1])}
+    started = [i for i in left if int(state[i]) > 0]
+    culprits = [i for i in started if int(state[i]) in pids] if pids else started
+    if not culprits:  # always make progress: the next file is the suspect
+        culprits = started[:1] or left[:1]
+    reason = " ".join(str(err).split())
+    if "timed out" in reason:
+        why = f"decoding did not finish ({reason})"
+    else:
+        why = f"the decoder crashed on this file ({reason})"
+    preds.append([[paths[i], "", "", "", "", why] for i in culprits])
+    for i in left:
+        state[i] = 0
+    blamed = set(culprits)
+    return [i for i in left if i not in blamed], len(culprits)

@@ -1,0 +1,410 @@
+"""`ptxfast score`: one row per file whatever the file, resumable after kill -9, shards that cover
+a folder once, PNG masks and DICOM SEGs that read back and validate.
+
+One tiny artifact (rn34un at 64², random weights, with its mask output) is exported once for
+the module; the folder mixes phantoms, several transfer syntaxes, MONOCHROME1, PNG, JPEG, a
+structured report, a truncated DICOM, a text file named .dcm and files without extension.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dicom_factory as F
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from pydicom import uid
+
+from ptxfast import runtime, scoring
+from ptxfast.checkpoint import checkpoint_header, save_checkpoint
+from ptxfast.cli import cli
+from ptxfast.data import synth
+
+SIZE = 64
+HEADER = "path,sop_instance_uid,probability,label,mask_area,error"
+ERRORS = {  # input → a phrase its error must contain
+    "report.dcm": "without pixel data",
+    "trunc.dcm": "truncated",
+    "notes.dcm": "neither DICOM nor an image",
+    "fake.png": "neither DICOM nor an image",
+    "empty.dcm": "empty file",
+}
+SKIPPED = {"readme.txt", "junk_noext"}
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and on a loaded 2-core machine two OpenMP threads
+    can run several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    """A 64² rn34un TorchScript artifact with its mask output, made by ptxfast.export."""
+    from ptxfast import models
+    from ptxfast.export import ExportConfig, export_model
+
+    base = tmp_path_factory.mktemp("artifact")
+    torch.manual_seed(0)
+    model = models.build("rn34un", weights=None)
+    ckpt = base / "runs" / "rn34un" / "best.pt"
+    state = {**checkpoint_header("rn34un", SIZE), "model": model.state_dict(), "epoch": 0}
+    save_checkpoint({**state, "metric": 0.0, "recipe": {}}, ckpt)
+    cfg = ExportConfig(
+        name="rn34un",
+        runs=base / "runs",
+        out=base / "exports",
+        checkpoint=ckpt,
+        backend="torchscript",
+        precision="fp32",
+        device="cpu",
+        return_mask=True,
+        parity_n=2,
+        batch=(1, 2, 2),
+    )
+    return export_model(cfg).sidecar_path
+
+
+@pytest.fixture(scope="module")
+def predictor(artifact):
+    return runtime.load_predictor(artifact, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mixed")
+    synth.write_dataset(root / "ph", 3, seed=0, size=SIZE, positive_rate=0.5, workers=1)
+    for extra in ("Pneumothorax_reports.csv", "synth.json"):
+        (root / "ph" / extra).unlink(missing_ok=True)
+    for p in (root / "ph").glob("*.json"):
+        p.unlink()
+    deep = root / "nested" / "deeper"
+    deep.mkdir(parents=True)
+    px = F.gray_pixels(80, 72, bits=12)
+    F.save(F.image_dataset(px, bits_stored=12), deep / "j2k.dcm", uid.JPEG2000Lossless)
+    F.save(F.image_dataset(px, bits_stored=12), deep / "rle_noext", uid.RLELossless)
+    F.save(F.image_dataset(px, bits_stored=12, photometric="MONOCHROME1"), root / "mono1.dcm")
+    F.save(F.image_dataset(px, bits_stored=12), root / "nested" / "impl.DCM", uid.ImplicitVRLittleEndian)  # fmt: skip
+    F.save_bare(F.image_dataset(px, bits_stored=12), root / "bare_noext")
+    ramp = np.linspace(0, 255, 64 * 48).reshape(48, 64).astype(np.uint8)
+    Image.fromarray(ramp).save(root / "photo.png")
+    Image.fromarray(ramp).save(root / "nested" / "photo_noext", format="JPEG")
+    F.structured_report(root / "report.dcm")
+    good = F.save(F.image_dataset(px, bits_stored=12), root / "trunc.dcm")
+    good.write_bytes(good.read_bytes()[:-3000])
+    (root / "notes.dcm").write_text("not DICOM, but named as if it were\n")
+    (root / "fake.png").write_text("not a PNG either\n")
+    (root / "empty.dcm").write_bytes(b"")
+    (root / "readme.txt").write_text("skipped\n")
+    (root / "junk_noext").write_bytes(b"\x01" * 300)
+    (root / ".hidden.dcm").write_text("ignored\n")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "x.dcm").write_text("ignored\n")
+    return root
+
+
+def _inputs(root: Path) -> list[str]:
+    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    return sorted(f for f in files if not any(part.startswith(".") for part in f.split("/")))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    text = path.read_text()
+    assert text.startswith(HEADER + "\n") and text.endswith("\n")
+    return list(csv.DictReader(text.splitlines()))
+
+
+def by(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {r["path"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def scored(folder, artifact, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    summary = scoring.score_folder(
+        folder,
+        out / "preds.csv",
+        model=artifact,
+        device="cpu",
+        batch_size=2,
+        workers=1,
+        masks_dir=out / "masks",
+        seg_dir=out / "seg",
+        summary_json=out / "summary.json",
+        model_only_iters=1,
+    )
+    return summary, _rows(out / "preds.csv"), out
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_mixed_folder_one_row_per_file(scored, folder):
+    summary, rows, out = scored
+    expected = [f for f in _inputs(folder) if f not in SKIPPED]
+    assert [r["path"] for r in rows] == expected  # sorted, each input once
+    by_path = {r["path"]: r for r in rows}
+    for name, phrase in ERRORS.items():
+        row = by_path[name]
+        assert phrase in row["error"] and "\n" not in row["error"]
+        assert row["probability"] == row["label"] == row["mask_area"] == ""
+    # The SR and the truncated file still have readable headers: their UIDs are reported.
+    assert by_path["report.dcm"]["sop_instance_uid"]
+    ok = [r for r in rows if not r["error"]]
+    assert len(ok) == len(rows) - len(ERRORS) == 10
+    for r in ok:
+        p = float(r["probability"])
+        assert 0.0 <= p <= 1.0
+        assert r["label"] == str(int(p > 0.3))  # a segmenter's label rule
+        assert int(r["mask_area"]) >= 0
+    for name in ("nested/deeper/rle_noext", "bare_noext", "mono1.dcm", "nested/impl.DCM"):
+        assert by_path[name]["sop_instance_uid"].startswith("1.2.")
+    assert by_path["photo.png"]["sop_instance_uid"] == ""
+    assert summary.files == len(rows) and summary.skipped == len(SKIPPED)
+    assert (summary.scored, summary.failed) == (len(ok), len(ERRORS))
+    assert summary.positives == sum(r["label"] == "1" for r in ok)
+    assert summary.model_only_images_per_s > 0 and summary.ratio > 0
+    js = json.loads((out / "summary.json").read_text())
+    assert js["files"] == len(rows) and set(js["latency_ms"]) == {"p50", "p95", "p99"}
+    assert js["gpu"] is None  # no GPU here: NVML fields are null, not an error
+
+
+def test_masks_and_dicom_seg(scored, folder):
+    import highdicom as hd
+    import pydicom
+
+    summary, rows, out = scored
+    positives = [r for r in rows if r["label"] == "1"]
+    assert positives, "random weights at 64² give positives; the test needs some"
+    segs = sorted((out / "seg").glob("*.dcm"))
+    dicom_pos = [r for r in positives if r["sop_instance_uid"]]
+    assert len(segs) == summary.segs_written == len(dicom_pos)
+    assert summary.seg_not_dicom == len(positives) - len(dicom_pos) >= 1  # PNG and JPEG
+    assert not summary.output_errors
+    for r in positives:
+        src = folder / r["path"]
+        mask = np.asarray(Image.open(out / "masks" / (r["path"] + ".mask.png")))
+        overlay = Image.open(out / "masks" / (r["path"] + ".overlay.png"))
+        rows_cols = mask.shape
+        assert set(np.unique(mask)) <= {0, 255} and overlay.mode == "RGB"
+        assert overlay.size == (rows_cols[1], rows_cols[0])
+        if not r["sop_instance_uid"]:
+            continue
+        source = pydicom.dcmread(src, force=True, stop_before_pixels=True)
+        assert rows_cols == (source.Rows, source.Columns)  # source resolution, not 64²
+        seg = hd.seg.segread(out / "seg" / f"{r['sop_instance_uid']}.dcm")
+        assert seg.SOPClassUID == uid.SegmentationStorage
+        assert [u[2] for u in seg.get_source_image_uids()] == [r["sop_instance_uid"]]
+        assert seg.StudyInstanceUID == source.StudyInstanceUID
+        assert seg.SegmentSequence[0].SegmentLabel == "Pneumothorax"
+        assert "ptxfast" in seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName  # fmt: skip
+        np.testing.assert_array_equal(seg.pixel_array.astype(bool), mask > 0)
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy is None:
+        pytest.skip("dciodvfy (Debian dicom3tools) not installed; SEG not validated")
+    for seg in segs:
+        res = subprocess.run([dciodvfy, str(seg)], capture_output=True, text=True)
+        errors = [line for line in (res.stdout + res.stderr).splitlines() if "Error" in line]
+        assert not errors, f"{seg.name}: {errors}"
+
+
+def test_resume_after_kill_and_torn_line(folder, artifact, tmp_path):
+    out = tmp_path / "preds.csv"
+    cmd = [sys.executable, "-m", "ptxfast", "score", str(folder), "--out", str(out)]
+    cmd += ["--model", str(artifact), "--device", "cpu", "--batch-size", "1", "--workers", "1"]
+    cmd += ["--model-only-iters", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and out.read_bytes().count(b"\n") >= 2:  # header + a flushed row
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    expected = [f for f in _inputs(folder) if f not in SKIPPED]
+    first = _rows(out)
+    assert 1 <= len(first) < len(expected)
+    # A run killed mid-write leaves the next row half written.
+    nxt = expected[len(first)]
+    with open(out, "a") as f:
+        f.write(f"{nxt},1.2.3,0.12")
+    refused = CliRunner().invoke(
+        cli, ["score", str(folder), "--out", str(out), "--model", str(artifact)]
+    )
+    assert refused.exit_code != 0 and "--resume" in refused.output
+    res = CliRunner().invoke(
+        cli,
+        ["score", str(folder), "--out", str(out), "--model", str(artifact), "--device", "cpu"]
+        + ["--resume", "--batch-size", "4", "--workers", "0", "--threads", "1"]
+        + ["--model-only-iters", "0"]
+        + ["--json", str(tmp_path / "s.json")],
+    )
+    assert res.exit_code == 0, res.output
+    rows = _rows(out)
+    assert [r["path"] for r in rows] == expected  # one row each, torn line gone, in order
+    assert by(rows)[nxt]["probability"] != "0.12"
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["already"] == len(first) and s["torn_line_dropped"] is True
+    assert s["scored"] + s["failed"] == len(expected) - len(first)
+
+
+def test_shards_cover_the_folder_once(folder, predictor, scored, tmp_path):
+    _, full, _ = scored
+    parts, skipped = [], 0
+    for k in (1, 2, 3):
+        s = scoring.score_folder(
+            folder,
+            tmp_path / f"preds-{k}.csv",
+            model=predictor,
+            batch_size=4,
+            workers=0,
+            shard=(k, 3),
+            model_only_iters=0,
+        )
+        parts.append(_rows(tmp_path / f"preds-{k}.csv"))
+        skipped += s.skipped
+    paths = [r["path"] for part in parts for r in part]
+    assert sorted(paths) == [r["path"] for r in full] and len(set(paths)) == len(paths)
+    assert all(len(p) > 0 for p in parts) and skipped == len(SKIPPED)
+    ref = by(full)
+    for part in parts:
+        for r in part:
+            assert r["error"] == ref[r["path"]]["error"]
+            if r["probability"]:
+                assert float(r["probability"]) == pytest.approx(
+                    float(ref[r["path"]]["probability"]), abs=2e-6
+                )
+
+
+def test_worker_crash_becomes_a_row(folder, predictor, tmp_path, monkeypatch):
+    real = scoring.load_image
+
+    def crashing(path, size=None, **kw):
+        # Fork-started workers inherit this patch: die as a segfaulting codec would.
+        if Path(path).name == "mono1.dcm" and torch.utils.data.get_worker_info() is not None:
+            os._exit(11)
+        return real(path, size, **kw)
+
+    monkeypatch.setattr(scoring, "load_image", crashing)
+    s = scoring.score_folder(
+        folder, tmp_path / "p.csv", model=predictor, batch_size=2, workers=1, model_only_iters=0
+    )
+    rows = by(_rows(tmp_path / "p.csv"))
+    assert len(rows) == s.files and s.worker_restarts == 1
+    assert "decoder crashed" in rows["mono1.dcm"]["error"]
+    assert sum("crashed" in r["error"] for r in rows.values()) == 1
+
+
+def test_outputs_checked_before_any_work(folder, artifact, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("work started before the outputs were checked")
+
+    monkeypatch.setattr(runtime, "load_predictor", boom)
+    monkeypatch.setattr(scoring, "find_inputs", boom)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for kwargs in (
+        {"out": blocker / "preds.csv"},
+        {"out": tmp_path / "p.csv", "masks_dir": blocker / "m"},
+        {"out": tmp_path / "p.csv", "seg_dir": blocker / "s"},
+        {"out": tmp_path / "p.csv", "summary_json": blocker / "s.json"},
+    ):
+        with pytest.raises(scoring.ScoreError, match="cannot write"):
+            scoring.score_folder(folder, model=artifact, **kwargs)
+    res = CliRunner().invoke(
+        cli, ["score", str(folder), "--out", str(blocker / "p.csv"), "--model", str(artifact)]
+    )
+    assert res.exit_code != 0 and "cannot write --out" in res.output
+
+
+def test_no_artifact_and_maskless_artifact_are_clear_errors(folder, artifact, tmp_path):
+    empty = tmp_path / "exports"
+    empty.mkdir()
+    res = CliRunner().invoke(
+        cli, ["score", str(folder), "--out", str(tmp_path / "p.csv"), "--exports", str(empty)]
+    )
+    assert res.exit_code != 0
+    assert "no artifact" in res.output and "ptxfast export" in res.output
+    assert "Traceback" not in res.output
+    # The same model file with a sidecar saying it has no mask output.
+    other = tmp_path / "maskless"
+    other.mkdir()
+    side = json.loads(artifact.read_text())
+    side["return_mask"] = False
+    shutil.copy(artifact.parent / side["file"], other / side["file"])
+    (other / artifact.name).write_text(json.dumps(side))
+    with pytest.raises(scoring.ScoreError, match="--return-mask"):
+        scoring.score_folder(
+            folder, tmp_path / "q.csv", model=other / artifact.name, masks_dir=tmp_path / "m"
+        )
+    # A model file that is not the one its sidecar describes is refused, and an existing CSV
+    # is left as it was even with --overwrite.
+    with open(other / side["file"], "ab") as f:
+        f.write(b"\0")
+    kept = tmp_path / "kept.csv"
+    kept.write_text(HEADER + "\na.dcm,,0.5,1,3,\n")
+    for out in (tmp_path / "new.csv", kept):
+        with pytest.raises(scoring.ScoreError, match="sha256"):
+            scoring.score_folder(folder, out, model=other / artifact.name, overwrite=True)
+    assert not (tmp_path / "new.csv").exists() and "a.dcm" in kept.read_text()
+
+
+def test_find_inputs_claims_hidden_and_exclusions(folder, tmp_path):
+    found = scoring.find_inputs(folder)
+    assert set(found.skipped) == SKIPPED
+    assert "notes.dcm" in found.inputs and "nested/photo_noext" in found.inputs
+    assert not any(p.startswith(".") or "/." in p for p in found.inputs)
+    # Outputs written inside the folder are never scored.
+    (folder / "out_masks").mkdir()
+    try:
+        Image.new("L", (8, 8)).save(folder / "out_masks" / "m.png")
+        assert "out_masks/m.png" in scoring.find_inputs(folder).inputs
+        assert "out_masks/m.png" not in scoring.find_inputs(folder, exclude=[folder / "out_masks"]).inputs  # fmt: skip
+    finally:
+        shutil.rmtree(folder / "out_masks")
+    shards = [scoring.find_inputs(folder, (k, 4)) for k in (1, 2, 3, 4)]
+    every = sorted(p for s in shards for p in s.inputs + s.skipped)
+    assert every == sorted(found.inputs + found.skipped)
+    assert scoring.parse_shard("2/3") == (2, 3)
+    for bad in ("0/3", "4/3", "x", "1/0"):
+        with pytest.raises(scoring.ScoreError, match="K/N"):
+            scoring.parse_shard(bad)
+
+
+def test_read_done_keeps_complete_rows_only(tmp_path):
+    p = tmp_path / "p.csv"
+    rows = HEADER + '\na.dcm,1.2,0.5,1,10,\n"we,ird\nname.dcm",,,,,"bad, file"\n'
+    p.write_text(rows + "c.dcm,1.3,0.")  # torn last line
+    done, good, torn = scoring.read_done(p)
+    assert done == {"a.dcm", "we,ird\nname.dcm"} and torn and good == len(rows.encode())
+    p.write_text(rows + '"d\n')  # torn inside a quoted field that spans lines
+    assert scoring.read_done(p)[0] == done
+    p.write_text(HEADER + "\na.dcm,1.2\nb.dcm,1.3,0.5,1,10,\n")  # damage that is not a kill
+    with pytest.raises(scoring.ScoreError, match="fields"):
+        scoring.read_done(p)
+    p.write_text("something,else\n")
+    with pytest.raises(scoring.ScoreError, match="not a ptxfast predictions CSV"):
+        scoring.read_done(p)
+    p.write_text(HEADER[:10])  # killed while writing the header
+    assert scoring.read_done(p) == (set(), 0, True)
