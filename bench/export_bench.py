@@ -1,0 +1,207 @@
+"""The fused, frozen TorchScript cascade against the eager fp32 cascade, on the CPU.
+
+Each variant is a `ptxfast.runtime.Predictor` (what scoring runs): eager fp32 (the baseline, as
+a training script would run it), TorchScript fp32 (traced, frozen, channels_last) and TorchScript
+bf16 (the same graph in bf16), plus eager bf16 autocast and optionally inductor. Each is warmed
+up, then timed with time.perf_counter over several batches; parity is measured against eager
+fp32 on synthetic phantoms (max |Δprob|, label agreement).
+
+    python bench/export_bench.py                       # eb3un+eb3, random init, batch 8, 256²
+    python bench/export_bench.py --runs runs --json bench/results/export_cpu.json
+
+Several people may share the machine: the load average is printed before and after, and timings
+taken under load are slower and noisier than the machine can do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ptxfast.export import cpu_bf16, phantom_batches
+from ptxfast.runtime import Predictor, build_predictor
+
+VARIANTS = {
+    # name: (backend, precision, channels_last, optimize_for_inference)
+    "eager fp32": ("eager", "fp32", False, False),
+    "eager bf16 autocast": ("eager", "bf16", True, False),
+    "torchscript fp32": ("torchscript", "fp32", True, False),
+    "torchscript bf16": ("torchscript", "bf16", True, False),
+    "torchscript fp32 optimized": ("torchscript", "fp32", True, True),
+    "torchscript bf16 optimized": ("torchscript", "bf16", True, True),
+    "eager fp16 autocast": ("eager", "fp16", True, False),  # CUDA only
+    "torchscript fp16": ("torchscript", "fp16", True, False),  # CUDA only
+    "tensorrt fp16": ("tensorrt", "fp16", True, False),  # CUDA + torch-tensorrt
+    "inductor fp32": ("inductor", "fp32", True, False),
+    "inductor bf16": ("inductor", "bf16", True, False),
+}
+DEFAULT_VARIANTS = ("eager fp32", "torchscript fp32", "torchscript bf16")
+
+
+def time_predictor(
+    predictor: Predictor, x: torch.Tensor, warmup: int, iters: int
+) -> dict[str, float]:
+    """Median and mean seconds per batch over `iters` timed calls after `warmup` calls."""
+    for _ in range(warmup):
+        predictor(x)
+    times = []
+    for _ in range(iters):
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize(predictor.device)
+        start = time.perf_counter()
+        predictor(x)
+        if predictor.device.type == "cuda":
+            torch.cuda.synchronize(predictor.device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "mean_s": statistics.fmean(times)}
+
+
+def parity(
+    predictor: Predictor, reference: Predictor, data: list[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, float]:
+    """max |Δprob| and label agreement of `predictor` against `reference` on `data`."""
+    dp, agree, n = 0.0, 0, 0
+    for x, _ in data:
+        a, b = predictor(x).prob, reference(x).prob
+        dp = max(dp, float((a - b).abs().max()))
+        agree += int((predictor.label(a) == reference.label(b)).sum())
+        n += len(a)
+    return {"max_abs_delta_prob": dp, "agreement": agree / max(n, 1)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Build each variant, time it, measure its parity; a flat dict per variant."""
+    source = args.name
+    if args.runs:
+        source = Path(args.runs) / args.name / "best.pt"
+        if not source.is_file():
+            sys.exit(f"no checkpoint {source}; train it or leave out --runs (random init)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    batch = (1, args.batch, max(args.batch, 32))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 1, args.size, args.size, generator=g)
+    data = list(phantom_batches(args.parity_n, args.size, args.batch, seed=1))
+    load_before = os.getloadavg()
+    rows, reference = [], None
+    for name in args.variants:
+        backend, precision, channels_last, optimize = VARIANTS[name]
+        start = time.perf_counter()
+        predictor = build_predictor(
+            backend,
+            source,
+            size=args.size,
+            precision=precision,
+            device=device,
+            batch=batch,
+            channels_last=channels_last,
+            check_trace=False,
+            optimize=optimize,
+        )
+        built = time.perf_counter() - start
+        timing = time_predictor(predictor, x, args.warmup, args.iters)
+        if reference is None:
+            reference = predictor  # the first variant (eager fp32) is the baseline
+        row = {
+            "variant": name,
+            "backend": backend,
+            "precision": precision,
+            "channels_last": channels_last,
+            "batch": args.batch,
+            "size": args.size,
+            "build_s": built,
+            **timing,
+            "images_per_s": args.batch / timing["median_s"],
+            **parity(predictor, reference, data),
+        }
+        rows.append(row)
+        print(
+            f"{name:22s} {timing['median_s'] * 1e3:9.1f} ms/batch  "
+            f"{row['images_per_s']:7.2f} img/s  max|Δp| {row['max_abs_delta_prob']:.2g}",
+            flush=True,
+        )
+    base = rows[0]["median_s"]
+    for row in rows:
+        row["speedup"] = base / row["median_s"]
+    return {
+        "model": args.name,
+        "weights": str(source) if args.runs else "random init",
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": cpu_bf16(),
+        "cpus": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "parity_images": sum(len(y) for _, y in data),
+        "rows": rows,
+    }
+
+
+def render(result: dict) -> None:
+    """Print the result as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    title = (
+        f"{result['model']} ({result['weights']}) on {result['device']}, "
+        f"batch {result['rows'][0]['batch']}, {result['rows'][0]['size']}², "
+        f"{result['threads']} threads, load {result['load_before'][0]:.1f} → "
+        f"{result['load_after'][0]:.1f}"
+    )
+    table = Table(title=title)
+    for col in ("variant", "ms/batch", "img/s", "speedup", "max |Δprob|", "agreement", "build s"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in result["rows"]:
+        table.add_row(
+            r["variant"],
+            f"{r['median_s'] * 1e3:.1f}",
+            f"{r['images_per_s']:.2f}",
+            f"{r['speedup']:.2f}×",
+            f"{r['max_abs_delta_prob']:.2g}",
+            f"{r['agreement']:.1%}",
+            f"{r['build_s']:.1f}",
+        )
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", default="eb3un+eb3", help="model (default eb3un+eb3)")
+    p.add_argument("--runs", help="read RUNS/<name>/best.pt (default: random init)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--iters", type=int, default=5, help="timed batches per variant")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--parity-n", type=int, default=16, help="phantoms for the parity figures")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(DEFAULT_VARIANTS),
+        choices=list(VARIANTS),
+        help="the first is the baseline",
+    )
+    p.add_argument("--json", type=Path, help="also write the result here")
+    args = p.parse_args(argv)
+    result = run(args)
+    render(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""One model, one graph: the fused inference module every backend runs, and its TorchScript form.
+
+`Fused` wraps any of the eight models so that the whole path from a batch of N×1×S×S images in
+[0, 1] to what a reader needs — the image probability, the mask area above PIXEL_THRESHOLD and,
+on request, the mask — is a single forward with no Python between the parts:
+
+- cascade: segmenter → sigmoid → concat [img, img, mask] → classifier; probability =
+  sigmoid(logit), area = count(mask > 0.3);
+- segmenter: probability = the k-th largest pixel probability (`segmenter_score`), so
+  `probability > 0.3` is exactly the paper's "more than min_area pixels above 0.3"; area = count;
+- classifier: probability = sigmoid(logit), area = -1 (no mask).
+
+Outputs are float32 probabilities and int32 areas whatever the compute dtype, so every backend
+and precision answers in the same types. `to_torchscript` traces it (checked at a second batch
+size, so no batch dimension is baked in), freezes it and keeps channels_last weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ptxfast.models import PIXEL_THRESHOLD, kind_of, min_area, score_k, segmenter_score
+from ptxfast.training import CLASSIFIER_THRESHOLD
+
+PRECISIONS: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+DTYPE_NAMES = {v: k for k, v in PRECISIONS.items()}
+
+
+class FusedError(ValueError):
+    """A model that cannot be fused or traced as asked; the message says what to change."""
+
+
+def label_threshold(kind: str) -> float:
+    """The probability above which the fused model's image label is positive: 0.5 for classifiers
+    and cascades (as training scores them); 0.3 on a segmenter's k-th largest pixel."""
+    return PIXEL_THRESHOLD if kind == "segmenter" else CLASSIFIER_THRESHOLD
+
+
+def thresholds(kind: str, size: int) -> dict[str, float | int | None]:
+    """The label rule of a fused model as recorded in sidecars and on predictors."""
+    has_mask = kind != "classifier"
+    return {
+        "label": label_threshold(kind),
+        "pixel": PIXEL_THRESHOLD if has_mask else None,
+        "min_area": min_area(size) if has_mask else None,
+        "score_k": score_k(size) if kind == "segmenter" else None,
+    }
+
+
+class Fused(nn.Module):
+    """N×1×S×S images in [0, 1] → (probability N float32, area N int32[, mask N×1×S×S float32]).
+
+    `dtype` is the compute dtype: the input is cast to it inside the graph (a no-op when the
+    caller already sends it), the model must already hold weights of that dtype. `return_mask`
+    is fixed at construction so the traced graph has one output signature.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        size: int,
+        dtype: torch.dtype = torch.float32,
+        return_mask: bool = False,
+    ) -> None:
+        super().__init__()
+        if kind == "classifier" and return_mask:
+            raise FusedError("a classifier has no mask; export it without --return-mask")
+        self.model = model
+        self.kind = kind
+        self.size = size
+        self.dtype = dtype
+        self.return_mask = return_mask
+        self.k = score_k(size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = x.to(self.dtype)
+        if self.kind == "cascade":
+            logits, mask = self.model.forward_with_mask(x)
+            prob = torch.sigmoid(logits.float())[:, 0]
+            mask = mask.float()
+        elif self.kind == "segmenter":
+            # Sigmoid and top-k in float32: the k-th largest pixel decides the label at 0.3.
+            mask = torch.sigmoid(self.model(x).float())
+            prob = segmenter_score(mask, self.k)
+        else:
+            prob = torch.sigmoid(self.model(x).float())[:, 0]
+            # -1 marks "no mask"; full_like keeps the batch dimension symbolic in the trace.
+            return prob, torch.full_like(prob, -1, dtype=torch.int32)
+        area = (mask > PIXEL_THRESHOLD).flatten(1).sum(1, dtype=torch.int32)
+        if self.return_mask:
+            return prob, area, mask
+        return prob, area
+
+
+def fuse(
+    model: nn.Module,
+    name: str,
+    size: int,
+    *,
+    precision: str = "fp32",
+    device: str | torch.device = "cpu",
+    return_mask: bool = False,
+    channels_last: bool = True,
+    copy_model: bool = True,
+) -> Fused:
+    """The fused module of `model` (one of the eight, by `name`) at `precision` on `device`.
+
+    The model is copied first (unless `copy_model=False`), so the caller's fp32 model stays the
+    reference for parity checks. Weights go to `device`, the dtype and (with `channels_last`) NHWC.
+    """
+    if size < 32 or (kind_of(name) != "classifier" and size % 32):
+        raise FusedError(f"size {size} must be a multiple of 32 (U-Net strides), at least 32")
+    if precision not in PRECISIONS:
+        raise FusedError(f"precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    model = copy.deepcopy(model) if copy_model else model
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    model = model.eval().to(device=device, dtype=dtype, memory_format=fmt)
+    model.requires_grad_(False)
+    return Fused(model, kind_of(name), size, dtype, return_mask).eval()
+
+
+def example_input(
+    fused: Fused, batch: int, device: str | torch.device, channels_last: bool = True
+) -> torch.Tensor:
+    """A random batch in [0, 1] of the fused model's input shape and dtype."""
+    g = torch.Generator().manual_seed(batch)
+    x = torch.rand(batch, 1, fused.size, fused.size, generator=g).to(device, fused.dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence torch's deprecation notices for torch.jit (TorchScript is what ships here) and the
+    tracer's notes on Python values it records as constants (sizes fixed by design)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def to_torchscript(
+    fused: Fused,
+    batch: tuple[int, int, int],
+    device: str | torch.device,
+    *,
+    channels_last: bool = True,
+    check: bool = True,
+) -> torch.jit.ScriptModule:
+    """Trace `fused` into one TorchScript graph and freeze it.
+
+    The trace runs at the optimal batch and is checked (`check_trace`) at another batch size of
+    the range, so a graph that baked a batch dimension in fails here rather than in production.
+    Freezing inlines every submodule and folds weights and BatchNorm into constants.
+    """
+    lo, opt, hi = batch
+    example = example_input(fused, opt, device, channels_last)
+    other = lo if lo != opt else min(hi, opt + 1)
+    checks = [(example_input(fused, other, device, channels_last),)] if check else None
+    with quiet_jit(), torch.no_grad():
+        try:
+            traced = torch.jit.trace(
+                fused, example, check_trace=check, check_inputs=checks, check_tolerance=1e-4
+            )
+        except torch.jit.TracingCheckError as err:
+            first = str(err).strip().splitlines()[0]
+            raise FusedError(
+                f"the traced graph of the fused model is not the eager one ({first}); "
+                "report this with the model name and size"
+            ) from None
+        return torch.jit.freeze(traced.eval())
+
+
+def graph_precision(scripted: torch.jit.ScriptModule) -> tuple[str, dict[str, int]]:
+    """(precision, elements per floating dtype) of the weights a frozen graph holds as constants:
+    what the artifact computes in, read from the artifact itself rather than from the request."""
+    counts: dict[str, int] = {}
+    for node in scripted.graph.findAllNodes("prim::Constant"):
+        out = node.output()
+        if not isinstance(out.type(), torch._C.TensorType):
+            continue
+        value = out.toIValue()
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            key = DTYPE_NAMES.get(value.dtype, str(value.dtype).replace("torch.", ""))
+            counts[key] = counts.get(key, 0) + value.numel()
+    if not counts:
+        return "unknown", counts
+    return max(counts, key=counts.__getitem__), counts

@@ -1,0 +1,404 @@
+"""The runtime: one `Predictor` over every backend, so scoring and benchmarks run any of them alike.
+
+A predictor takes a float32 batch N×1×S×S in [0, 1] (on the CPU or its device) and returns
+`Outputs(prob, area, mask)` on its device: the image probability (float32 N), the mask area above
+PIXEL_THRESHOLD (int32 N, -1 for classifiers) and the mask (float32 N×1×S×S) when the model was
+fused with `return_mask`. It moves and casts the input itself (non_blocking, channels_last).
+
+- `load_predictor(artifact)` runs an exported artifact after checking its sha256.
+- `build_predictor(backend, model)` makes one on the fly (benchmarks): `eager` (fp32, or autocast
+  fp16 on CUDA / bf16), `torchscript` (traced, frozen, channels_last; fp32 / fp16 / bf16),
+  `tensorrt` (FP16 via Torch-TensorRT), `inductor` (`torch.compile`).
+- `available_backends(device)` says which can run here and, for the others, what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ptxfast import MODEL_NAMES
+from ptxfast.artifact import ArtifactError, Sidecar, read_sidecar, verify
+from ptxfast.fused import DTYPE_NAMES, PRECISIONS, fuse, quiet_jit, thresholds, to_torchscript
+from ptxfast.models import kind_of
+
+BACKENDS = ("eager", "torchscript", "tensorrt", "inductor")
+
+
+class PredictorError(ValueError):
+    """A predictor that cannot be made or run as asked; the message says what to do."""
+
+
+class Outputs(NamedTuple):
+    """What a predictor returns for a batch of N images, on the predictor's device."""
+
+    prob: torch.Tensor  # float32 N: image probability (label = prob > thresholds["label"])
+    area: torch.Tensor  # int32 N: mask pixels above PIXEL_THRESHOLD; -1 for classifiers
+    mask: torch.Tensor | None = None  # float32 N×1×S×S mask probability (return_mask only)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """ "auto" → the first CUDA GPU when there is one, else the CPU; a CUDA device that is not
+    there is an error naming what to use instead."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PredictorError(
+            f"device {device} asked for but CUDA is not available "
+            "(torch.cuda.is_available() is False); use --device cpu"
+        )
+    return device
+
+
+def _inductor_reason(device: torch.device) -> str | None:
+    if not hasattr(torch, "compile"):
+        return "inductor needs torch.compile (torch >= 2.0)"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except Exception as err:
+            return (
+                f"inductor on CUDA needs triton ({type(err).__name__}: {err}); pip install triton"
+            )
+        return None
+    compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return (
+            "inductor on CPU needs a C++ compiler (g++ or clang++) on PATH; "
+            "install one (e.g. apt-get install g++) or set CXX"
+        )
+    return None
+
+
+def available_backends(device: str | torch.device | None = "auto") -> dict[str, str | None]:
+    """{backend: None if it can run on `device`, else the reason it cannot}."""
+    from ptxfast import trt
+
+    dev = resolve_device(device)
+    return {
+        "eager": None,
+        "torchscript": None if hasattr(torch.jit, "trace") else "this torch has no torch.jit",
+        "tensorrt": trt.unavailable_reason(dev),
+        "inductor": _inductor_reason(dev),
+    }
+
+
+def require_backend(backend: str, device: torch.device) -> None:
+    """Raise a PredictorError naming what is missing when `backend` cannot run on `device`."""
+    if backend not in BACKENDS:
+        raise PredictorError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    reason = available_backends(device)[backend]
+    if reason is not None:
+        raise PredictorError(reason)
+
+
+def check_precision(backend: str, precision: str, device: torch.device) -> None:
+    """Refuse precisions a backend cannot run on a device type, with what to use instead."""
+    if precision not in PRECISIONS:
+        raise PredictorError(f"precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise PredictorError(
+            "fp16 runs on CUDA GPUs; on a CPU use --precision bf16 (CPUs with bf16 units) or fp32"
+        )
+    if backend == "tensorrt" and precision == "bf16":
+        raise PredictorError("the tensorrt backend exports fp16 or fp32; use --precision fp16")
+
+
+class Predictor:
+    """A model ready to score batches: `predictor(x) -> Outputs`, plus what it is.
+
+    Attributes: name, kind, size, backend, precision, device, input_dtype, thresholds (label,
+    pixel, min_area, score_k), batch ((min, opt, max) or None), return_mask, channels_last,
+    path (how it was made: trace, ts, dynamo, eager, inductor), sidecar (artifacts only).
+    """
+
+    def __init__(
+        self,
+        module: Callable[[torch.Tensor], Any],
+        *,
+        name: str,
+        size: int,
+        backend: str,
+        precision: str,
+        device: torch.device,
+        input_dtype: torch.dtype = torch.float32,
+        batch: tuple[int, int, int] | None = None,
+        return_mask: bool = False,
+        channels_last: bool = True,
+        autocast_dtype: torch.dtype | None = None,
+        path: str = "",
+        sidecar: Sidecar | None = None,
+    ) -> None:
+        self.module = module
+        self.name = name
+        self.kind = kind_of(name)
+        self.size = size
+        self.backend = backend
+        self.precision = precision
+        self.device = device
+        self.input_dtype = input_dtype
+        self.thresholds = thresholds(self.kind, size)
+        self.batch = batch
+        self.return_mask = return_mask
+        self.channels_last = channels_last
+        self.autocast_dtype = autocast_dtype
+        self.path = path
+        self.sidecar = sidecar
+        # TensorRT engines hold a fixed batch range; other backends take any batch.
+        self._strict_batch = backend == "tensorrt" and batch is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({self.name}, {self.backend}/{self.path}, {self.precision}, "
+            f"{self.size}², {self.device})"
+        )
+
+    def label(self, prob: torch.Tensor) -> torch.Tensor:
+        """The image label (bool) of probabilities, by the model's rule."""
+        return prob > self.thresholds["label"]
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.size
+        if x.dim() != 4 or x.shape[1] != 1 or tuple(x.shape[-2:]) != (s, s):
+            raise PredictorError(
+                f"{self.name} takes N×1×{s}×{s} images in [0, 1], got shape {tuple(x.shape)}; "
+                f"resize to {s}×{s} (ptxfast.data.dicom.load_image(path, size={s}))"
+            )
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype != self.input_dtype:
+            x = x.to(self.input_dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _run(self, x: torch.Tensor) -> Outputs:
+        out = self.module(x)
+        if isinstance(out, torch.Tensor):  # a bare module returns logits; predictors never do
+            raise PredictorError(f"{self.name}: the module returned one tensor, not (prob, area)")
+        mask = out[2] if len(out) > 2 else None
+        return Outputs(out[0].float(), out[1], mask)
+
+    def __call__(self, x: torch.Tensor) -> Outputs:
+        """Score a batch: x is N×1×S×S in [0, 1], float32 (or already `input_dtype`)."""
+        x = self._prepare(x)
+        with torch.inference_mode(), self._autocast():
+            if not self._strict_batch:
+                return self._run(x)
+            lo, _, hi = self.batch
+            parts = []
+            for chunk in x.split(hi):
+                n = chunk.shape[0]
+                if n < lo:  # pad up to the engine's smallest batch, drop the padding after
+                    pad = chunk.new_zeros((lo - n, *chunk.shape[1:]))
+                    chunk = torch.cat([chunk, pad]).contiguous(memory_format=torch.channels_last)
+                out = self._run(chunk)
+                parts.append(Outputs(*(t[:n] if t is not None else None for t in out)))
+            if len(parts) == 1:
+                return parts[0]
+            mask = torch.cat([p.mask for p in parts]) if parts[0].mask is not None else None
+            return Outputs(
+                torch.cat([p.prob for p in parts]), torch.cat([p.area for p in parts]), mask
+            )
+
+    def warmup(self, batch: int | None = None, iters: int = 2) -> None:
+        """Run a few random batches (compiles lazy backends, fills caches)."""
+        n = batch or (self.batch[1] if self.batch else 1)
+        x = torch.rand(n, 1, self.size, self.size)
+        for _ in range(iters):
+            self(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+# ------------------------------------------------------------------------------------ artifacts
+
+
+def _artifact_device(sidecar: Sidecar, device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        wanted = str(sidecar.get("device", "cpu"))
+        if wanted.startswith("cuda") and torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return resolve_device(device)
+
+
+def load_predictor(
+    artifact: str | Path | Sidecar,
+    device: str | torch.device | None = "auto",
+    *,
+    optimize: bool = False,
+) -> Predictor:
+    """A predictor for an exported artifact (its model file or sidecar), after its sha256 check.
+
+    device "auto": the device type the artifact was exported for when it is here, else the CPU.
+    TorchScript files load with `torch.jit.load`; TensorRT ones need torch-tensorrt and a GPU.
+    `optimize` applies `torch.jit.optimize_for_inference` after loading (TorchScript only; its
+    result cannot be saved, so artifacts hold the frozen graph and this is a load-time choice).
+    """
+    sidecar = artifact if isinstance(artifact, Sidecar) else read_sidecar(artifact)
+    file = verify(sidecar)
+    dev = _artifact_device(sidecar, device)
+    backend = sidecar["backend"]
+    precision = sidecar["precision"]["requested"]
+    if backend == "tensorrt":
+        from ptxfast import trt
+
+        reason = trt.unavailable_reason(dev)
+        if reason is not None:
+            raise PredictorError(f"{file} is a TensorRT artifact: {reason}")
+    elif precision == "fp16" and dev.type != "cuda":
+        raise PredictorError(
+            f"{file} is an fp16 artifact for CUDA GPUs and this device is {dev}; run it on a GPU "
+            f"or export a CPU one (ptxfast export --{'cascade' if sidecar['kind'] == 'cascade' else 'model'} "
+            f"{sidecar['name']} --profile cpu-fp32)"
+        )
+    try:
+        if backend == "tensorrt":
+            from ptxfast import trt
+
+            module = trt.load(file, sidecar["path"], dev)
+        else:
+            with quiet_jit():
+                module = torch.jit.load(str(file), map_location=dev).eval()
+                if optimize:
+                    module = torch.jit.optimize_for_inference(module)
+    except (RuntimeError, ValueError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{file} could not be loaded ({first}); re-export it") from None
+    b = sidecar["batch"]
+    return Predictor(
+        module,
+        name=sidecar["name"],
+        size=int(sidecar["input"]["size"]),
+        backend=backend,
+        precision=precision,
+        device=dev,
+        input_dtype=getattr(torch, sidecar["input"]["dtype"]),
+        batch=(int(b["min"]), int(b["opt"]), int(b["max"])),
+        return_mask=bool(sidecar["return_mask"]),
+        channels_last=bool(sidecar["input"].get("channels_last", True)),
+        path=sidecar["path"] + ("+optimized" if optimize and backend == "torchscript" else ""),
+        sidecar=sidecar,
+    )
+
+
+# ----------------------------------------------------------------------------------- on the fly
+
+
+def _model_and_name(
+    model_or_checkpoint: nn.Module | str | Path, name: str | None, seed: int
+) -> tuple[nn.Module, str, int | None]:
+    """(fp32 eval model, name, training size or None) from a module, a checkpoint or a name."""
+    from ptxfast.checkpoint import model_from_checkpoint
+    from ptxfast.models import build
+
+    if isinstance(model_or_checkpoint, nn.Module):
+        if name is None:
+            raise PredictorError("build_predictor(model) needs name= (one of the eight models)")
+        return model_or_checkpoint.eval(), name, None
+    text = str(model_or_checkpoint)
+    if text in MODEL_NAMES:  # random init: benchmarks of speed need no training
+        torch.manual_seed(seed)
+        return build(text, weights=None).eval(), text, None
+    model, state = model_from_checkpoint(text)
+    return model, state["model_args"]["name"], int(state["model_args"].get("size", 0)) or None
+
+
+def build_predictor(
+    backend: str,
+    model_or_checkpoint: nn.Module | str | Path,
+    *,
+    name: str | None = None,
+    size: int | None = None,
+    precision: str = "fp32",
+    device: str | torch.device | None = "auto",
+    batch: tuple[int, int, int] = (1, 8, 32),
+    return_mask: bool = False,
+    channels_last: bool = True,
+    check_trace: bool = True,
+    optimize: bool = False,
+    seed: int = 0,
+) -> Predictor:
+    """Make a predictor on the fly from a model, a checkpoint path or a model name (random init).
+
+    backend: eager (fp32; fp16/bf16 by autocast), torchscript (traced + frozen at `precision`),
+    tensorrt (fp16 or fp32 engine, dynamic batch over `batch`), inductor (torch.compile; mode
+    max-autotune-no-cudagraphs on GPU, the default on CPU). `size` defaults to the checkpoint's.
+    `optimize`: torchscript only, `torch.jit.optimize_for_inference` on the frozen graph.
+    """
+    dev = resolve_device(device)
+    require_backend(backend, dev)
+    check_precision(backend, precision, dev)
+    model, name, trained_size = _model_and_name(model_or_checkpoint, name, seed)
+    size = size or trained_size
+    if not size:
+        raise PredictorError(f"build_predictor({name}) needs size= (no checkpoint to read it from)")
+    common = dict(
+        name=name,
+        size=size,
+        backend=backend,
+        precision=precision,
+        device=dev,
+        batch=batch,
+        return_mask=return_mask,
+        channels_last=channels_last,
+    )
+    if backend == "eager":
+        fused = fuse(
+            model, name, size, device=dev, return_mask=return_mask, channels_last=channels_last
+        )
+        amp = None if precision == "fp32" else PRECISIONS[precision]
+        return Predictor(fused, autocast_dtype=amp, path="eager", **common)
+    fused = fuse(
+        model,
+        name,
+        size,
+        precision=precision,
+        device=dev,
+        return_mask=return_mask,
+        channels_last=channels_last,
+    )
+    dtype = PRECISIONS[precision]
+    if backend == "torchscript":
+        scripted = to_torchscript(fused, batch, dev, channels_last=channels_last, check=check_trace)
+        if optimize:
+            with quiet_jit():
+                scripted = torch.jit.optimize_for_inference(scripted)
+        path = "trace+optimized" if optimize else "trace"
+        return Predictor(scripted, input_dtype=dtype, path=path, **common)
+    if backend == "tensorrt":
+        from ptxfast import trt
+
+        compiled = trt.compile_fused(fused, size=size, batch=batch, device=dev, dtype=dtype)
+        return Predictor(compiled.module, input_dtype=dtype, path=compiled.path, **common)
+    mode = "max-autotune-no-cudagraphs" if dev.type == "cuda" else None
+    compiled = torch.compile(fused, mode=mode, dynamic=False)
+    return Predictor(compiled, input_dtype=dtype, path="inductor", **common)
+
+
+__all__ = [
+    "BACKENDS",
+    "DTYPE_NAMES",
+    "Outputs",
+    "Predictor",
+    "PredictorError",
+    "available_backends",
+    "build_predictor",
+    "check_precision",
+    "load_predictor",
+    "require_backend",
+    "resolve_device",
+]

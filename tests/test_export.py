@@ -1,0 +1,504 @@
+"""Export: fused graphs equal the eager models, artifacts are verified, the parity gate bites.
+
+Everything runs at 64² with random-init models and checkpoints written in training's format.
+TensorRT tests need torch-tensorrt and a CUDA GPU and skip without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ptxfast import CASCADES
+from ptxfast.artifact import (
+    SIDECAR_FIELDS,
+    ArtifactError,
+    latest_artifact,
+    read_sidecar,
+    verify,
+)
+from ptxfast.checkpoint import checkpoint_header, save_checkpoint, sha256_file
+from ptxfast.cli import cli
+from ptxfast.export import (
+    DEFAULT_TOLERANCES,
+    PROFILE_DIR,
+    ExportConfig,
+    ExportError,
+    Tolerance,
+    export_model,
+    gate,
+    load_profile,
+    parse_batch,
+    plan,
+)
+from ptxfast.fused import Fused, fuse, to_torchscript
+from ptxfast.models import (
+    PIXEL_THRESHOLD,
+    build,
+    cascade_parts,
+    kind_of,
+    score_k,
+    segmenter_label,
+    segmenter_score,
+)
+from ptxfast.runtime import load_predictor
+
+S = 64
+BATCH = (1, 2, 4)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tests are tracing and tiny batches: one intra-op thread loses little alone and
+    # avoids OpenMP threads spinning against each other on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_checkpoint(runs: Path, name: str, seed: int = 0) -> Path:
+    """runs/<name>/best.pt in the format training writes (a cascade over runs/<seg>/best.pt)."""
+    torch.manual_seed(seed)
+    recipe = {"arch": name, "data": "", "size": S, "epochs": 1, "seed": 0, "weights": "none"}
+    if kind_of(name) == "cascade":
+        seg_path = runs / cascade_parts(name)[0] / "best.pt"
+        if not seg_path.is_file():
+            write_checkpoint(runs, cascade_parts(name)[0], seed)
+        seg_state = torch.load(seg_path, weights_only=True)["model"]
+        model = build(name, weights=None, segmenter_weights=seg_state)
+        recipe.update(
+            segmenter_path=str(seg_path), segmenter_sha256=sha256_file(seg_path), segmenter_size=S
+        )
+    else:
+        model = build(name, weights=None)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": {},
+        "epoch": 1,
+        "metric": 0.0,
+        **checkpoint_header(name, S),
+        "recipe": recipe,
+    }
+    return save_checkpoint(state, runs / name / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    for name in ("rn34un+rn34", "rn34"):
+        write_checkpoint(root, name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return torch.rand(2, 1, S, S, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def cascades():
+    """Each cascade at random init, fused at fp32 and traced + frozen once."""
+    out = {}
+    for i, name in enumerate(CASCADES):
+        torch.manual_seed(i)
+        model = build(name, weights=None).eval()
+        # check=False: the tests below compare with eager at two batch sizes themselves.
+        out[name] = (model, to_torchscript(fuse(model, name, S), BATCH, "cpu", check=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory) -> Path:
+    """One fp32 TorchScript artifact of rn34un+rn34 made through the CLI; returns its sidecar."""
+    out = tmp_path_factory.mktemp("exports")
+    args = ["export", "--cascade", "rn34un+rn34", "--runs", str(runs), "--out", str(out)]
+    args += ["--backend", "torchscript", "--precision", "fp32", "--device", "cpu"]
+    args += ["--batch", "1:2:4", "--parity-n", "6"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return out / "rn34un+rn34.torchscript-fp32.json"
+
+
+# ------------------------------------------------------------------------------ the fused graph
+
+
+@pytest.mark.parametrize("name", CASCADES)
+def test_fused_graph_equals_eager_cascade(cascades, batch, name):
+    model, scripted = cascades[name]
+    with torch.inference_mode():
+        logits, mask = model.forward_with_mask(batch)
+        prob, area = scripted(batch)
+    torch.testing.assert_close(prob, torch.sigmoid(logits)[:, 0], atol=1e-4, rtol=0)
+    expected_area = (mask > PIXEL_THRESHOLD).flatten(1).sum(1)
+    assert area.dtype == torch.int32 and prob.dtype == torch.float32
+    assert (area.long() - expected_area).abs().max() <= 1  # a pixel may sit on 0.3 exactly
+    assert area.shape == prob.shape == (2,)
+
+
+@pytest.mark.parametrize("name", CASCADES)
+def test_fused_graph_is_one_graph_with_both_subnetworks(cascades, batch, name):
+    model, scripted = cascades[name]
+    ran = set()
+    hooks = [
+        m.register_forward_hook(lambda mod, *_: ran.add(id(mod)))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    with torch.inference_mode():
+        model(batch)
+    for h in hooks:
+        h.remove()
+    seg_convs = sum(id(m) in ran for m in model.segmenter.modules())
+    cls_convs = sum(id(m) in ran for m in model.classifier.modules())
+    assert seg_convs > 10 and cls_convs > 10
+    kinds = [n.kind() for n in scripted.graph.nodes()]
+    convs = sum("conv" in k for k in kinds)
+    assert convs >= seg_convs + cls_convs
+    assert "prim::CallMethod" not in kinds and "prim::PythonOp" not in kinds
+    assert "aten::topk" not in kinds and "aten::sigmoid" in kinds and "aten::cat" in kinds
+    # One input (the image batch) besides the module itself, and a batch it was not traced at.
+    assert len(list(scripted.graph.inputs())) == 2
+    with torch.inference_mode():
+        prob, area = scripted(torch.rand(3, 1, S, S))
+    assert prob.shape == area.shape == (3,)
+
+
+def test_fused_segmenter_reproduces_the_area_rule():
+    torch.manual_seed(0)
+    model = build("rn34un", weights=None).eval()
+    fused = fuse(model, "rn34un", S, return_mask=True)
+    x = torch.rand(4, 1, S, S)
+    with torch.inference_mode():
+        prob, area, mask = fused(x)
+        expected = torch.sigmoid(model(x))
+    # channels_last reorders the sums: equal up to float rounding, then the rule exactly.
+    torch.testing.assert_close(mask, expected, atol=1e-4, rtol=0)
+    assert torch.equal(prob, segmenter_score(mask, score_k(S)))
+    assert torch.equal(prob > PIXEL_THRESHOLD, segmenter_label(mask))
+    assert torch.equal(area.long(), (mask > PIXEL_THRESHOLD).flatten(1).sum(1))
+
+
+def test_fused_classifier_has_probability_and_no_area():
+    torch.manual_seed(0)
+    model = build("rn34", weights=None).eval()
+    x = torch.rand(2, 1, S, S)
+    with torch.inference_mode():
+        prob, area = fuse(model, "rn34", S)(x)
+        torch.testing.assert_close(prob, torch.sigmoid(model(x))[:, 0])
+    assert torch.equal(area, torch.full((2,), -1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="no mask"):
+        Fused(model, "classifier", S, return_mask=True)
+
+
+# ------------------------------------------------------------------------------- the artifact
+
+
+def test_cli_export_writes_a_complete_sidecar(exported, runs):
+    sidecar = read_sidecar(exported)
+    assert all(k in sidecar for k in SIDECAR_FIELDS)
+    assert sidecar["name"] == "rn34un+rn34" and sidecar["kind"] == "cascade"
+    assert sidecar["file"] == "rn34un+rn34.torchscript-fp32.ts"
+    assert sidecar["input"] == {
+        "shape": ["N", 1, S, S],
+        "size": S,
+        "dtype": "float32",
+        "range": [0.0, 1.0],
+        "channels_last": True,
+    }
+    assert sidecar["batch"] == {"min": 1, "opt": 2, "max": 4}
+    assert sidecar["thresholds"] == {"label": 0.5, "pixel": 0.3, "min_area": 6, "score_k": None}
+    assert (sidecar["backend"], sidecar["path"]) == ("torchscript", "trace")
+    assert sidecar["precision"]["requested"] == sidecar["precision"]["actual"] == "fp32"
+    assert sidecar["versions"]["torch"] == torch.__version__
+    assert {"torch_tensorrt", "tensorrt", "cuda", "gpu", "cpu_capability"} <= set(
+        sidecar["versions"]
+    )
+    assert sidecar["sha256"] == sha256_file(exported.with_suffix(".ts"))
+    sources = sidecar["sources"]
+    assert sources["checkpoint"]["sha256"] == sha256_file(runs / "rn34un+rn34" / "best.pt")
+    assert sources["segmenter_checkpoint"]["sha256"] == sha256_file(runs / "rn34un" / "best.pt")
+    parity = sidecar["parity"]
+    assert parity["passed"] and parity["n"] == 6 and parity["source"] == "synthetic phantoms"
+    assert parity["agreement"] == 1.0 and parity["max_abs_delta_prob"] <= 1e-4
+    assert sidecar["recipe"]["size"] == S
+    # Nothing but the artifact and its sidecar in the folder (no temporary files).
+    assert sorted(p.name for p in exported.parent.iterdir()) == [
+        "rn34un+rn34.torchscript-fp32.json",
+        "rn34un+rn34.torchscript-fp32.ts",
+    ]
+    assert latest_artifact(exported.parent) == exported
+
+
+def test_artifact_runs_in_a_process_without_ptxfast(exported, tmp_path):
+    x = torch.rand(3, 1, S, S, generator=torch.Generator().manual_seed(5))
+    expected = load_predictor(exported, device="cpu")(x)
+    torch.save({"x": x, "prob": expected.prob, "area": expected.area}, tmp_path / "io.pt")
+    code = (
+        "import sys, torch\n"
+        f"m = torch.jit.load({str(exported.with_suffix('.ts'))!r})\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "with torch.inference_mode():\n"
+        "    prob, area = m(io['x'])\n"
+        "torch.testing.assert_close(prob, io['prob'], atol=1e-5, rtol=0)\n"
+        "assert torch.equal(area, io['area'])\n"
+        "assert 'ptxfast' not in sys.modules, 'ptxfast was imported'\n"
+        "print('ok', prob.shape[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok 3"
+
+
+def test_modified_artifact_is_refused(exported, tmp_path):
+    for suffix in (".ts", ".json"):
+        (tmp_path / exported.with_suffix(suffix).name).write_bytes(
+            exported.with_suffix(suffix).read_bytes()
+        )
+    copy = tmp_path / exported.name
+    assert verify(read_sidecar(copy)) == copy.with_suffix(".ts")
+    model = copy.with_suffix(".ts")
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match its recorded sha256") as err:
+        verify(read_sidecar(model))  # the model file's path finds the sidecar too
+    assert "ptxfast export --cascade rn34un+rn34" in str(err.value)
+    with pytest.raises(ArtifactError, match="recorded sha256"):
+        load_predictor(copy)
+
+
+class _Payload:
+    """Pickles to a call that writes a marker file: running it would prove code execution."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_checkpoint_with_pickled_code_is_refused_unrun(tmp_path):
+    marker = tmp_path / "payload-ran"
+    torch.manual_seed(0)
+    state = {
+        "model": build("rn34", weights=None).state_dict(),
+        **checkpoint_header("rn34", S),
+        "recipe": {"evil": _Payload(marker)},
+    }
+    (tmp_path / "runs" / "rn34").mkdir(parents=True)
+    torch.save(state, tmp_path / "runs" / "rn34" / "best.pt")
+    out = tmp_path / "exports"
+    args = ["export", "--model", "rn34", "--runs", str(tmp_path / "runs"), "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--device", "cpu", "--parity-n", "2"])
+    assert result.exit_code != 0
+    assert "refused" in result.output and "best.pt" in result.output
+    assert not marker.exists()
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_parity_gate_fails_a_perturbed_artifact_and_writes_nothing(runs, tmp_path, monkeypatch):
+    import ptxfast.export as export_module
+
+    real = export_module.to_torchscript
+
+    def perturbed(fused, *args, **kwargs):
+        # The candidate is a copy of the model: shift its logit, not the reference's.
+        fused.model.net.fc.bias.data += 4.0
+        return real(fused, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "to_torchscript", perturbed)
+    out = tmp_path / "exports"
+    args = ["export", "--model", "rn34", "--runs", str(runs), "--out", str(out)]
+    args += ["--device", "cpu", "--batch", "1:2:4", "--parity-n", "6"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "parity gate failed" in result.output and "max |Δprob|" in result.output
+    assert "label agreement" in result.output  # the figures are shown with the refusal
+    assert not any(out.iterdir())  # neither the artifact, its sidecar, nor a temporary file
+
+
+def test_gate_checks_each_tolerance():
+    tol = Tolerance(min_agreement=0.995, max_df1=0.01, max_dprob=0.02, max_drecall=0.05)
+    good = {"agreement": 1.0, "delta_f1": 0.0, "delta_recall": 0.0, "max_abs_delta_prob": 0.01}
+    assert gate(good, tol) == []
+    for key, value in (
+        ("agreement", 0.99),
+        ("delta_f1", -0.02),
+        ("delta_recall", 0.1),
+        ("max_abs_delta_prob", float("nan")),
+    ):
+        assert len(gate({**good, key: value}, tol)) == 1, key
+
+
+def test_bf16_export_passes_its_gate(runs, tmp_path):
+    cfg = ExportConfig(
+        "rn34", runs=runs, out=tmp_path, device="cpu", precision="bf16", batch=BATCH, parity_n=6
+    )
+    result = export_model(cfg)
+    s = result.sidecar
+    assert s["input"]["dtype"] == "bfloat16" and s["precision"]["actual"] == "bf16"
+    assert s["parity"]["tolerance"]["max_dprob"] == DEFAULT_TOLERANCES["bf16"].max_dprob
+    assert s["thresholds"] == {"label": 0.5, "pixel": None, "min_area": None, "score_k": None}
+    predictor = load_predictor(result.model_path)
+    assert predictor.input_dtype == torch.bfloat16
+    out = predictor(torch.rand(2, 1, S, S))
+    assert out.prob.dtype == torch.float32 and torch.equal(out.area, torch.full((2,), -1).int())
+    with pytest.raises(ExportError, match="has no mask"):
+        plan(replace(cfg, return_mask=True))
+
+
+def test_segmenter_export_with_mask(runs, tmp_path):
+    args = ["export", "--model", "rn34un", "--runs", str(runs), "--out", str(tmp_path)]
+    args += ["--device", "cpu", "--batch", "2", "--parity-n", "4", "--return-mask"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    predictor = load_predictor(tmp_path / "rn34un.torchscript-fp32.ts")
+    assert predictor.thresholds["score_k"] == score_k(S) and predictor.return_mask
+    out = predictor(torch.rand(5, 1, S, S))  # a batch outside 2:2:2 still runs (TorchScript)
+    assert out.mask.shape == (5, 1, S, S) and out.prob.shape == (5,)
+    assert torch.equal(out.area.long(), (out.mask > PIXEL_THRESHOLD).flatten(1).sum(1))
+
+
+# ---------------------------------------------------------------------- options and profiles
+
+
+def test_profiles_parse_and_resolve():
+    names = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+    assert {"cpu-fp32", "cpu-bf16", "gpu-fp16"} <= set(names)
+    for name in names:
+        values = load_profile(name)
+        assert values["backend"] in ("torchscript", "tensorrt")
+        assert values["precision"] in ("fp32", "bf16", "fp16")
+        assert len(values["batch"]) == 3
+    p = plan(ExportConfig("eb3un+eb3", profile="cpu-bf16"))
+    assert (p.backend, p.precision, p.device.type) == ("torchscript", "bf16", "cpu")
+    p = plan(ExportConfig("eb3un+eb3", profile="cpu-bf16", precision="fp32"))
+    assert p.precision == "fp32"  # options win over the profile
+    assert p.tolerance == DEFAULT_TOLERANCES["fp32"]
+
+
+def test_batch_ranges():
+    assert parse_batch("1:8:32") == (1, 8, 32) and parse_batch("4") == (4, 4, 4)
+    for bad in ("8:1:32", "0:1:2", "a:b:c", "1:2"):
+        with pytest.raises(ExportError, match="MIN:OPT:MAX"):
+            parse_batch(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_tensorrt_without_gpu_is_one_clear_line(runs, tmp_path):
+    args = ["export", "--cascade", "rn34un+rn34", "--runs", str(runs), "--out", str(tmp_path)]
+    result = CliRunner().invoke(cli, [*args, "--backend", "tensorrt"])
+    assert result.exit_code != 0
+    assert "tensorrt backend needs a CUDA GPU" in result.output
+    assert "--backend torchscript" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, [*args, "--profile", "cpu-fp32", "--precision", "fp16"])
+    assert result.exit_code != 0 and "fp16 runs on CUDA" in result.output
+
+
+def test_cli_names_the_model_once(runs):
+    assert CliRunner().invoke(cli, ["export"]).exit_code != 0
+    result = CliRunner().invoke(cli, ["export", "--cascade", "rn34"])
+    assert result.exit_code != 0 and "not a cascade" in result.output
+    result = CliRunner().invoke(cli, ["export", "--model", "rn34", "--runs", str(runs / "none")])
+    assert result.exit_code != 0 and "ptxfast train --arch rn34" in result.output
+
+
+def test_latest_artifact_is_the_newest(exported, tmp_path):
+    with pytest.raises(ArtifactError, match="ptxfast export"):
+        latest_artifact(tmp_path)
+    for i, created in enumerate(("2030-01-02T00:00:00+00:00", "2030-01-01T00:00:00+00:00")):
+        side = json.loads(exported.read_text())
+        side["created"] = created
+        (tmp_path / f"a{i}.json").write_text(json.dumps(side))
+    assert latest_artifact(tmp_path) == tmp_path / "a0.json"
+
+
+# ---------------------------------------------------------------------------------- TensorRT
+
+
+def _trt_reason() -> str | None:
+    from ptxfast import trt
+
+    return trt.unavailable_reason()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("path", ["ts", "dynamo"])
+def test_tensorrt_fp16_compiles_passes_parity_and_reloads(runs, tmp_path, path, monkeypatch):
+    reason = _trt_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from ptxfast import trt
+
+    tt = trt.torch_tensorrt_module()
+    if path == "ts" and not tt.ENABLED_FEATURES.torchscript_frontend:
+        pytest.skip("this torch-tensorrt build has no TorchScript frontend")
+    real = trt.compile_fused
+    monkeypatch.setattr(trt, "compile_fused", lambda *a, **k: real(*a, **{**k, "path": path}))
+    monkeypatch.setenv("PTXFAST_CACHE", str(tmp_path / "cache"))
+    result = export_model(
+        ExportConfig(
+            "rn34un+rn34",
+            runs=runs,
+            out=tmp_path,
+            backend="tensorrt",
+            precision="fp16",
+            device="cuda",
+            batch=BATCH,
+            parity_n=8,
+        )
+    )
+    s = result.sidecar
+    assert s["path"] == path and s["backend"] == "tensorrt" and s["parity"]["passed"]
+    assert s["precision"]["actual"] == "fp16" and s["input"]["dtype"] == "float16"
+    assert s["versions"]["torch_tensorrt"] and s["versions"]["tensorrt"]
+    assert result.model_path.suffix == (".ts" if path == "ts" else ".ep")
+    predictor = load_predictor(result.model_path)
+    x = torch.rand(7, 1, S, S)  # 7 > max batch 4: the predictor splits it
+    out = predictor(x)
+    assert out.prob.shape == (7,) and out.prob.device.type == "cuda"
+    model = build("rn34un+rn34", weights=None)
+    model.load_state_dict(torch.load(runs / "rn34un+rn34" / "best.pt", weights_only=True)["model"])
+    with torch.inference_mode():
+        ref = torch.sigmoid(model.eval().cuda()(x.cuda()))[:, 0]
+    assert (out.prob - ref).abs().max() <= DEFAULT_TOLERANCES["fp16"].max_dprob
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_torchscript_export(runs, tmp_path):
+    result = export_model(
+        ExportConfig(
+            "rn34un+rn34",
+            runs=runs,
+            out=tmp_path,
+            backend="torchscript",
+            precision="fp16",
+            device="cuda",
+            batch=BATCH,
+            parity_n=8,
+        )
+    )
+    assert result.sidecar["precision"]["actual"] == "fp16" and result.sidecar["device"] == "cuda"
+    predictor = load_predictor(result.sidecar_path)
+    assert predictor.device.type == "cuda" and predictor.input_dtype == torch.float16
+    out = predictor(torch.rand(3, 1, S, S))  # float32 on the CPU in, cast and moved inside
+    assert out.prob.dtype == torch.float32 and out.prob.device.type == "cuda"
