@@ -1,0 +1,999 @@
+"""The `ptxfast` command line: thin click commands over the library functions.
+
+Each command parses its options, calls one library function and renders the result.
+Heavy imports (torch, pydicom) happen inside the commands so `ptxfast --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+console = Console(stderr=True)
+
+
+class PtxfastError(click.ClickException):
+    """A user-facing error: one line that says what is wrong and what to do."""
+
+    def show(self, file=None) -> None:  # noqa: D102 - rich rendering of click's error
+        console.print(f"[bold red]error:[/] {escape(self.format_message())}", highlight=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ptxfast")
+def cli() -> None:
+    """ptxfast: pneumothorax detection on chest X-rays, trained, fused, compiled and benchmarked.
+
+    \b
+    Start with synthetic phantoms in the CANDID-PTX layout:
+      ptxfast synth phantoms/ --n 400 --seed 0
+      ptxfast train --arch all --recipe quick --data phantoms/
+    """
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the `ptxfast` script; `args` makes it callable from tests."""
+    cli.main(args=args, prog_name="ptxfast", standalone_mode=True)
+
+
+# ---------------------------------------------------------------- synth / data
+# (commands are added below, one block per stage)
+
+
+# ---------------------------------------------------------------- synth
+@cli.command("synth")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of images.")
+@click.option("--seed", required=True, type=int, help="Same seed and options, same bytes.")
+@click.option(
+    "--size",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=32),
+    help="Image side in pixels.",
+)
+@click.option(
+    "--positive-rate",
+    default=0.17,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Share of images with a pneumothorax (CANDID-PTX: 3,196 of 19,237).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default="candid",
+    show_default=True,
+    type=click.Choice(["candid", "siim"]),
+    help="candid: Pneumothorax_reports.csv + images/; siim: train-rle.csv + dicom-images-train/.",
+)
+@click.option(
+    "--preview",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also save a PNG grid with mask outlines.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Worker processes [default: min(2, CPUs)]."
+)
+@click.option("--overwrite", is_flag=True, help="Replace a different dataset already in OUT.")
+def synth_command(out, n, seed, size, positive_rate, fmt, preview, workers, overwrite) -> None:
+    """Write N synthetic chest radiographs with pneumothorax masks to OUT.
+
+    \b
+    The layout is CANDID-PTX's (or SIIM-ACR's with --format siim), so every later stage runs
+    on the phantoms as on the real data. DICOMs vary like a real archive: CR and DX,
+    MONOCHROME1/2, rescale, uncompressed, JPEG 2000 and RLE lossless.
+    """
+    from rich.table import Table
+
+    from ptxfast.data import synth
+
+    try:
+        s = synth.write_dataset(out, n, seed, size, positive_rate, fmt, workers, overwrite)
+        if preview:
+            synth.write_preview(out, preview)
+    except synth.SynthError as e:
+        raise PtxfastError(str(e)) from None
+
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+
+    table = Table(
+        title=f"synthetic {fmt.upper() if fmt == 'siim' else 'CANDID-PTX'} phantoms",
+        show_header=False,
+    )
+    table.add_column(justify="right", style="bold")
+    table.add_column()
+    table.add_row(
+        "images", f"{s.n_images} ({s.n_positive} with pneumothorax, {s.n_patients} patients)"
+    )
+    table.add_row("CSV rows", f"{s.n_rows}  {s.csv}")
+    table.add_row("size", f"{s.size}×{s.size}, 12-bit")
+    table.add_row("DICOM", f"{counts(s.modalities)}; {counts(s.photometric)}")
+    table.add_row("transfer syntax", counts(s.transfer_syntaxes))
+    table.add_row(
+        "time",
+        f"{s.seconds:.1f} s, {s.n_images / max(s.seconds, 1e-9):.1f} images/s on {s.workers} worker(s)",
+    )
+    if preview:
+        table.add_row("preview", str(preview))
+    Console().print(table)
+
+
+# ---------------------------------------------------------------- split
+@cli.command("split")
+@click.option(
+    "--data",
+    "data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Dataset folder (CANDID-PTX Pneumothorax_reports.csv or SIIM-ACR train-rle.csv).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of a newly made split.")
+@click.option("--force", is_flag=True, help="Remake DATA/splits.csv even if it exists.")
+def split_command(data: Path, seed: int, force: bool) -> None:
+    """Make (or read) DATA/splits.csv, the train/pool/val/test split every stage uses.
+
+    \b
+    The paper's proportions: train 80% of the positives + as many negatives, val and test
+    10% each at 1 positive : 5 negatives, the other negatives a pool the training rotates
+    through; whole patients per split. An existing splits.csv is checked and shown.
+    """
+    import warnings
+
+    from rich.table import Table
+
+    from ptxfast.data import datasets
+
+    path = data / datasets.SPLITS_CSV
+    existed = path.is_file() and not force
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", datasets.DatasetWarning)
+        try:
+            splits = datasets.ensure_splits(data, seed=seed, force=force)
+        except datasets.DatasetError as e:
+            raise PtxfastError(str(e)) from None
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+
+    columns = ("split", "images", "positive", "negative", "patients")
+    table = Table(title=f"splits of {data}")
+    for name in columns:
+        table.add_column(name, justify="left" if name == "split" else "right")
+    rows = datasets.summarize_splits(splits)
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in columns))
+    totals = [sum(int(r[k]) for r in rows) for k in columns[1:4]]
+    table.add_section()
+    table.add_row("all", *map(str, totals), "")
+    Console().print(table)
+    if existed:
+        console.print(
+            f"read existing {path} (--seed applies when it is made; --force remakes it)",
+            highlight=False,
+        )
+    else:
+        console.print(f"wrote {path} (seed {seed})", highlight=False)
+
+
+# ---------------------------------------------------------------- train
+@cli.command("train")
+@click.option(
+    "--arch",
+    required=True,
+    help="Model name (rn34, eb3, rn34un, eb3un, rn34un+rn34, rn34un+eb3, eb3un+rn34, eb3un+eb3) "
+    "or all (segmenters before their cascades).",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Dataset folder (CANDID-PTX or SIIM-ACR layout).",
+)
+@click.option(
+    "--runs",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Checkpoints and logs go to RUNS/<arch>/.",
+)
+@click.option(
+    "--recipe",
+    default="paper",
+    show_default=True,
+    help="paper, quick, or a path to a recipe .toml (train/paper.toml shows the format).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epochs.")
+@click.option("--size", type=click.IntRange(min=32), help="Input side in pixels (multiple of 32).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size.")
+@click.option("--lr", type=float, help="Override the recipe's learning rate.")
+@click.option("--device", help="cpu, cuda, cuda:1 (default: the recipe's, auto).")
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes.")
+@click.option("--seed", type=int, help="Seed for weights init, data order and a new split.")
+@click.option(
+    "--weights",
+    help="Initial weights: a state-dict file, 'imagenet' (from disk caches) or 'none'.",
+)
+@click.option("--resume", is_flag=True, help="Continue from RUNS/<arch>/last.pt.")
+def train_command(
+    arch, data, runs, recipe, epochs, size, batch_size, lr, device, workers, seed, weights, resume
+) -> None:
+    """Train one of the eight models (or all) with a recipe; writes RUNS/<arch>/best.pt.
+
+    \b
+    Cascades need their segmenter's RUNS/<seg>/best.pt. Under torchrun
+    (torchrun --nproc_per_node N -m ptxfast train ...) training is data-parallel.
+    """
+    import logging
+    import os
+    import warnings
+
+    from rich.table import Table
+
+    from ptxfast import checkpoint, training
+    from ptxfast.data import datasets
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
+
+    def show(message, *args, **kwargs) -> None:
+        if rank0:
+            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+    class _Warn(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            show(record.getMessage())
+
+    models_log = logging.getLogger("ptxfast.models")
+    handler = _Warn(logging.WARNING)
+    models_log.addHandler(handler)
+    models_log.propagate = False
+    overrides = dict(
+        data=data,
+        runs=runs,
+        epochs=epochs,
+        size=size,
+        batch_size=batch_size,
+        lr=lr,
+        device=device,
+        workers=workers,
+        seed=seed,
+        weights=weights,
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            warnings.simplefilter("always", datasets.DatasetWarning)
+            results = training.train_models(
+                arch, recipe, resume=resume, console=console, **overrides
+            )
+    except (training.TrainError, checkpoint.CheckpointError, datasets.DatasetError) as e:
+        raise PtxfastError(str(e)) from None
+    finally:
+        models_log.removeHandler(handler)
+        models_log.propagate = True
+    if not rank0:
+        return
+    table = Table(title=f"training ({recipe})")
+    for name in ("model", "best epoch", "val F1", "test F1", "test recall", "test AUC", "run"):
+        table.add_column(name, justify="left" if name in ("model", "run") else "right")
+    for r in results:
+        t = r["test"] or {}
+        table.add_row(
+            r["arch"],
+            f"{r['best_epoch']}/{r['epochs']}",
+            f"{r['val'].get('val_f1', float('nan')):.3f}",
+            f"{t.get('f1', float('nan')):.3f}",
+            f"{t.get('recall', float('nan')):.3f}",
+            f"{t.get('auc', float('nan')):.3f}",
+            r["run_dir"],
+        )
+    Console().print(table)
+
+
+# ---------------------------------------------------------------- evaluate
+@cli.command("evaluate")
+@click.option(
+    "--runs",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of trained models (RUNS/<model>/best.pt).",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Dataset folder [default: the one each checkpoint was trained on].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where metrics.json, metrics.csv and the figures go [default: RUNS/eval].",
+)
+@click.option(
+    "--models",
+    help="Comma-separated model names [default: every trained one of the eight].",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="DataLoader worker processes for decoding.",
+)
+@click.option(
+    "--tune-cutoffs",
+    is_flag=True,
+    help="Also tune the segmenters' pixel threshold and min area on the validation split (by F1).",
+)
+@click.option(
+    "--overlays",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Images per mask-overlay figure (segmenters and cascades); 0 for none.",
+)
+def evaluate_command(
+    runs, data, out, models, device, batch_size, workers, tune_cutoffs, overlays
+) -> None:
+    """Score the trained models on the test split the way the paper reports them.
+
+    \b
+    Each model at the size it was trained at: F1, recall, precision, specificity, ROC-AUC,
+    confusion matrix, and Dice for segmenters and cascades. Labels by the paper's cut-offs:
+    p > 0.5 for classifiers and cascades; more than 375 pixels (at 512², scaled by area)
+    above 0.3 for segmenters. Writes metrics.json, metrics.csv, confusion.png, roc.png,
+    recall_f1.png and overlays_<model>.png.
+    """
+    import math
+    import warnings
+
+    from rich import box
+    from rich.table import Table
+
+    from ptxfast import checkpoint, evaluation
+    from ptxfast.data import datasets
+
+    def fmt(v, digits: int = 3) -> str:
+        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", datasets.DatasetWarning)
+        try:
+            report = evaluation.evaluate_runs(
+                runs,
+                data=data,
+                out=out,
+                models=models,
+                device=device,
+                batch_size=batch_size,
+                tune=tune_cutoffs,
+                overlays=overlays,
+                workers=workers,
+                progress=lambda line: console.print(line, highlight=False),
+            )
+        except (evaluation.EvalError, checkpoint.CheckpointError, datasets.DatasetError) as e:
+            raise PtxfastError(str(e)) from None
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+
+    # Size and test-set counts go in the title when every model shares them (the usual case),
+    # so the table fits an 80-column log; specificity and Dice over all images are in the files.
+    sizes = {r.size for r in report.results}
+    counts = {(r.metrics["n"], r.metrics["n_pos"]) for r in report.results}
+    title = "test split"
+    if len(counts) == 1:
+        n, n_pos = counts.pop()
+        title += f": {n} images ({n_pos} with pneumothorax)"
+    if len(sizes) == 1:
+        title += f" at {next(iter(sizes))}²"
+    tuned = any(r.tuned for r in report.results)
+    table = Table(
+        title=title,
+        caption="tuned: cut-offs chosen on the validation split" if tuned else None,
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+    )
+    columns = ("model", "cut-off") + (("n (pos)",) if "images" not in title else ())
+    columns += ("F1", "recall", "prec.", "AUC", "TN FP FN TP", "Dice+")
+    for name in columns:
+        left = name in ("model", "cut-off")
+        table.add_column(name, justify="left" if left else "right", no_wrap=True)
+
+    def row(name: str, cut: str, m: dict, style: str | None = None) -> None:
+        n = (f"{m['n']} ({m['n_pos']})",) if "n (pos)" in columns else ()
+        table.add_row(
+            name,
+            cut,
+            *n,
+            *(fmt(m[k]) for k in ("f1", "recall", "precision", "auc")),
+            f"{m['tn']} {m['fp']} {m['fn']} {m['tp']}",
+            fmt(m["dice_pos"]),
+            style=style,
+        )
+
+    kind = None
+    for r in report.results:
+        if kind is not None and r.kind != kind:
+            table.add_section()
+        kind, c = r.kind, r.cutoffs
+        size = f" @{r.size}" if len(sizes) > 1 else ""
+        if r.kind == "segmenter":
+            cut = f"p>{c['pixel_threshold']:g} >{c['min_area']}px"
+        else:
+            cut = f"p>{c['threshold']:g}"
+        row(f"{r.name}{size}", cut, r.metrics)
+        if r.tuned:
+            t = r.tuned
+            cut = f"p>{t['pixel_threshold']:g} >{t['min_area']}px"
+            row("  tuned", cut, t["metrics"], style="italic")
+    if report.missing:
+        table.add_section()
+        for name in report.missing:
+            table.add_row(name, "not trained", *[""] * (len(columns) - 2), style="dim")
+    Console().print(table)
+    console.print(
+        f"wrote {len(report.files)} files to {report.out} in {report.seconds:.1f} s: "
+        + ", ".join(sorted(p.name for p in report.files.values())),
+        highlight=False,
+    )
+
+
+# ---------------------------------------------------------------- export
+@cli.command("export")
+@click.option(
+    "--cascade",
+    "cascade",
+    help="Cascade to export: rn34un+rn34, rn34un+eb3, eb3un+rn34, eb3un+eb3.",
+)
+@click.option(
+    "--model", "model", help="Classifier or segmenter to export: rn34, eb3, rn34un, eb3un."
+)
+@click.option(
+    "--runs",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Checkpoints: RUNS/<name>/best.pt.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Export this checkpoint instead of RUNS/<name>/best.pt.",
+)
+@click.option(
+    "--out",
+    default="exports",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Artifacts go to OUT/<name>.<backend>-<precision>.{ts,ep,json}.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["tensorrt", "torchscript"]),
+    help="[default: tensorrt where it can run, else torchscript]",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp16", "bf16", "fp32"]),
+    help="[default: fp16 on CUDA, fp32 on CPU]; bf16 suits CPUs with bf16 units (avx512_bf16, AMX).",
+)
+@click.option(
+    "--batch", "batch", help="Batch range MIN:OPT:MAX the artifact serves [default: 1:8:32]."
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=32),
+    help="Input side in pixels [default: the checkpoint's training size].",
+)
+@click.option("--device", help="cpu, cuda, cuda:1 [default: cuda when present].")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Labelled dataset whose validation split gates parity [default: the recipe's, else synthetic phantoms].",
+)
+@click.option(
+    "--profile",
+    help="Export profile: a name in export/ (cpu-fp32, cpu-bf16, gpu-fp16, ...) or a .toml file.",
+)
+@click.option(
+    "--return-mask/--no-return-mask",
+    default=None,
+    help="Also return the N×1×S×S mask [default: no].",
+)
+@click.option(
+    "--parity-n",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Synthetic phantoms for the gate when there is no dataset.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the synthetic phantoms."
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    help="Least share of labels equal to eager fp32's [default: 0.995; bf16 0.99].",
+)
+@click.option(
+    "--max-df1",
+    type=click.FloatRange(min=0),
+    help="Largest |ΔF1| vs eager fp32 [default: 0.01; bf16 0.02].",
+)
+@click.option(
+    "--max-drecall",
+    type=click.FloatRange(min=0),
+    help="Largest |Δrecall| vs eager fp32 [default: reported, not gated].",
+)
+@click.option(
+    "--max-dprob",
+    type=click.FloatRange(min=0),
+    help="Largest |Δprobability| [default: fp32 1e-4, fp16 0.02, bf16 0.15].",
+)
+def export_command(
+    cascade, model, runs, checkpoint, out, backend, precision, batch, size, device, data, profile,
+    return_mask, parity_n, seed, min_agreement, max_df1, max_drecall, max_dprob,
+) -> None:  # fmt: skip
+    """Fuse a trained model into one graph, compile it, gate it on parity, write an artifact.
+
+    \b
+    The artifact (TorchScript .ts, or TensorRT as .ts / exported program .ep) comes with a
+    JSON sidecar: input size and dtype, thresholds, versions, sha256 of the artifact and of
+    its checkpoints, and the parity figures against eager fp32. An export outside the
+    tolerances fails and writes nothing.
+      ptxfast export --cascade eb3un+eb3
+      ptxfast export --cascade eb3un+eb3 --profile cpu-bf16
+      ptxfast export --model eb3un --backend torchscript --precision fp32
+    """
+    from rich.table import Table
+
+    from ptxfast.artifact import ArtifactError
+    from ptxfast.export import ExportConfig, ExportError, ParityError, export_model, parse_batch
+    from ptxfast.runtime import PredictorError
+
+    if bool(cascade) == bool(model):
+        raise PtxfastError(
+            "name one model: --cascade NAME (a cascade) or --model NAME (the other four)"
+        )
+    name = cascade or model
+    from ptxfast import CASCADES, MODEL_NAMES
+
+    if cascade and cascade not in CASCADES:
+        raise PtxfastError(
+            f"--cascade {cascade!r} is not a cascade; choose one of {', '.join(CASCADES)}"
+        )
+    if model and (model not in MODEL_NAMES or model in CASCADES):
+        others = [n for n in MODEL_NAMES if n not in CASCADES]
+        hint = f" (use --cascade {model})" if model in CASCADES else ""
+        raise PtxfastError(f"--model {model!r}: choose one of {', '.join(others)}{hint}")
+
+    def figures_table(parity: dict) -> Table:
+        table = Table(title="parity against eager fp32", show_header=False)
+        table.add_column(justify="right", style="bold")
+        table.add_column()
+        table.add_row(
+            "data",
+            f"{parity.get('source')} ({parity.get('n')} images, {parity.get('n_positive')} positive)",
+        )
+        table.add_row("label agreement", f"{parity['agreement']:.2%}")
+        table.add_row(
+            "F1 eager → artifact",
+            f"{parity['f1_reference']:.4f} → {parity['f1_artifact']:.4f} (Δ {parity['delta_f1']:+.4f})",
+        )
+        table.add_row(
+            "recall eager → artifact",
+            f"{parity['recall_reference']:.4f} → {parity['recall_artifact']:.4f} (Δ {parity['delta_recall']:+.4f})",
+        )
+        table.add_row(
+            "max |Δprob|",
+            f"{parity['max_abs_delta_prob']:.3g} (mean {parity['mean_abs_delta_prob']:.2g})",
+        )
+        if "max_abs_delta_area" in parity:
+            table.add_row("max |Δarea|", f"{parity['max_abs_delta_area']} px")
+        tol = parity.get("tolerance", {})
+        table.add_row("tolerance", ", ".join(f"{k} {v:g}" for k, v in tol.items() if v is not None))
+        return table
+
+    try:
+        cfg = ExportConfig(
+            name=name, runs=runs, out=out, checkpoint=checkpoint, backend=backend,
+            precision=precision, batch=parse_batch(batch) if batch else None, size=size,
+            device=device, data=data, profile=profile, return_mask=return_mask,
+            parity_n=parity_n, seed=seed, min_agreement=min_agreement, max_df1=max_df1,
+            max_drecall=max_drecall, max_dprob=max_dprob,
+        )  # fmt: skip
+        result = export_model(
+            cfg, say=lambda line: console.print(line, highlight=False, markup=False)
+        )
+    except ParityError as e:
+        console.print(figures_table(e.figures))
+        raise PtxfastError(str(e)) from None
+    except (ExportError, ArtifactError, PredictorError) as e:
+        raise PtxfastError(str(e)) from None
+    except RuntimeError as e:  # a TensorRT build failure: one line, not a traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PtxfastError(f"export of {name} failed: {first}") from None
+
+    s = result.sidecar
+    table = Table(title=f"exported {name}", show_header=False)
+    table.add_column(justify="right", style="bold")
+    table.add_column()
+    table.add_row("artifact", str(result.model_path))
+    table.add_row("sidecar", str(result.sidecar_path))
+    table.add_row("backend", f"{s['backend']} ({s['path']}) on {s['device']}")
+    prec = s["precision"]
+    table.add_row(
+        "precision", f"{prec['requested']} requested, {prec['actual']} measured ({prec['source']})"
+    )
+    table.add_row(
+        "input",
+        f"N×1×{s['input']['size']}×{s['input']['size']} {s['input']['dtype']}, batch {s['batch']['min']}:{s['batch']['opt']}:{s['batch']['max']}",
+    )
+    th = s["thresholds"]
+    rule = f"prob > {th['label']}" + (
+        f"; area = pixels > {th['pixel']}" if th["pixel"] is not None else ""
+    )
+    table.add_row("label rule", rule + ("; returns the mask" if s["return_mask"] else ""))
+    table.add_row("sha256", s["sha256"])
+    table.add_row("time", f"{result.seconds:.1f} s")
+    Console().print(table)
+    Console().print(figures_table(s["parity"]))
+
+
+# ---------------------------------------------------------------- score
+@cli.command("score")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Predictions CSV: path,sop_instance_uid,probability,label,mask_area,error.",
+)
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Artifact (model file or its .json sidecar) [default: the newest under --exports].",
+)
+@click.option(
+    "--exports",
+    default="exports",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the default artifact is looked for.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Decoding processes [default: 1 on CPU, all cores but one (max 16) with a GPU; "
+    "0 decodes in-process].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="Torch threads for the model on CPU [default: the cores the workers leave, at least 1].",
+)
+@click.option("--resume", is_flag=True, help="Continue OUT: skip files it already has a row for.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option(
+    "--shard",
+    default="1/1",
+    show_default=True,
+    help="K/N: score the K-th of every N files (i % N == K-1), one CSV per shard.",
+)
+@click.option(
+    "--masks",
+    "masks_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="PNG mask and overlay per positive (needs an artifact exported with --return-mask).",
+)
+@click.option(
+    "--dicom-seg",
+    "seg_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="DICOM Segmentation per positive DICOM, named <SOPInstanceUID>.dcm.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the summary as JSON.",
+)
+@click.option(
+    "--model-only-iters",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Batches timed for the model-only throughput (0: skip).",
+)
+def score_command(
+    folder, out, model, exports, device, batch_size, workers, threads, resume, overwrite,
+    shard, masks_dir, seg_dir, json_path, model_only_iters,
+) -> None:  # fmt: skip
+    """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
+
+    \b
+    Files are found recursively and sorted; errors (corrupt, truncated, not an image) are rows
+    with an empty probability, never a stop. Rows are fsync'd batch by batch: after an
+    interruption run the same command with --resume. N machines: --shard 1/N ... N/N, then
+      head -n 1 preds-1.csv > preds.csv && tail -q -n +2 preds-*.csv >> preds.csv
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.table import Table
+
+    from ptxfast import scoring
+
+    try:
+        k, n = scoring.parse_shard(shard)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("scoring", total=None)
+            s = scoring.score_folder(
+                folder, out, model=model, device=device, batch_size=batch_size,
+                workers=workers, resume=resume, shard=(k, n), masks_dir=masks_dir,
+                seg_dir=seg_dir, overwrite=overwrite, summary_json=json_path,
+                exports_dir=exports, threads=threads, model_only_iters=model_only_iters,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )  # fmt: skip
+    except scoring.ScoreError as e:
+        raise PtxfastError(str(e)) from None
+
+    def rate(v) -> str:
+        return "—" if v is None else f"{v:.1f} images/s"
+
+    def ms(v) -> str:
+        return "—" if v is None else f"{v:.1f}"
+
+    table = Table(title=f"scored {s.root}", show_header=False)
+    table.add_column(justify="right", style="bold")
+    table.add_column()
+    table.add_row("model", f"{s.model} ({s.backend} {s.precision}) on {s.device}")
+    shard_note = f", shard {s.shard[0]}/{s.shard[1]}" if s.shard[1] > 1 else ""
+    table.add_row(
+        "files",
+        f"{s.files} inputs{shard_note}: {s.scored} scored, {s.failed} failed"
+        + (f", {s.already} already in the CSV" if s.already else "")
+        + f"; {s.skipped} other files skipped",
+    )
+    table.add_row("positives", str(s.positives))
+    table.add_row(
+        "throughput",
+        f"{rate(s.steady_images_per_s or s.images_per_s)} end to end (batch {s.batch_size}, "
+        f"{s.workers} decoding worker(s), {s.threads} model thread(s))",
+    )
+    if s.model_only_images_per_s is not None:
+        by = s.model_only_by_threads
+        per = ", ".join(f"{v:.1f} at {k} thread(s)" for k, v in by.items()) if len(by) > 1 else ""
+        ratio = f"; end to end / model only = {s.ratio:.2f}" if s.ratio is not None else ""
+        table.add_row(
+            "model only",
+            f"{rate(s.model_only_images_per_s)} (batch {s.batch_size}"
+            + (f"; {per}" if per else "")
+            + f"){ratio}",
+        )
+    lat = s.latency_ms
+    table.add_row(
+        "batch latency",
+        f"p50 {ms(lat.get('p50'))} / p95 {ms(lat.get('p95'))} / p99 {ms(lat.get('p99'))} ms",
+    )
+    t = s.time_s
+    table.add_row(
+        "time",
+        f"{s.seconds:.1f} s in all ({s.setup_seconds:.1f} s setup); decode {t['decode']:.1f} s "
+        f"(in workers), waiting for data {t['wait']:.1f} s, host→device {t['transfer']:.2f} s, "
+        f"compute {t['compute']:.1f} s, writing {t['write']:.2f} s",
+    )
+    if s.scored:
+        table.add_row(
+            "per image",
+            f"decode {1000 * t['decode'] / (s.scored + s.failed):.1f} ms (worker CPU), compute "
+            f"{1000 * t['compute'] / s.scored:.1f} ms",
+        )
+    if s.gpu:
+        g = s.gpu
+
+        def num(v, fmt: str) -> str:
+            return "—" if v is None else format(v, fmt)
+
+        table.add_row(
+            "GPU",
+            f"{g['name']}: utilisation {num(g['util_mean'], '.0f')}% mean / "
+            f"{num(g['util_max'], '.0f')}% max, memory {num(g['memory_used_max_mib'], '.0f')} MiB "
+            f"max, power {num(g['power_mean_w'], '.0f')} W mean",
+        )
+    if masks_dir or seg_dir:
+        outs = []
+        if masks_dir:
+            outs.append(f"{s.masks_written} PNG mask + overlay pairs in {masks_dir}")
+        if seg_dir:
+            outs.append(f"{s.segs_written} DICOM SEG in {seg_dir}")
+            if s.seg_not_dicom:
+                outs.append(f"{s.seg_not_dicom} positive PNG/JPEG inputs get no SEG")
+        table.add_row("outputs", "; ".join(outs))
+    table.add_row("CSV", str(s.out) + (f", JSON {json_path}" if json_path else ""))
+    Console().print(table)
+    if s.torn_line_dropped:
+        console.print("note: dropped a torn last line of the CSV and scored that file again")
+    for line in s.output_errors[:10]:
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
+    if len(s.output_errors) > 10:
+        console.print(f"[yellow]warning:[/] {len(s.output_errors) - 10} more output errors")
+
+
+# ---------------------------------------------------------------- bench
+def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise PtxfastError(
+            f"{option} {text!r}: give positive integers separated by commas, e.g. 1,8"
+        )
+    return values
+
+
+@cli.command("bench")
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Exported artifact (model file or .json sidecar); on-the-fly backends use its checkpoint.",
+)
+@click.option(
+    "--cascade",
+    "name",
+    help="Model to build on the fly: a cascade (or any of the eight) from RUNS/<name>/best.pt, "
+    "else at random init.",
+)
+@click.option(
+    "--runs", type=click.Path(file_okay=False, path_type=Path), help="Checkpoints [default: runs]."
+)
+@click.option(
+    "--exports",
+    default="exports",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where a run without --model/--cascade looks for the newest artifact.",
+)
+@click.option(
+    "--backends",
+    help="Comma list of eager, eager-fp16, eager-bf16, torchscript, torchscript-fp16, "
+    "torchscript-bf16, inductor, inductor-fp16, inductor-bf16, tensorrt, tensorrt-fp32, "
+    "artifact [default: every one for this device].",
+)
+@click.option("--batch-sizes", help="Comma list [default: 1,8,32,64 on a GPU, 1,8 on a CPU].")
+@click.option(
+    "--size",
+    type=click.IntRange(min=32),
+    help="Input side [default: the artifact's or checkpoint's; else 512 GPU, 128 CPU].",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Labelled dataset: its test split is the parity set and gives the files to decode "
+    "[default: the model's training data, else synthetic phantoms].",
+)
+@click.option("--iters", type=click.IntRange(min=1), help="Timed calls per repeat [GPU 20, CPU 4].")
+@click.option("--warmup", type=click.IntRange(min=1), help="Untimed calls first [GPU 5, CPU 2].")
+@click.option("--repeats", type=click.IntRange(min=1), help="Repeats of --iters [GPU 3, CPU 2].")
+@click.option(
+    "--parity-n", type=click.IntRange(min=0), help="Parity images, 0 for none [GPU 64, CPU 32]."
+)
+@click.option(
+    "--stage-files",
+    type=click.IntRange(min=0),
+    help="Files decoded for the stage breakdown, 0 for none [GPU 24, CPU 8].",
+)
+@click.option(
+    "--inductor-mode",
+    help="torch.compile mode for inductor (e.g. max-autotune) [default: torch's default].",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads on a CPU.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Inputs and phantoms.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write every figure as JSON (rewritten after each row).",
+)
+@click.option(
+    "--markdown",
+    "markdown_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the tables as markdown (rewritten after each row).",
+)
+def bench_command(
+    model, name, runs, exports, backends, batch_sizes, size, data, iters, warmup, repeats,
+    parity_n, stage_files, inductor_mode, device, threads, seed, json_out, markdown_out,
+) -> None:  # fmt: skip
+    """Time one model on every backend side by side, with parity against eager fp32.
+
+    \b
+    Per backend × batch size: images/s (± std over repeats), latency p50/p90/p99 per batch and
+    per image, peak memory, and on a GPU utilisation, power and J/image (NVML). Backends that
+    cannot run here are listed with the reason. Then F1, recall, label agreement and max |Δprob|
+    against eager fp32, and the stages of scoring (decode, host→device, compute, device→host).
+    With no options: the newest export, else eb3un+eb3 at random init on synthetic phantoms.
+      ptxfast bench --json bench.json --markdown bench.md
+      ptxfast bench --cascade eb3un+eb3 --runs runs --backends eager,torchscript-fp16,tensorrt
+    """
+    from rich.table import Table
+
+    from ptxfast import benchmark
+
+    cfg = benchmark.BenchConfig(
+        model=model, name=name, runs=runs, exports=exports,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
+        batch_sizes=_int_list("--batch-sizes", batch_sizes), size=size, data=data,
+        device=device, warmup=warmup, iters=iters, repeats=repeats, parity_n=parity_n,
+        stage_n=stage_files, inductor_mode=inductor_mode, threads=threads, seed=seed,
+        json_out=json_out, markdown_out=markdown_out,
+    )  # fmt: skip
+    try:
+        report = benchmark.run_bench(cfg, say=lambda line: console.print(line, highlight=False))
+    except benchmark.BenchError as e:
+        raise PtxfastError(str(e)) from None
+    rep = report.as_dict()
+
+    out = Console()
+    table = Table(title=benchmark.title(rep))
+    header, cells = benchmark.throughput_table(rep["rows"])
+    for col in header:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row in cells:
+        table.add_row(*row)
+    out.print(table)
+    for r in rep["rows"]:
+        if r["status"] != "ok":
+            where = f" (batch {r['batch']})" if r["batch"] is not None else ""
+            console.print(f"[yellow]{r['variant']}{where}:[/] {r['status']} — {r['error']}")
+    if any(p["status"] == "ok" for p in rep["parity"]):
+        d = rep["data"]
+        table = Table(
+            title=f"parity against eager fp32 on {d.get('source')} "
+            f"({d.get('n')} images, {d.get('n_pos')} positive)"
+        )
+        for col in benchmark.PARITY_HEADER:
+            table.add_column(col, justify="left" if col == "variant" else "right")
+        for p in rep["parity"]:
+            if p["status"] in ("ok", "failed"):
+                table.add_row(*benchmark.parity_cells(p))
+        out.print(table)
+    if rep["stages"]:
+        table = Table(
+            title=f"stages of scoring: ms per image (images/s that stage alone allows); "
+            f"{rep['data'].get('stage_files')}"
+        )
+        for col in benchmark.STAGE_HEADER:
+            table.add_column(col, justify="left" if col == "variant" else "right")
+        for s in rep["stages"]:
+            table.add_row(*benchmark.stage_cells(s))
+        out.print(table)
+    for note in rep["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    written = [str(p) for p in (json_out, markdown_out) if p]
+    console.print(
+        f"{rep['seconds']:.0f} s" + (f"; wrote {', '.join(written)}" if written else ""),
+        highlight=False,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
