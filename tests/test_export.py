@@ -39,7 +39,14 @@ from ptxfast.export import (
     parse_batch,
     plan,
 )
-from ptxfast.fused import Fused, fuse, to_torchscript
+from ptxfast.fused import (
+    Fused,
+    cpu_fusion_available,
+    fuse,
+    fuse_for_cpu,
+    quiet_jit,
+    to_torchscript,
+)
 from ptxfast.models import (
     PIXEL_THRESHOLD,
     build,
@@ -202,6 +209,44 @@ def test_fused_classifier_has_probability_and_no_area():
     assert torch.equal(area, torch.full((2,), -1, dtype=torch.int32))
     with pytest.raises(ValueError, match="no mask"):
         Fused(model, "classifier", S, return_mask=True)
+
+
+class _SameConvBlock(torch.nn.Module):
+    """What fuse_for_cpu rewrites in EfficientNet / ResNet: TF-"same" zero pads (asymmetric at
+    stride 2) before convolutions, SiLU, an SE gate and a BatchNorm'd residual sum + ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2)
+        self.dw = torch.nn.Conv2d(8, 8, 5, stride=2, groups=8)
+        self.se_reduce, self.se_expand = torch.nn.Conv2d(8, 4, 1), torch.nn.Conv2d(4, 8, 1)
+        self.pw, self.bn = torch.nn.Conv2d(8, 8, 1), torch.nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.silu(self.stem(torch.nn.functional.pad(x, (0, 1, 0, 1))))
+        x = torch.nn.functional.silu(self.dw(torch.nn.functional.pad(x, (1, 2, 1, 2))))
+        s = self.se_expand(torch.nn.functional.silu(self.se_reduce(x.mean((2, 3), keepdim=True))))
+        x = x * torch.sigmoid(s)
+        return torch.relu(self.bn(self.pw(x)) + x)
+
+
+@pytest.mark.skipif(not cpu_fusion_available(), reason="this torch has no oneDNN fused conv")
+@pytest.mark.parametrize("size", [32, 33])
+def test_cpu_fusion_rewrites_every_step_exactly(size):
+    torch.manual_seed(0)
+    block = _SameConvBlock().eval()
+    block.bn.running_mean.uniform_(-1, 1)
+    block.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(3, 3, size, size).contiguous(memory_format=torch.channels_last)
+    with quiet_jit(), torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(block, x[:2]))
+    counts = fuse_for_cpu(frozen, x[:1])
+    assert counts == {"convs": 5, "unary": 5, "adds": 1, "pads": 2, "pools": 1, "muls": 1}
+    kinds = {n.kind() for n in frozen.graph.nodes()}
+    assert not kinds & {"aten::_convolution", "aten::pad", "aten::silu", "aten::mean", "aten::add"}
+    with torch.inference_mode():
+        torch.testing.assert_close(frozen(x), block(x), atol=1e-5, rtol=1e-5)  # another batch
+    assert fuse_for_cpu(frozen, x[:1])["convs"] == 0  # already fused: left alone
 
 
 # ------------------------------------------------------------------------------- the artifact

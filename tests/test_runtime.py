@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ptxfast.export import ExportConfig, export_model
-from ptxfast.fused import fuse
+from ptxfast.fused import cpu_fusion_available, fuse, is_cpu_fused
 from ptxfast.models import PIXEL_THRESHOLD, build
 from ptxfast.runtime import (
     BACKENDS,
@@ -190,6 +190,33 @@ def test_load_predictor_runs_the_artifact(tmp_path, x):
     optimized = load_predictor(result.model_path, device="cpu", optimize=True)
     assert optimized.path == "trace+optimized"
     torch.testing.assert_close(optimized(x).prob, reference(x).prob, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not cpu_fusion_available(), reason="this torch has no oneDNN fused conv")
+def test_unfused_cpu_artifact_is_fused_on_load(tmp_path, x, monkeypatch):
+    import functools
+
+    import ptxfast.export
+    from ptxfast.checkpoint import checkpoint_header, save_checkpoint
+
+    torch.manual_seed(3)
+    classifier = build("rn34", weights=None).eval()
+    save_checkpoint(
+        {"model": classifier.state_dict(), **checkpoint_header("rn34", S)},
+        tmp_path / "runs" / "rn34" / "best.pt",
+    )
+    # An artifact as exported before the CPU rewrite existed: the plain frozen graph.
+    plain = functools.partial(ptxfast.export.to_torchscript, cpu_fusion=False)
+    monkeypatch.setattr(ptxfast.export, "to_torchscript", plain)
+    cfg = ExportConfig(
+        "rn34", runs=tmp_path / "runs", out=tmp_path / "exports", device="cpu", parity_n=4
+    )
+    result = export_model(cfg)
+    assert not is_cpu_fused(torch.jit.load(str(result.model_path)))
+    loaded = load_predictor(result.sidecar_path, device="cpu")
+    as_saved = load_predictor(result.sidecar_path, device="cpu", cpu_fusion=False)
+    assert is_cpu_fused(loaded.module) and not is_cpu_fused(as_saved.module)
+    torch.testing.assert_close(loaded(x).prob, as_saved(x).prob, atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(
