@@ -139,6 +139,12 @@ class Classifier(_FrozenStatsMixin, nn.Module):
         super().__init__()
         self.normalize = _Normalize()
         self.net = timm.create_model(arch, pretrained=False, num_classes=1)
+        # Start the one-logit head at zero: timm draws EfficientNet's fresh head from U(±1/√1),
+        # which puts the first logits near ±10 over 1536 features and costs many epochs of
+        # recovery. ImageNet weights never fill this head (1000 outputs), so it stays zero there.
+        head = self.net.get_classifier()
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(x))

@@ -1,11 +1,11 @@
 """Training: the loop as small functions wired together.
 
-`train_one_epoch` runs one pass of BCE-with-logits + Adam (AMP and channels_last on CUDA),
-`evaluate` scores a validation set under `torch.inference_mode` and returns a dict of metrics,
-`fit` wires them together with negative rotation, checkpoints (`last.pt` every epoch, `best.pt`
-by validation F1, ties to the higher ROC-AUC), `summary.csv`, `recipe.toml`, `result.json` and
-exact `--resume`. Launched by `torchrun` it trains with DistributedDataParallel; rank 0 alone
-writes files and prints.
+`train_one_epoch` runs one pass of the recipe's loss (BCE with logits; segmenters may add soft
+Dice) + Adam (AMP and channels_last on CUDA), `evaluate` scores a validation set under
+`torch.inference_mode` and returns a dict of metrics, `fit` wires them together with negative
+rotation, checkpoints (`last.pt` every epoch, `best.pt` by validation F1, ties to the higher
+ROC-AUC), `summary.csv`, `recipe.toml`, `result.json` and exact `--resume`. Launched by
+`torchrun` it trains with DistributedDataParallel; rank 0 alone writes files and prints.
 
 Reproducibility: the order of the training data is a function of (seed, epoch) and the global RNG
 states travel in `last.pt`, so a run stopped after epoch k and resumed ends with the same weights
@@ -216,6 +216,11 @@ class Step:
     amp_dtype: torch.dtype | None = None  # autocast dtype; None runs fp32
     channels_last: bool = False
     masks_given: bool = False  # the mask slot holds segmenter probabilities (cached cascades)
+    loss: str = "bce"  # TrainConfig.loss
+
+    def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss of this model kind (see `training_loss`)."""
+        return training_loss(logits, target, self.kind, self.loss)
 
     def autocast(self):
         return torch.autocast(
@@ -236,6 +241,28 @@ class Step:
         return logits.float(), target, x.shape[0]
 
 
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 − soft Dice of sigmoid(logits) against target, pooled over the whole batch.
+
+    Pooling over the batch keeps the term defined on batches of negatives alone (any predicted
+    area then costs), and it weighs a pneumothorax by its pixels, not by the ~99% background.
+    """
+    prob = torch.sigmoid(logits.float())
+    inter = (prob * target).sum()
+    return 1.0 - (2.0 * inter + smooth) / (prob.sum() + target.sum() + smooth)
+
+
+def training_loss(
+    logits: torch.Tensor, target: torch.Tensor, kind: str, loss: str = "bce"
+) -> torch.Tensor:
+    """The loss one step minimises: BCE with logits, plus, for segmenters with
+    `loss="bce+dice"`, the batch soft Dice loss (`TrainConfig.loss`)."""
+    out = F.binary_cross_entropy_with_logits(logits, target)
+    if loss == "bce+dice" and kind == "segmenter":
+        out = out + soft_dice_loss(logits, target)
+    return out
+
+
 def train_step(
     module: nn.Module,
     batch,
@@ -245,7 +272,7 @@ def train_step(
 ) -> tuple[torch.Tensor, int]:
     """One optimizer step on one batch; returns the (detached, on-device) loss and batch size."""
     logits, target, n = step(module, batch)
-    loss = F.binary_cross_entropy_with_logits(logits, target)
+    loss = step.criterion(logits, target)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
@@ -304,7 +331,8 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
 
 @torch.inference_mode()
 def evaluate(module: nn.Module, loader: Iterable, step: Step) -> dict[str, float]:
-    """Metrics of `module` over `loader`: loss, f1, recall, precision, auc, n (+ dice).
+    """Metrics of `module` over `loader`: loss (plain BCE, comparable across recipes), f1,
+    recall, precision, auc, n (+ dice).
 
     Classifiers and cascades: image probability > 0.5. Segmenters: the paper's rule (more than
     min_area(S) pixels above 0.3), scored by the k-th largest pixel probability so ROC-AUC ranks
@@ -360,8 +388,9 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def build_for_training(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of `cfg`, frozen per `cfg.freezing`, and what it was built from (a cascade's
-    segmenter checkpoint path, sha256 and size; the freezing applied)."""
+    """The model of `cfg`, frozen per `cfg.freezing` (BatchNorm momentum per
+    `cfg.bn_momentum`), and what it was built from (a cascade's segmenter checkpoint path,
+    sha256 and size; the freezing applied)."""
     weights = None if cfg.weights == "none" else cfg.weights
     info: dict[str, Any] = {}
     if kind_of(cfg.arch) != "cascade":
@@ -397,6 +426,10 @@ def build_for_training(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
         if kind_of(cfg.arch) == "cascade":
             model.segmenter.requires_grad_(False)  # a cascade's segmenter is frozen by definition
     info["freezing_applied"] = "paper" if freeze else "none"
+    if cfg.bn_momentum:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
     return model, info
 
 
@@ -448,7 +481,14 @@ def _setup(cfg: TrainConfig, data: TrainData | None, dist: tuple[int, int, int])
         data = load_data(cfg, model.segmenter if cached else None, info.get("segmenter_sha256", ""))
         if world > 1 and rank == 0:
             torch.distributed.barrier()
-    step = Step(kind_of(cfg.arch), device, amp_dtype, channels_last, data.segmenter_masks)
+    step = Step(
+        kind_of(cfg.arch),
+        device,
+        amp_dtype,
+        channels_last,
+        data.segmenter_masks,
+        loss=cfg.loss,
+    )
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     module: nn.Module = _CascadeOnMasks(model) if data.segmenter_masks else model
@@ -615,9 +655,13 @@ def fit(
     if own_group:
         cuda = _device(cfg, local_rank).type == "cuda"
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    threads = torch.get_num_threads()
+    if cfg.threads and _device(cfg, local_rank).type == "cpu":
+        torch.set_num_threads(cfg.threads)
     try:
         return _fit(cfg, data, resume, console if rank == 0 else None, (rank, world, local_rank))
     finally:
+        torch.set_num_threads(threads)
         if own_group:
             torch.distributed.destroy_process_group()
 
@@ -722,8 +766,10 @@ __all__ = [
     "fit",
     "load_data",
     "load_recipe",
+    "soft_dice_loss",
     "train_models",
     "train_one_epoch",
     "train_step",
+    "training_loss",
     "with_overrides",
 ]

@@ -60,6 +60,15 @@ def test_forward_shape_and_finite(models, batch, name):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_fresh_classifier_head_starts_at_zero(models, batch, name):
+    # A fresh head must not start far from p = 0.5: timm's EfficientNet head init put the first
+    # logits near ±10, which the quick recipe could not recover from.
+    with torch.no_grad():
+        logits = models[name].eval()(batch)
+    torch.testing.assert_close(logits, torch.zeros_like(logits))
+
+
 def test_unknown_name_lists_the_eight():
     with pytest.raises(KeyError) as err:
         build("resnet50")

@@ -23,7 +23,7 @@ from pydicom.uid import (
 from ptxfast.cli import cli
 from ptxfast.data import synth
 from ptxfast.data.dicom import read_image
-from ptxfast.data.phantom import MAX_VALUE, make_phantom
+from ptxfast.data.phantom import MAX_VALUE, _draw_ptx, make_phantom
 from ptxfast.data.rle import decode
 
 SIZE = 64
@@ -90,6 +90,28 @@ def test_pneumothorax_changes_only_its_region(seed):
 
     assert core.sum() > 300
     assert detail(img2) < 0.9 * detail(img0)
+
+
+@pytest.mark.parametrize("site", ["apical", "lateral", "large"])
+def test_pneumothorax_is_more_lucent_than_lung_but_not_air(site):
+    """Pleural air replaces lung: the space loses a good share of the lung's brightness above
+    air (no parenchyma, no markings), yet the chest walls keep it well above the air outside."""
+    img0, _, _ = make_phantom(np.random.default_rng(5), 256, 0)
+    img1, (mask,), _ = make_phantom(np.random.default_rng(5), 256, 1, sites=(site,))
+    air, lung, ptx = _air_level(img0), img0[mask].mean(), img1[mask].mean()
+    assert 0.3 < (lung - ptx) / (lung - air) < 0.8
+    assert ptx > air + 150
+
+
+def test_pneumothorax_sizes_are_mostly_moderate_to_large():
+    """Like annotated sets (CANDID-PTX's smallest masks are ~375 px at 512²): small rims exist,
+    but most are deep enough to show at the 96–128 px a CPU trains at."""
+    rng = np.random.default_rng(0)
+    geoms = [_draw_ptx(rng, 0, None) for _ in range(2000)]
+    depth_mm = np.array([g.depth for g in geoms]) * 1024 * 0.35
+    assert 0.08 < (depth_mm < 10).mean() < 0.25  # small ones
+    assert (depth_mm >= 15).mean() > 0.6 and np.median(depth_mm) > 15
+    assert 0.2 < np.mean([g.site == "large" for g in geoms]) < 0.4
 
 
 def test_confounders_can_be_forced_without_a_pneumothorax():

@@ -24,10 +24,14 @@ from ptxfast.training import (
     TrainConfig,
     TrainData,
     TrainError,
+    build_for_training,
     evaluate,
     fit,
     load_recipe,
+    soft_dice_loss,
     train_one_epoch,
+    train_step,
+    training_loss,
     with_overrides,
 )
 
@@ -104,8 +108,10 @@ def _cfg(tmp_path, arch: str = "rn34", **kw) -> TrainConfig:
 def test_recipes_load_for_all_eight(recipe):
     for name in MODEL_NAMES:
         cfg = load_recipe(recipe, name)
-        assert cfg.arch == name and cfg.loss == "bce" and cfg.optimizer == "adam"
+        assert cfg.arch == name and cfg.loss in ("bce", "bce+dice") and cfg.optimizer == "adam"
         assert cfg.rotate_every > 0 and cfg.select == "f1"
+        if recipe == "paper":  # plain BCE, each model's own BatchNorm, torch's threads
+            assert (cfg.loss, cfg.bn_momentum, cfg.threads) == ("bce", 0, 0)
     paper = load_recipe("paper", "eb3")
     assert (paper.lr, paper.batch_size, paper.epochs, paper.size) == (1e-4, 4, 20, 512)
     assert paper.weights == "imagenet" and paper.rotate_every == 4
@@ -160,6 +166,74 @@ def test_one_step_lowers_the_loss(arch):
     for n, p in model.named_parameters():  # the frozen part did not move
         if n in frozen:
             assert torch.equal(p, frozen[n])
+
+
+def test_training_loss_bce_dice():
+    target = torch.zeros(2, 1, S, S)
+    target[0, :, 10:20, 10:30] = 1
+    good = (target * 2 - 1) * 8.0  # confident and right everywhere
+    empty = torch.full_like(target, -10.0)  # "no pneumothorax anywhere"
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert float(soft_dice_loss(good, target)) < 0.01
+    # The collapse plain BCE settles on costs little BCE (few foreground pixels) but full Dice.
+    assert float(bce(empty, target)) < 0.3 and float(soft_dice_loss(empty, target)) > 0.95
+    seg = training_loss(empty, target, "segmenter", "bce+dice")
+    torch.testing.assert_close(seg, bce(empty, target) + soft_dice_loss(empty, target))
+    torch.testing.assert_close(training_loss(empty, target, "segmenter"), bce(empty, target))
+    # Image-level models keep BCE under "bce+dice": Dice of one label per image means nothing.
+    logits, labels = torch.tensor([[2.0], [-1.0]]), torch.tensor([[1.0], [0.0]])
+    torch.testing.assert_close(
+        training_loss(logits, labels, "classifier", "bce+dice"), bce(logits, labels)
+    )
+    # A batch of negatives alone: any predicted area costs Dice, none costs (almost) nothing.
+    neg, none = torch.zeros(2, 1, S, S), torch.full((2, 1, S, S), -20.0)
+    assert float(soft_dice_loss(none, neg)) < 0.01 and float(soft_dice_loss(good, neg)) > 0.9
+
+
+def test_train_step_uses_the_recipe_loss():
+    """The step minimises Step.loss: a bce+dice segmenter step reports BCE + Dice, then lowers it."""
+    torch.manual_seed(0)
+    model = build("rn34un", weights=None)
+    x, m, y = _items(2, 0).tensors
+    step = Step("segmenter", torch.device("cpu"), loss="bce+dice")
+    model.train()  # batch statistics, as in the step itself
+    with torch.no_grad():
+        logits = model(x)
+    expected = float(training_loss(logits, m, "segmenter", "bce+dice"))
+    bce = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, m))
+    assert expected > bce + 0.3  # the Dice term is there (nothing is segmented yet)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss, n = train_step(model, (x, m, y), opt, step)
+    assert n == 2 and float(loss) == pytest.approx(expected, rel=1e-4)
+    for _ in range(3):
+        after, _ = train_step(model, (x, m, y), opt, step)
+    assert float(after) < expected
+
+
+def test_bn_momentum_and_threads_settings(tmp_path, monkeypatch):
+    default = build_for_training(_cfg(tmp_path, "eb3un"))[0]
+    momenta = {m.momentum for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert min(momenta) < 0.05  # the efficientnet-b3 encoder's own slow average
+    cfg = _cfg(tmp_path, "eb3un", bn_momentum=0.1)
+    model = build_for_training(cfg)[0]
+    assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+    with pytest.raises(TrainError, match="bn_momentum"):
+        _cfg(tmp_path, bn_momentum=1.5)
+    with pytest.raises(TrainError, match="loss"):
+        _cfg(tmp_path, loss="dice")
+    import ptxfast.training as training
+
+    before, seen = torch.get_num_threads(), []
+    real = training.train_one_epoch
+
+    def spy(*args, **kwargs):  # the threads the epoch ran with
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", spy)
+    want = 2 if before == 1 else 1
+    fit(_cfg(tmp_path, threads=want), _data())
+    assert seen == [want] and torch.get_num_threads() == before  # restored after the run
 
 
 class _FixedMasks(torch.nn.Module):

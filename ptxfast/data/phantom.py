@@ -322,9 +322,13 @@ class _PtxGeom:
 
 
 def _draw_ptx(rng: np.random.Generator, side: int, site: str | None) -> _PtxGeom:
-    """Draw the geometry of one pneumothorax in lung `side` (0 right, 1 left)."""
+    """Draw the geometry of one pneumothorax in lung `side` (0 right, 1 left).
+
+    Sizes follow what annotated sets hold: mostly moderate to large (CANDID-PTX's smallest
+    masks are ~375 px at 512², a rim of a few millimetres), with a minority of small ones.
+    """
     site = site or str(
-        rng.choice(["apical", "apicolateral", "lateral", "large"], p=[0.35, 0.3, 0.2, 0.15])
+        rng.choice(["apical", "apicolateral", "lateral", "large"], p=[0.25, 0.25, 0.2, 0.3])
     )
     if site == "apical":
         center, half = rng.uniform(80, 105), rng.uniform(40, 65)
@@ -337,11 +341,12 @@ def _draw_ptx(rng: np.random.Generator, side: int, site: str | None) -> _PtxGeom
     else:  # large: the lung falls away from the apex, the lateral wall and the base
         center, half = rng.uniform(25, 50), rng.uniform(115, 150)
     if site == "large":
-        depth = rng.uniform(0.05, 0.11)
+        depth = rng.uniform(0.06, 0.13)  # 2–4.5 cm: the lung has fallen well away from the wall
     else:
-        depth = float(
-            rng.choice([rng.uniform(0.010, 0.025), rng.uniform(0.025, 0.05)], p=[0.55, 0.45])
-        )
+        # A rim of 4–9 mm (small, 15%), 9–18 mm (moderate, 40%) or 18–30 mm (45%). All three
+        # are drawn whichever is chosen, so the stream does not depend on the choice.
+        depths = [rng.uniform(0.012, 0.025), rng.uniform(0.025, 0.05), rng.uniform(0.05, 0.085)]
+        depth = float(depths[rng.choice(3, p=[0.15, 0.4, 0.45])])
     return _PtxGeom(side, site, depth, center, half)
 
 
@@ -829,8 +834,8 @@ def make_phantom(
         # Where the rim is under half a full-size pixel deep there is no mask: no PTX either.
         inside = _sig(inners[g.lung] / e) * _sig((d - walls[g.lung]) / e) * _smooth(d * size - 0.5)
         ptx_soft = np.maximum(ptx_soft, inside)
-        if g.site == "large":  # the collapsed lung is a little denser
-            A += 0.03 * _sig(inners[g.lung] / e) * (1.0 - inside)
+        if g.site == "large":  # the collapsed lung holds less air: denser the more it collapsed
+            A += (0.02 + 0.5 * g.depth) * _sig(inners[g.lung] / e) * (1.0 - inside)
 
     # ---- tone curve (processing): A -> display [0, 1], a gentle S for contrast
     a_lo, a_hi = rng.uniform(0.0, 0.04), rng.uniform(0.80, 0.95)
@@ -869,12 +874,13 @@ def make_phantom(
     DV *= np.float32(white)
     DV += np.float32(black - 255.0 * noise_k)
     DF = _resize(DV, size, Image.BILINEAR)
+    air = black - 255.0 * noise_k  # outside the body, before the detector noise is added
 
     # ---- full-resolution pneumothorax masks, darkening and visceral pleural lines
     masks, findings = [], []
-    sigma = max(0.6, 1.0 * size / 1024)
+    sigma = max(0.6, 1.5 * size / 1024)  # the visceral pleural line: about half a millimetre
     for g, d in zip(geoms, depth_fields, strict=True):
-        mask, area = _ptx_full(g, d, inners, walls, L, size, DF, ptx_rng, sigma, white)
+        mask, area = _ptx_full(g, d, inners, walls, L, size, DF, ptx_rng, sigma, white, air)
         masks.append(mask)
         depth_mm = g.depth * mm_per_norm
         findings.append(
@@ -948,11 +954,14 @@ def _ptx_sides(rng: np.random.Generator, n_ptx: int, sites: tuple[str, ...] | No
     return [side, side], ["apical", "basal"]  # two separate regions of one lung
 
 
-def _ptx_full(g: _PtxGeom, d: np.ndarray, inners, walls, L: int, size: int, DF, rng, sigma, scale):
+def _ptx_full(
+    g: _PtxGeom, d: np.ndarray, inners, walls, L: int, size: int, DF, rng, sigma, scale, floor
+):
     """Mask, darkening and pleural line of one pneumothorax at full resolution (in a window).
 
-    `DF` is the full-size image in 12-bit units and `scale` the display-to-12-bit gain; the
-    low-resolution fields (`inners`, `walls`, `d`) are upsampled only inside the PTX's box.
+    `DF` is the full-size image in 12-bit units, `scale` the display-to-12-bit gain and `floor`
+    the level of air outside the body; the low-resolution fields (`inners`, `walls`, `d`) are
+    upsampled only inside the PTX's box.
     """
     lo_mask = (inners[g.lung] > 0) & (walls[g.lung] < d + 2.0 / L) & (d > 0)
     if not lo_mask.any():  # a rim thinner than an anatomy pixel: use the whole band
@@ -979,11 +988,17 @@ def _ptx_full(g: _PtxGeom, d: np.ndarray, inners, walls, L: int, size: int, DF, 
         * np.clip(inner * size + 0.5, 0.0, 1.0)
         * _smooth(dd * size - 0.5)
     )
-    dark = rng.uniform(0.05, 0.09)
+    # Pleural air instead of lung: no parenchyma in the beam, so clearly more lucent than the
+    # aerated lung beside it (its markings are gone too, removed at the anatomy resolution).
+    # A share of the level above air: the chest walls in front and behind still attenuate, so
+    # the space stays brighter than the air outside the body however dark the lung was.
+    dark = rng.uniform(0.45, 0.65)
     line = (
         np.exp(-((gap / sigma) ** 2))
         * _smooth(dd * size / 3.0)
         * np.clip(inner * size / 2.0, 0.0, 1.0)
     )
-    DF[r0:r1, c0:c1] += ((rng.uniform(0.06, 0.11) * line - dark * soft) * scale).astype(np.float32)
+    win = DF[r0:r1, c0:c1]
+    lucent = dark * soft * np.maximum(win - np.float32(floor), 0.0)
+    win += (rng.uniform(0.08, 0.13) * scale * line - lucent).astype(np.float32)
     return full, int(full.sum())
