@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PTX    := $(VENV)/bin/ptxfast
 DEMO   ?= demo
+DEMO_N ?= 400
 
 .PHONY: install demo test lint clean
 
@@ -21,8 +22,21 @@ lint: install
 	$(VENV)/bin/ruff check ptxfast tests bench
 	$(VENV)/bin/ruff format --check ptxfast tests bench
 
+# The main job end to end on synthetic phantoms (about five minutes on two CPU cores).
 demo: install
-	$(PTX) synth $(DEMO)/phantoms --n 200 --seed 0 --preview $(DEMO)/preview.png
+	rm -rf $(DEMO)
+	$(PTX) synth $(DEMO)/phantoms --n $(DEMO_N) --seed 0 --preview $(DEMO)/preview.png
+	$(PTX) split --data $(DEMO)/phantoms
+	$(PTX) train --arch eb3un --recipe quick --data $(DEMO)/phantoms --runs $(DEMO)/runs
+	$(PTX) train --arch eb3un+eb3 --recipe quick --data $(DEMO)/phantoms --runs $(DEMO)/runs
+	$(PTX) evaluate --runs $(DEMO)/runs --out $(DEMO)/eval
+	$(PTX) export --cascade eb3un+eb3 --runs $(DEMO)/runs --out $(DEMO)/exports
+	@# The held-back test images: the split's test rows, copied into a folder of their own.
+	mkdir -p $(DEMO)/test
+	awk -F, 'NR > 1 && $$2 == "test" { print $$5 }' $(DEMO)/phantoms/splits.csv | \
+		while read -r f; do cp "$(DEMO)/phantoms/$$f" $(DEMO)/test/; done
+	$(PTX) score $(DEMO)/test --out $(DEMO)/preds.csv --exports $(DEMO)/exports --json $(DEMO)/score.json
+	$(PTX) bench --exports $(DEMO)/exports --data $(DEMO)/phantoms --json $(DEMO)/bench.json --markdown $(DEMO)/bench.md
 
 clean:
 	rm -rf $(DEMO) runs exports
