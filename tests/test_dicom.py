@@ -77,6 +77,41 @@ def test_lossless_syntaxes_equal_the_uncompressed_reference(
     np.testing.assert_allclose(load_image(path, 32)[0], resize(reference, 32), atol=1e-6)
 
 
+def test_jpeg2000_shrinks_at_a_reduced_resolution_under_a_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_encoder(uid.JPEG2000Lossless)
+    levels = []
+    real = dicom._j2k_reduced
+
+    def recording(*args):
+        result = real(*args)
+        levels.append(result is not None)
+        return result
+
+    monkeypatch.setattr(dicom, "_j2k_reduced", recording)
+    pixels = gray_pixels(512, 512)
+    ds = image_dataset(pixels, bits_stored=12, window=(1800, 2501))
+    reference = read_image(save(ds, tmp_path / "ref.dcm"), fast=False)
+    path = save(ds, tmp_path / "j2k.dcm", uid.JPEG2000Lossless)
+    # 512 -> 32: level 2 (128 px, 4x the output) decoded, then area-resized.
+    small = load_image(path, 32)[0]
+    assert levels == [True] and small.shape == (32, 32) and small.dtype == np.float32
+    expected = resize(reference, 32)
+    assert np.abs(small - expected).mean() < 0.005
+    assert np.abs(small - expected).max() < 0.03
+    # Not shrinking enough for a coarser level (or not shrinking): exact pixels.
+    np.testing.assert_allclose(load_image(path, 256)[0], resize(reference, 256), atol=1e-6)
+    np.testing.assert_allclose(read_image(path), reference, atol=1e-6)
+    # Without a window, min/max normalisation needs the full-resolution extremes.
+    plain = save(
+        image_dataset(pixels, bits_stored=12), tmp_path / "plain.dcm", uid.JPEG2000Lossless
+    )
+    reference = read_image(save(image_dataset(pixels, bits_stored=12), tmp_path / "p.dcm"))
+    np.testing.assert_allclose(load_image(plain, 32)[0], resize(reference, 32), atol=1e-6)
+    assert levels.count(True) == 1  # only the windowed 512 -> 32 read went reduced
+
+
 @pytest.mark.parametrize(
     ("syntax", "atol", "mean_tol"),
     [(uid.JPEG2000, 0.05, 0.01), (uid.JPEGLSNearLossless, 2.01 / 4096, 1.5 / 4096)],
