@@ -678,7 +678,7 @@ def export_command(
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Torch threads for the model on CPU [default: the cores the workers leave, at least 1].",
+    help="Torch threads for the model on CPU [default: every core; the decoding workers share them].",
 )
 @click.option("--resume", is_flag=True, help="Continue OUT: skip files it already has a row for.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
