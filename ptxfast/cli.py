@@ -793,13 +793,13 @@ def score_command(
     table.add_row(
         "time",
         f"{s.seconds:.1f} s in all ({s.setup_seconds:.1f} s setup); decode {t['decode']:.1f} s "
-        f"(in workers), waiting for data {t['wait']:.1f} s, host→device {t['transfer']:.2f} s, "
+        f"({'in workers' if s.workers else 'in this process'}), waiting for data {t['wait']:.1f} s, host→device {t['transfer']:.2f} s, "
         f"compute {t['compute']:.1f} s, writing {t['write']:.2f} s",
     )
     if s.scored:
         table.add_row(
             "per image",
-            f"decode {1000 * t['decode'] / (s.scored + s.failed):.1f} ms (worker CPU), compute "
+            f"decode {1000 * t['decode'] / (s.scored + s.failed):.1f} ms (decoder wall time), compute "
             f"{1000 * t['compute'] / s.scored:.1f} ms",
         )
     if s.gpu:
