@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import MODEL_NAMES, __version__
+from ptxfast import MODEL_NAMES, __version__, shipped_dir
 from ptxfast.artifact import EXTENSIONS, stem, utc_now, write_artifact
 from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from ptxfast.fused import (
@@ -46,7 +46,7 @@ from ptxfast.runtime import (
     resolve_device,
 )
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "export"
+PROFILE_DIR = shipped_dir("export")
 BACKENDS = ("tensorrt", "torchscript")
 DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_PARITY_N = 200  # synthetic phantoms when there is no validation split
@@ -146,7 +146,10 @@ _TOLERANCE_KEYS = ("min_agreement", "max_df1", "max_dprob", "max_drecall")
 
 def load_profile(profile: str | Path) -> dict[str, Any]:
     """A profile's settings as ExportConfig field values (batch parsed, tolerances flattened)."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+        import tomli as tomllib
 
     path = profile_path(profile)
     try:

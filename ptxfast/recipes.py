@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptxfast import MODEL_NAMES
+from ptxfast import MODEL_NAMES, shipped_dir
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = None  # type: ignore[assignment]
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "train"
+RECIPE_DIR = shipped_dir("train")
 
 
 class TrainError(ValueError):
@@ -149,8 +149,6 @@ def recipe_path(recipe: str | Path) -> Path:
 def load_recipe(recipe: str | Path, arch: str) -> TrainConfig:
     """The TrainConfig of `arch` in a recipe: its [defaults] table overlaid by [models.<arch>]."""
     path = recipe_path(recipe)
-    if tomllib is None:
-        raise TrainError("reading recipes needs Python 3.11+ (tomllib)")
     with open(path, "rb") as f:
         try:
             doc = tomllib.load(f)
