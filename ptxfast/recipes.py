@@ -44,6 +44,10 @@ class TrainConfig:
     # anywhere"; classifiers and cascades keep BCE.
     loss: str = "bce"
     optimizer: str = "adam"
+    # Chance of mirroring a training image (with its mask) left-right each time it is drawn; 0
+    # (the paper's) never does. Pneumothorax occurs on either side, and a mirrored radiograph
+    # doubles what a small training set shows a model trained from scratch.
+    hflip: float = 0.0
     # BatchNorm running-statistics momentum while training; 0 keeps each model's own (0.1, but
     # 0.01 in the efficientnet-b3 U-Net encoder, which suits fine-tuning ImageNet statistics).
     # From random init a slow average lags the moving weights, and eval-mode predictions fail.
@@ -94,6 +98,7 @@ RESUME_FIXED = (
     "loss",
     "optimizer",
     "bn_momentum",
+    "hflip",
     "freezing",
     "seed",
 )
@@ -116,6 +121,8 @@ def _validate(cfg: TrainConfig) -> None:
         raise TrainError(
             f"bn_momentum must be in [0, 1] (0: the model's own), got {cfg.bn_momentum}"
         )
+    if not 0.0 <= cfg.hflip <= 1.0:
+        raise TrainError(f"hflip is a probability in [0, 1], got {cfg.hflip}")
     if cfg.rotate_every < 0 or cfg.workers < 0 or cfg.threads < 0:
         raise TrainError("rotate_every, workers and threads must be >= 0")
 

@@ -217,6 +217,7 @@ class Step:
     channels_last: bool = False
     masks_given: bool = False  # the mask slot holds segmenter probabilities (cached cascades)
     loss: str = "bce"  # TrainConfig.loss
+    hflip: float = 0.0  # TrainConfig.hflip: chance of mirroring each training image (and mask)
 
     def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The training loss of this model kind (see `training_loss`)."""
@@ -263,6 +264,21 @@ def training_loss(
     return out
 
 
+def mirror(batch, p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mirror each (image, mask) pair of a batch left-right with chance `p` (the mask slot: the
+    ground truth, or a cascade's cached segmenter output; an empty one stays empty). Draws
+    from torch's global generator, whose state a checkpoint keeps, so a resumed run draws
+    the same flips."""
+    x, mask, y = batch
+    flip = torch.rand(x.shape[0]) < p
+    if not bool(flip.any()):
+        return x, mask, y
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if mask.dim() == 4:
+        mask = torch.where(flip[:, None, None, None], mask.flip(-1), mask)
+    return x, mask, y
+
+
 def train_step(
     module: nn.Module,
     batch,
@@ -271,6 +287,8 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, int]:
     """One optimizer step on one batch; returns the (detached, on-device) loss and batch size."""
+    if step.hflip > 0:
+        batch = mirror(batch, step.hflip)
     logits, target, n = step(module, batch)
     loss = step.criterion(logits, target)
     optimizer.zero_grad(set_to_none=True)
@@ -488,6 +506,7 @@ def _setup(cfg: TrainConfig, data: TrainData | None, dist: tuple[int, int, int])
         channels_last,
         data.segmenter_masks,
         loss=cfg.loss,
+        hflip=cfg.hflip,
     )
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)

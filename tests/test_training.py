@@ -28,6 +28,7 @@ from ptxfast.training import (
     evaluate,
     fit,
     load_recipe,
+    mirror,
     soft_dice_loss,
     train_one_epoch,
     train_step,
@@ -489,3 +490,37 @@ def test_cuda_amp_channels_last_fit_and_resume(tmp_path, amp):
     assert 0.0 <= result["test"]["f1"] <= 1.0 and result["test"]["n"] == 6
     model, _ = model_from_checkpoint(cfg.run_dir / "last.pt")
     assert torch.isfinite(model(torch.rand(2, 1, S, S))).all()
+
+
+def test_mirror_flips_image_and_mask_together() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 8, 8)
+    mask = (torch.rand(64, 1, 8, 8) > 0.5).float()
+    y = torch.arange(64.0)
+    assert all(
+        torch.equal(a, b) for a, b in zip(mirror((x, mask, y), 0.0), (x, mask, y), strict=True)
+    )
+    xs, ms, ys = mirror((x, mask, y), 1.0)
+    assert torch.equal(xs, x.flip(-1)) and torch.equal(ms, mask.flip(-1)) and torch.equal(ys, y)
+    xs, ms, _ = mirror((x, mask, y), 0.5)
+    flipped = [bool(torch.equal(xs[i], x[i].flip(-1))) for i in range(64)]
+    kept = [bool(torch.equal(xs[i], x[i])) for i in range(64)]
+    assert all(
+        f != k for f, k in zip(flipped, kept, strict=True)
+    )  # each image either mirrored or as it was
+    assert 10 < sum(flipped) < 54
+    for i in range(64):  # its mask went the same way
+        assert torch.equal(ms[i], mask[i].flip(-1) if flipped[i] else mask[i])
+    # Classifier batches carry an empty mask slot; it stays empty.
+    xs, ms, _ = mirror((x, torch.empty(0), y), 1.0)
+    assert torch.equal(xs, x.flip(-1)) and ms.numel() == 0
+    # The draws come from torch's generator, so a restored RNG state repeats them.
+    torch.manual_seed(3)
+    first = mirror((x, mask, y), 0.5)[0]
+    torch.manual_seed(3)
+    assert torch.equal(mirror((x, mask, y), 0.5)[0], first)
+
+
+def test_hflip_must_be_a_probability() -> None:
+    with pytest.raises(TrainError, match="hflip"):
+        TrainConfig(arch="rn34", hflip=1.5)
