@@ -32,22 +32,8 @@ from ptxfast.cli import cli
 from ptxfast.runtime import Outputs
 
 NAME = "rn34un+rn34"
+pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 S = 64
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a loaded 2-core machine two OpenMP threads can
-    be several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------- arithmetic

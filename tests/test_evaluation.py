@@ -19,19 +19,10 @@ from ptxfast.metrics import binary_metrics, dice, seg_labels
 from ptxfast.models import PIXEL_THRESHOLD, build, min_area
 from ptxfast.recipes import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 S = 64
 TRAINED = ("rn34", "rn34un", "rn34un+rn34")
 FIGURES = ("confusion.png", "roc.png", "recall_f1.png")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 64² models are too small to share out: on a busy 2-core machine two intra-op threads
-    # spend most of the run waiting on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -20,23 +20,8 @@ from ptxfast.models import (
     segmenter_score,
 )
 
+pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 S = 64
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    # Weight lookup reads caches only; this makes any accidental download fail loudly.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine two OpenMP threads that wait on each other run several times
-    # slower than one; tiny models gain little from a second thread anyway.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

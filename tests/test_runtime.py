@@ -22,23 +22,9 @@ from ptxfast.runtime import (
     require_backend,
 )
 
+pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 S = 64
 NAME = "rn34un+rn34"
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tests are tracing and tiny batches: one intra-op thread loses little alone and
-    # avoids OpenMP threads spinning against each other on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

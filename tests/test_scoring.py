@@ -43,17 +43,9 @@ ERRORS = {  # input → a phrase its error must contain
 SKIPPED = {"readme.txt", "junk_noext"}
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # ---------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and on a loaded 2-core machine two OpenMP threads
-    can run several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

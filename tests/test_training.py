@@ -36,25 +36,15 @@ from ptxfast.training import (
     with_overrides,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 S = 64
 
 
 @pytest.fixture(autouse=True)
-def _quiet_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _quiet_offline(offline):
     logging.getLogger("ptxfast.models").setLevel(logging.ERROR)  # no ImageNet files in CI
     yield
     logging.getLogger("ptxfast.models").setLevel(logging.NOTSET)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # On a shared 2-core machine two OpenMP threads that wait on each other run several times
-    # slower than one; tiny models gain little from a second thread anyway.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _items(n: int, seed: int) -> TensorDataset:
