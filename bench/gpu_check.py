@@ -24,51 +24,16 @@ CHECKPOINT_NAMES = ("eb3un+eb3", "rn34un+rn34")
 
 
 def write_checkpoints(runs: Path, names: list[str], size: int, seed: int = 0) -> list[Path]:
-    """RUNS/<name>/best.pt at random init in the format training writes (model, optimizer,
-    epoch, metric, model_args, recipe, version); a cascade's segmenter is written first and the
-    cascade records its path and sha256, as a trained cascade does."""
-    import logging
+    """RUNS/<name>/best.pt at random init in the format training writes (a cascade over its
+    segmenter's, written first)."""
+    from ptxfast.training import write_untrained
 
-    import torch
-
-    from ptxfast.checkpoint import checkpoint_header, save_checkpoint, sha256_file
-    from ptxfast.models import build, cascade_parts, kind_of
-
-    logging.getLogger("ptxfast.models").setLevel(logging.ERROR)  # random init is the point
-    written: list[Path] = []
-
-    def one(name: str) -> Path:
-        path = runs / name / "best.pt"
-        if path in written:
-            return path
-        torch.manual_seed(seed)
-        recipe: dict[str, Any] = {
-            "arch": name, "data": "", "size": size, "epochs": 0, "seed": seed,
-            "weights": "none", "note": "random init for the GPU check (not trained)",
-        }  # fmt: skip
-        if kind_of(name) == "cascade":
-            seg = one(cascade_parts(name)[0])
-            seg_state = torch.load(seg, weights_only=True)["model"]
-            model = build(name, weights=None, segmenter_weights=seg_state)
-            recipe.update(
-                segmenter_path=str(seg), segmenter_sha256=sha256_file(seg), segmenter_size=size
-            )
-        else:
-            model = build(name, weights=None)
-        state = {
-            "model": model.state_dict(),
-            "optimizer": {},
-            "epoch": 0,
-            "metric": 0.0,
-            **checkpoint_header(name, size),
-            "recipe": recipe,
-        }
-        written.append(save_checkpoint(state, path))
-        print(f"wrote {path}", flush=True)
-        return path
-
+    written = []
     for name in names:
-        one(name)
+        written.append(
+            write_untrained(runs, name, size, seed=seed, note="random init for the GPU check")
+        )
+        print(f"wrote {written[-1]}", flush=True)
     return written
 
 

@@ -451,6 +451,31 @@ def build_for_training(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     return model, info
 
 
+def write_untrained(
+    runs: str | Path, name: str, size: int, *, seed: int = 0, note: str = ""
+) -> Path:
+    """RUNS/<name>/best.pt from a model never trained (weights drawn from `seed`, no ImageNet),
+    in the format training writes, for checks where speed or plumbing is the point. A cascade is
+    built over RUNS/<segmenter>/best.pt, written first when missing, and records that file's
+    path and sha256 as a trained cascade does."""
+    if kind_of(name) == "cascade":
+        seg = cascade_parts(name)[0]
+        if not (Path(runs) / seg / "best.pt").is_file():
+            write_untrained(runs, seg, size, seed=seed, note=note)
+    cfg = TrainConfig(arch=name, runs=str(runs), size=size, seed=seed, weights="none")
+    torch.manual_seed(seed)
+    model, info = build_for_training(cfg)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": {},
+        "epoch": 0,
+        "metric": 0.0,
+        **checkpoint_header(name, size),
+        "recipe": {**dataclasses.asdict(cfg), **info, **({"note": note} if note else {})},
+    }
+    return save_checkpoint(state, cfg.run_dir / "best.pt")
+
+
 @dataclass
 class _Run:
     """The state of one training run as `fit` moves it from epoch to epoch."""
@@ -785,10 +810,12 @@ __all__ = [
     "fit",
     "load_data",
     "load_recipe",
+    "mirror",
     "soft_dice_loss",
     "train_models",
     "train_one_epoch",
     "train_step",
     "training_loss",
     "with_overrides",
+    "write_untrained",
 ]

@@ -25,7 +25,7 @@ from ptxfast.artifact import (
     read_sidecar,
     verify,
 )
-from ptxfast.checkpoint import checkpoint_header, save_checkpoint, sha256_file
+from ptxfast.checkpoint import checkpoint_header, sha256_file
 from ptxfast.cli import cli
 from ptxfast.export import (
     DEFAULT_TOLERANCES,
@@ -50,50 +50,23 @@ from ptxfast.fused import (
 from ptxfast.models import (
     PIXEL_THRESHOLD,
     build,
-    cascade_parts,
-    kind_of,
     score_k,
     segmenter_label,
     segmenter_score,
 )
 from ptxfast.runtime import load_predictor
+from ptxfast.training import write_untrained
 
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 S = 64
 BATCH = (1, 2, 4)
 
 
-def write_checkpoint(runs: Path, name: str, seed: int = 0) -> Path:
-    """runs/<name>/best.pt in the format training writes (a cascade over runs/<seg>/best.pt)."""
-    torch.manual_seed(seed)
-    recipe = {"arch": name, "data": "", "size": S, "epochs": 1, "seed": 0, "weights": "none"}
-    if kind_of(name) == "cascade":
-        seg_path = runs / cascade_parts(name)[0] / "best.pt"
-        if not seg_path.is_file():
-            write_checkpoint(runs, cascade_parts(name)[0], seed)
-        seg_state = torch.load(seg_path, weights_only=True)["model"]
-        model = build(name, weights=None, segmenter_weights=seg_state)
-        recipe.update(
-            segmenter_path=str(seg_path), segmenter_sha256=sha256_file(seg_path), segmenter_size=S
-        )
-    else:
-        model = build(name, weights=None)
-    state = {
-        "model": model.state_dict(),
-        "optimizer": {},
-        "epoch": 1,
-        "metric": 0.0,
-        **checkpoint_header(name, S),
-        "recipe": recipe,
-    }
-    return save_checkpoint(state, runs / name / "best.pt")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    for name in ("rn34un+rn34", "rn34"):
-        write_checkpoint(root, name)
+    for name in ("rn34un+rn34", "rn34"):  # the cascade writes its rn34un first
+        write_untrained(root, name, S)
     return root
 
 
