@@ -25,3 +25,17 @@ def shipped_dir(name: str) -> _Path:
         if _Path(location).is_dir():
             return _Path(location)
     return _Path(__file__).resolve().parent.parent / name
+
+
+def shipped_toml(spec: str | _Path, folder: str, what: str) -> _Path:
+    """A `.toml` named bare (`paper`, `cpu-fp32`: a file in the shipped `folder`, see
+    `shipped_dir`) or by its path; FileNotFoundError, naming the choices, when there is none."""
+    text = str(spec)
+    bare = "/" not in text and not text.endswith(".toml")
+    path = shipped_dir(folder) / f"{text}.toml" if bare else _Path(text)
+    if not path.is_file():
+        known = sorted(p.stem for p in shipped_dir(folder).glob("*.toml"))
+        raise FileNotFoundError(
+            f"{what} {text!r} not found; use one of {known} or a path to a .toml file"
+        )
+    return path

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import MODEL_NAMES, __version__, shipped_dir
+from ptxfast import MODEL_NAMES, __version__, shipped_dir, shipped_toml
 from ptxfast.artifact import EXTENSIONS, stem, utc_now, write_artifact
 from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from ptxfast.fused import (
@@ -131,13 +131,10 @@ class ExportResult:
 
 def profile_path(profile: str | Path) -> Path:
     """`cpu-fp32` (a profile in export/) or a path to a .toml file."""
-    text = str(profile)
-    bare = "/" not in text and not text.endswith(".toml")
-    path = PROFILE_DIR / f"{text}.toml" if bare else Path(text)
-    if not path.is_file():
-        known = sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
-        raise ExportError(f"profile {text!r} not found; use one of {known} or a .toml path")
-    return path
+    try:
+        return shipped_toml(profile, "export", "profile")
+    except FileNotFoundError as err:
+        raise ExportError(str(err)) from None
 
 
 _PROFILE_KEYS = ("backend", "precision", "device", "batch", "size", "return_mask", "tolerance")

@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptxfast import MODEL_NAMES, shipped_dir
+from ptxfast import MODEL_NAMES, shipped_toml
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
     import tomli as tomllib
-
-RECIPE_DIR = shipped_dir("train")
 
 
 class TrainError(ValueError):
@@ -144,13 +142,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 def recipe_path(recipe: str | Path) -> Path:
     """`paper` / `quick` (the recipes in train/) or a path to a .toml file."""
-    text = str(recipe)
-    bare = "/" not in text and not text.endswith(".toml")
-    path = RECIPE_DIR / f"{text}.toml" if bare else Path(text)
-    if not path.is_file():
-        known = sorted(p.stem for p in RECIPE_DIR.glob("*.toml"))
-        raise TrainError(f"recipe {text!r} not found; use one of {known} or a path to a .toml file")
-    return path
+    try:
+        return shipped_toml(recipe, "train", "recipe")
+    except FileNotFoundError as err:
+        raise TrainError(str(err)) from None
 
 
 def load_recipe(recipe: str | Path, arch: str) -> TrainConfig:
