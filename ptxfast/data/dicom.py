@@ -448,18 +448,21 @@ def _decode_fast(
     if tsyntax in _FAST_SYNTAXES:
         stored = _read_native_frame(f, ds, path, dtype, rows, columns)
     else:
-        # A reduced-resolution decode only under a window: min/max normalisation needs
-        # the full-resolution extremes, which a coarse level smooths away.
-        stored = _decoded_frame(ds, dtype, bits_stored, size if window else None)
+        stored = None
+        if size is not None and window is not None and tsyntax in _J2K_SYNTAXES and not signed:
+            # Only under a window: min/max normalisation needs the full-resolution extremes,
+            # which a coarse level smooths away.
+            stored = _j2k_reduced(ds, bits_stored, size)
+        if stored is None:
+            stored = _decoded_frame(ds, dtype)
         rows, columns = stored.shape
+    reduced = stored.dtype.kind == "f"  # a JPEG 2000 level: float, within the stored range
     shift = bits_allocated - bits_stored
-    if stored.dtype.kind == "f":
-        pass  # a reduced JPEG 2000 level, already within the stored range
-    elif shift and signed:
+    if shift and signed and not reduced:
         # Ignore the unused high bits, sign-extending, as pydicom does.
         np.left_shift(stored, shift, out=stored)
         np.right_shift(stored, shift, out=stored)
-    elif shift:
+    elif shift and not reduced:
         np.bitwise_and(stored, (1 << bits_stored) - 1, out=stored)
 
     if window is not None:
@@ -496,7 +499,7 @@ def _decode_fast(
             return np.full(shape, value, dtype=np.float32)
         bounds = (max(low_s, s_min), min(high_s, s_max))
 
-    if size is not None and stored.dtype.kind != "f" and rows % size == 0 and columns % size == 0:
+    if size is not None and not reduced and rows % size == 0 and columns % size == 0:
         grid = _integer_grid(bounds, bits_stored, bits_allocated)
         if grid is not None:
             return _native_block_mean(
@@ -618,19 +621,13 @@ def _read_native_frame(
     return stored
 
 
-def _decoded_frame(ds: Dataset, dtype: np.dtype, bits_stored: int, size: int | None) -> np.ndarray:
+def _decoded_frame(ds: Dataset, dtype: np.dtype) -> np.ndarray:
     """The first frame's stored values from a compressed (or big-endian, deflated) syntax,
-    as a writable array of `dtype`; JPEG 2000 at a reduced resolution when that is still
-    much larger than `size` (None: full resolution), as float32 (see `_j2k_reduced`)."""
-    stored = None
-    tsyntax = UID(_text(ds.file_meta, "TransferSyntaxUID"))
-    if size is not None and tsyntax in _J2K_SYNTAXES and dtype.kind == "u":
-        stored = _j2k_reduced(ds, bits_stored, size)
-    if stored is None:
-        stored = pixel_array(ds, index=0)
+    decoded by pydicom, as a writable array of `dtype`."""
+    stored = pixel_array(ds, index=0)
     if stored.ndim != 2:
         raise ValueError(f"expected one grayscale frame, decoded shape {stored.shape}")
-    if stored.dtype.kind != "f" and (stored.dtype != dtype or not stored.flags.writeable):
+    if stored.dtype != dtype or not stored.flags.writeable:
         stored = stored.astype(dtype)
     return stored
 
