@@ -954,9 +954,10 @@ def _score_batch(
     _sync(dev)
     times["transfer"] += t1 - t0
     times["compute"] += time.perf_counter() - t1
-    label = predictor.label(o.prob[:n]).cpu().numpy()
-    prob = o.prob[:n].float().cpu().numpy()
+    # One copy each of probabilities (float32 already) and areas; labels follow on the host.
+    prob_t = o.prob[:n].cpu()
     area = o.area[:n].cpu().numpy()
+    label, prob = predictor.label(prob_t).numpy(), prob_t.numpy()
     masks: dict[int, np.ndarray] = {}
     if want_masks and o.mask is not None and label.any():
         pos = np.flatnonzero(label)
