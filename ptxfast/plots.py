@@ -38,6 +38,18 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
 
 
+def _grid(n: int, columns: int, tile_height: float, title_height: float):
+    """A figure of n 3-inch-wide panels, at most `columns` a row: (figure, the n axes); the
+    grid's spare axes are hidden."""
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    fig = _figure(3.0 * cols, tile_height * rows + title_height)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes[:n]
+
+
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,14 +89,11 @@ def overlay_grid(
 
     if not tiles:
         raise ValueError("no images to draw")
-    cols = min(columns, len(tiles))
-    rows = math.ceil(len(tiles) / cols)
-    fig = _figure(3.0 * cols, 3.2 * rows + 0.6)
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    fig, axes = _grid(len(tiles), columns, 3.2, 0.6)
     for ax in axes:
         ax.set_axis_off()
     width = 1.4 if max(t.image.shape[0] for t in tiles) > 128 else 1.0
-    for ax, t in zip(axes, tiles, strict=False):
+    for ax, t in zip(axes, tiles, strict=True):
         ax.imshow(t.image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="antialiased")
         if t.outcome in ("TP", "FP"):
             fill = np.zeros((*t.pred_mask.shape, 4), dtype=np.float32)
@@ -122,13 +131,8 @@ def confusion_matrices(
     """
     if not panels:
         raise ValueError("no confusion matrices to draw")
-    cols = min(columns, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig = _figure(3.0 * cols, 3.1 * rows + 0.4)
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax in axes[len(panels) :]:
-        ax.set_axis_off()
-    for ax, (name, c) in zip(axes, panels, strict=False):
+    fig, axes = _grid(len(panels), columns, 3.1, 0.4)
+    for ax, (name, c) in zip(axes, panels, strict=True):
         counts = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]], dtype=float)
         share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
