@@ -39,3 +39,17 @@ def shipped_toml(spec: str | _Path, folder: str, what: str) -> _Path:
             f"{what} {text!r} not found; use one of {known} or a path to a .toml file"
         )
     return path
+
+
+def read_toml(path: _Path) -> dict:
+    """A TOML file's tables; ValueError naming the file when it cannot be read or parsed."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"{path} is not a readable TOML file: {err}") from None

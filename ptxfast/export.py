@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import MODEL_NAMES, __version__, shipped_dir, shipped_toml
+from ptxfast import MODEL_NAMES, __version__, read_toml, shipped_dir, shipped_toml
 from ptxfast.artifact import EXTENSIONS, stem, utc_now, write_artifact
 from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from ptxfast.fused import (
@@ -143,16 +143,11 @@ _TOLERANCE_KEYS = ("min_agreement", "max_df1", "max_dprob", "max_drecall")
 
 def load_profile(profile: str | Path) -> dict[str, Any]:
     """A profile's settings as ExportConfig field values (batch parsed, tolerances flattened)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
-        import tomli as tomllib
-
     path = profile_path(profile)
     try:
-        doc = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ExportError(f"{path} is not a readable TOML profile: {err}") from None
+        doc = read_toml(path)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
     unknown = set(doc) - set(_PROFILE_KEYS) - {"description"}
     if unknown:
         raise ExportError(f"{path}: unknown key(s) {sorted(unknown)}; known: {_PROFILE_KEYS}")

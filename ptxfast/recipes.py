@@ -13,12 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptxfast import MODEL_NAMES, shipped_toml
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
-    import tomli as tomllib
+from ptxfast import MODEL_NAMES, read_toml, shipped_toml
 
 
 class TrainError(ValueError):
@@ -151,11 +146,10 @@ def recipe_path(recipe: str | Path) -> Path:
 def load_recipe(recipe: str | Path, arch: str) -> TrainConfig:
     """The TrainConfig of `arch` in a recipe: its [defaults] table overlaid by [models.<arch>]."""
     path = recipe_path(recipe)
-    with open(path, "rb") as f:
-        try:
-            doc = tomllib.load(f)
-        except tomllib.TOMLDecodeError as err:
-            raise TrainError(f"{path} is not valid TOML: {err}") from None
+    try:
+        doc = read_toml(path)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
     extra = set(doc) - {"defaults", "models"}
     if extra:
         raise TrainError(f"{path}: unknown table(s) {sorted(extra)}; use [defaults] and [models.X]")
