@@ -776,12 +776,6 @@ def _decode(paths: Sequence[Path], size: int) -> tuple[torch.Tensor | None, floa
     return torch.from_numpy(np.stack(images))[:, None], seconds / len(images), errors
 
 
-def _decode_workers(device: torch.device) -> int:
-    """The decoding processes `ptxfast score` starts by default on this machine."""
-    cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1)) if device.type == "cuda" else 1
-
-
 def measure_stages(
     predictor, images: torch.Tensor, batch: int, decode_s_per_image: float, decode_workers: int
 ) -> dict[str, Any]:
@@ -917,6 +911,7 @@ def _run(
     """The measurements of `run_bench`, saved after each row."""
     from ptxfast.export import strict_fp32
     from ptxfast.runtime import PredictorError, build_predictor
+    from ptxfast.scoring import default_workers
 
     def save() -> None:
         _speedups(report.rows)
@@ -944,7 +939,7 @@ def _run(
             images, decode_s, decode_errors = _decode(paths, src.size)
         stage_info = {"stage_files": what, "decode_s_per_image": decode_s}
         report.data.update(stage_info)
-    workers = _decode_workers(dev)
+    workers = default_workers(dev)
     save()
 
     reference, ref_probs, ref_build_s = None, None, None

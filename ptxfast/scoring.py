@@ -548,7 +548,9 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _default_workers(device: torch.device) -> int:
+def default_workers(device: torch.device) -> int:
+    """Decoding processes a run starts when none are asked for (also what `ptxfast bench`
+    assumes in its stage breakdown)."""
     cores = _cores()
     if device.type == "cuda":
         # The GPU outruns decoding (an H200 ran a 512² cascade at ~650 images/s, one worker
@@ -787,7 +789,7 @@ def _run(job: _Job) -> ScoreSummary:
 
     predictor = job.predictor
     dev = predictor.device
-    workers = job.workers if job.workers is not None else _default_workers(dev)
+    workers = job.workers if job.workers is not None else default_workers(dev)
     exclude = [p for p in (job.out, job.masks_dir, job.seg_dir, job.summary_json) if p]
     found = find_inputs(job.root, job.shard, exclude)
     todo = [i for i, rel in enumerate(found.inputs) if rel not in job.preds.done]
