@@ -40,10 +40,6 @@ def main(args: list[str] | None = None) -> None:
     cli.main(args=args, prog_name="ptxfast", standalone_mode=True)
 
 
-# ---------------------------------------------------------------- synth / data
-# (commands are added below, one block per stage)
-
-
 # ---------------------------------------------------------------- synth
 @cli.command("synth")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
