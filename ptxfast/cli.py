@@ -672,9 +672,15 @@ def export_command(
     "0 decodes in-process].",
 )
 @click.option(
+    "--lanes",
+    type=click.IntRange(min=1),
+    help="CPU: batches the model runs at once, side by side [default: one per core].",
+)
+@click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="Torch threads for the model on CPU [default: every core; the decoding workers share them].",
+    help="CPU: torch threads per lane [default: 1, or the cores divided by --lanes]; the "
+    "decoding workers share the cores.",
 )
 @click.option("--resume", is_flag=True, help="Continue OUT: skip files it already has a row for.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
@@ -710,7 +716,7 @@ def export_command(
     help="Batches timed for the model-only throughput (0: skip).",
 )
 def score_command(
-    folder, out, model, exports, device, batch_size, workers, threads, resume, overwrite,
+    folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
     shard, masks_dir, seg_dir, json_path, model_only_iters,
 ) -> None:  # fmt: skip
     """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
@@ -741,7 +747,8 @@ def score_command(
                 folder, out, model=model, device=device, batch_size=batch_size,
                 workers=workers, resume=resume, shard=(k, n), masks_dir=masks_dir,
                 seg_dir=seg_dir, overwrite=overwrite, summary_json=json_path,
-                exports_dir=exports, threads=threads, model_only_iters=model_only_iters,
+                exports_dir=exports, lanes=lanes, threads=threads,
+                model_only_iters=model_only_iters,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
     except scoring.ScoreError as e:
@@ -768,11 +775,12 @@ def score_command(
     table.add_row(
         "throughput",
         f"{rate(s.steady_images_per_s or s.images_per_s)} end to end (batch {s.batch_size}, "
-        f"{s.workers} decoding worker(s), {s.threads} model thread(s))",
+        f"{s.workers} decoding worker(s), "
+        + (f"{s.lanes} model lane(s) x {s.threads} thread(s))" if s.device == "cpu" else "1 lane)"),
     )
     if s.model_only_images_per_s is not None:
-        by = s.model_only_by_threads
-        per = ", ".join(f"{v:.1f} at {k} thread(s)" for k, v in by.items()) if len(by) > 1 else ""
+        by = s.model_only_by_config
+        per = ", ".join(f"{v:.1f} at {k}" for k, v in by.items()) if len(by) > 1 else ""
         ratio = f"; end to end / model only = {s.ratio:.2f}" if s.ratio is not None else ""
         table.add_row(
             "model only",

@@ -38,11 +38,15 @@ summary). Both need an artifact exported with its mask output (`--return-mask`).
 
 Speed. Decoding runs in `workers` processes, each timing its own files; the batches travel
 with their metadata, are pinned and copied asynchronously on CUDA, and the model runs while
-the next batches decode. On a CPU the model gets every core and one decoding process shares
-them. The summary compares the end-to-end throughput with the model alone on a preloaded batch
-of the same size (best of the run's thread count and all cores): where decoding a file costs a
-sizeable share of the model's pass over it (1024² DICOMs scored at 64² on 2 cores), the
-pipeline cannot reach the model-only figure, because the cores that decode are the model's.
+the next batches decode. On CUDA one batch is in flight: its copies, kernels and result
+copies are queued before the previous batch's rows are written, so writing rows and fetching
+the next batch overlap the GPU's work (transfer and compute are GPU times from CUDA events). On
+a CPU the model runs in lanes, one batch per core on one thread each (compute time is summed
+over the lanes), and one decoding process shares the cores. The summary compares the
+end-to-end throughput with the model alone on a preloaded batch of the same size (the best of
+the run's lanes and one batch on every core): where decoding a file costs a sizeable share of
+the model's pass over it (1024² DICOMs scored at 64² on 2 cores), the pipeline cannot reach
+the model-only figure, because the cores that decode are the model's.
 
 Crashes. A decoder that raises gives its file an error row. A decoder that kills its worker
 process (a segfault in a codec, the OOM killer) is detected; the file it was decoding gets an
@@ -62,7 +66,10 @@ import re
 import tempfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +112,7 @@ class ScoreSummary:
     device: str
     batch_size: int
     workers: int
-    threads: int  # torch intra-op threads of the scoring process
+    threads: int  # torch intra-op threads per model lane (CPU) / of the scoring process
     shard: tuple[int, int]
     files: int = 0  # inputs in this shard (scored now, failed now, or already in the CSV)
     already: int = 0  # rows found in the CSV by --resume
@@ -127,14 +134,17 @@ class ScoreSummary:
     images_per_s: float | None = None  # images scored / loop_seconds
     # Throughput once the pipeline is full: batches decoded ahead during setup are left out.
     steady_images_per_s: float | None = None
-    latency_ms: dict[str, float | None] = field(default_factory=dict)  # per batch p50/p95/p99
+    # p50/p95/p99 per batch, from the decoded batch reaching the scorer to its rows written
+    latency_ms: dict[str, float | None] = field(default_factory=dict)
     time_s: dict[str, float] = field(default_factory=dict)  # decode/wait/transfer/compute/write
     gpu: dict[str, Any] | None = None
-    # The predictor alone on a preloaded batch of the run's size: the best of the run's thread
-    # count and all cores (CPU), so the ratio is against the fastest the model goes alone.
+    lanes: int = 1  # batches the model runs at once (CPU: one per core, one thread each)
+    # The predictor alone on a preloaded batch of the run's size: on a CPU the best of the
+    # run's lanes x threads and one lane on every core, so the ratio is against the fastest
+    # the model goes alone.
     model_only_images_per_s: float | None = None
-    model_only_threads: int | None = None
-    model_only_by_threads: dict[str, float] = field(default_factory=dict)
+    model_only_config: str | None = None  # the best entry of model_only_by_config
+    model_only_by_config: dict[str, float] = field(default_factory=dict)  # "2 lanes x 1 thread"
     ratio: float | None = None  # steady end-to-end / model-only
 
     def as_dict(self) -> dict[str, Any]:
@@ -519,22 +529,39 @@ def _check_masks(kind: str, return_mask: bool, what: str, export_command: str | 
 
 
 def _model_only(
-    predictor, x: torch.Tensor, iters: int, threads: int, budget_s: float = 5.0
+    predictor,
+    x: torch.Tensor,
+    iters: int,
+    lanes: int = 1,
+    threads: int | None = None,
+    budget_s: float = 5.0,
 ) -> float:
-    """Images/s of the predictor alone on a preloaded batch (device-synchronised): `iters`
-    timed batches after a warm one, fewer (at least one) when they take over `budget_s`."""
+    """Images/s of the predictor alone on a preloaded batch (device-synchronised): `lanes`
+    threads each scoring `iters` timed batches after a warm one (fewer, at least one, when
+    they take over `budget_s`), with `threads` torch threads each (None: leave torch's)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         x = x.to(predictor.device)
         predictor(x)  # warm (a partial last batch may be a new shape)
         _sync(predictor.device)
         t0 = time.perf_counter()
-        done = 0
-        while done < iters and (done == 0 or time.perf_counter() - t0 < budget_s):
-            predictor(x)
-            _sync(predictor.device)
-            done += 1
+
+        def lane() -> int:
+            done = 0
+            while done < iters and (done == 0 or time.perf_counter() - t0 < budget_s):
+                predictor(x)
+                _sync(predictor.device)
+                done += 1
+            return done
+
+        if lanes == 1:
+            done = lane()
+        else:
+            # New threads take torch's thread count as set above.
+            with ThreadPoolExecutor(lanes) as pool:
+                done = sum(pool.map(lambda _: lane(), range(lanes)))
         return done * x.shape[0] / (time.perf_counter() - t0)
     finally:
         torch.set_num_threads(before)
@@ -557,23 +584,31 @@ def default_workers(device: torch.device) -> int:
         # decoded ~65 1024² DICOMs/s): every core but the scoring process's decodes.
         return max(1, min(16, cores - 1))
     # CPU: decoding a radiograph costs a few percent of a model pass at the sizes models
-    # run at, so one decoding process keeps the model fed (see _default_threads).
+    # run at, so one decoding process keeps the model fed (see _parallelism).
     return 1 if cores > 1 else 0
 
 
-def _default_threads(device: torch.device, workers: int) -> int | None:
-    """Torch threads for the model on CPU: every core, the decoding workers sharing them.
+def _parallelism(
+    device: torch.device, lanes: int | None, threads: int | None
+) -> tuple[int, int | None]:
+    """(lanes, torch threads per lane) for the model; threads None leaves torch's (GPU).
 
-    A decoding worker that preempts one OpenMP thread stalls the others at the next barrier,
-    but it is idle most of the time: on 2 cores with one worker, 2 model threads scored 1024²
-    DICOMs at 64² ~15% faster than 1 (112-120 against 98-99 images/s), and 1.3-1.6x faster at
-    128² and 256². With `workers` at least the cores, the model keeps one thread. None leaves
-    torch's own setting (GPU).
+    On a CPU the default is one lane per core with one thread each: batches run side by side
+    instead of one batch on every core. Small convolutions split over OpenMP threads wait on
+    each other at every barrier, and a decoding worker that preempts one thread stalls the
+    rest; a lane on its own thread loses only the time the decoder takes. On 2 cores at 64²,
+    2 lanes x 1 thread ran the eb3un+eb3 artifact at 181-186 images/s against 120-150 for
+    1 lane x 2 threads (and ~92 for one thread). Given one of the two, the other fills the
+    cores.
     """
     if device.type != "cpu":
-        return None
+        return 1, None
     cores = _cores()
-    return max(1, min(torch.get_num_threads(), cores if workers < cores else 1))
+    if lanes is None and threads is None:
+        return cores, 1
+    if lanes is None:
+        return max(1, cores // threads), threads
+    return lanes, threads or max(1, cores // lanes)
 
 
 class _Writer:
@@ -663,6 +698,7 @@ class _Job:
     seg_dir: Path | None
     summary_json: Path | None
     threads: int | None
+    lanes: int | None
     prefetch_factor: int
     model_only_iters: int
     decode_timeout: float
@@ -686,6 +722,7 @@ def score_folder(
     summary_json: str | os.PathLike | None = None,
     exports_dir: str | os.PathLike = "exports",
     threads: int | None = None,
+    lanes: int | None = None,
     prefetch_factor: int = 2,
     model_only_iters: int = 5,
     decode_timeout: float = 600.0,
@@ -695,8 +732,9 @@ def score_folder(
 
     model: an artifact (model file or sidecar), None for the newest under `exports_dir`, or a
     `runtime.Predictor`. device: auto, cuda, cuda:N or cpu. workers: decoding processes
-    (default: 1 on CPU, all cores but one (at most 16) on CUDA; 0 decodes in this process). threads: torch threads
-    for the model on CPU (default: every core, shared with the workers). masks_dir / seg_dir: PNG mask +
+    (default: 1 on CPU, all cores but one (at most 16) on CUDA; 0 decodes in this process).
+    lanes / threads (CPU): batches the model runs at once, and torch threads for each
+    (default: one lane per core, one thread each; see `_parallelism`). masks_dir / seg_dir: PNG mask +
     overlay, and DICOM SEG, for every positive (need an artifact with a mask output).
     model_only_iters: batches timed for the model-only throughput (0 skips it). Output paths
     are checked before any work; see the module docstring for inputs, resume and shards.
@@ -711,6 +749,9 @@ def score_folder(
         raise ScoreError("--batch-size must be at least 1")
     if workers is not None and workers < 0:
         raise ScoreError("--workers must be 0 (decode in this process) or more")
+    for value, option in ((lanes, "--lanes"), (threads, "--threads")):
+        if value is not None and value < 1:
+            raise ScoreError(f"{option} must be at least 1")
     k, n = shard
     if not 1 <= k <= n:
         raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
@@ -753,8 +794,8 @@ def score_folder(
     preds.open()
     job = _Job(
         root, out, preds, predictor, batch_size, workers, (k, n), masks_dir, seg_dir,
-        summary_json, threads, prefetch_factor, model_only_iters, decode_timeout, progress,
-        t_start,
+        summary_json, threads, lanes, prefetch_factor, model_only_iters, decode_timeout,
+        progress, t_start,
     )  # fmt: skip
     try:
         return _run(job)
@@ -800,9 +841,9 @@ def _run(job: _Job) -> ScoreSummary:
     pin = dev.type == "cuda"
     it = _make_loader(dataset, todo, job, workers, pin) if todo else iter(())
     all_threads = torch.get_num_threads()
-    threads = job.threads or _default_threads(dev, workers)
-    if dev.type == "cpu" and threads:
-        torch.set_num_threads(threads)
+    lanes, threads = _parallelism(dev, job.lanes, job.threads)
+    if threads:
+        torch.set_num_threads(threads)  # lane threads started later take this count too
     # From here a worker that dies raises (from torch's SIGCHLD handler) wherever the main
     # process is; one dying during warm-up is remembered and handled when the loop starts.
     failure: RuntimeError | None = None
@@ -828,6 +869,7 @@ def _run(job: _Job) -> ScoreSummary:
         batch_size=job.batch_size,
         workers=workers,
         threads=torch.get_num_threads(),
+        lanes=lanes,
         shard=job.shard,
         files=len(found.inputs),
         already=len(found.inputs) - len(todo),
@@ -852,9 +894,43 @@ def _run(job: _Job) -> ScoreSummary:
     last_x: torch.Tensor | None = None
     pending = list(todo)
     done = 0
+
+    def finish(launched: Future) -> None:
+        """Write a launched batch's rows (waiting for its results) and account for it."""
+        nonlocal done, last_x
+        f: _InFlight = launched.result()
+        scores = _finish(f, predictor, times)
+        t_w = time.perf_counter()
+        job.preds.append(writer.rows(f.batch, *(scores or (None, None, None, {}))))
+        t_end = time.perf_counter()
+        times["write"] += t_end - t_w
+        latencies.append(t_end - f.t_got)
+        marks.append((t_end, len(f.batch.ok)))
+        if f.x is not None and (f.x.shape[0] == job.batch_size or last_x is None):
+            last_x = f.x
+        done += len(f.batch.meta)
+        if job.progress:
+            job.progress(done, len(todo))
+
+    # Batches in flight beyond the one being written: on CUDA one (the next batch's copies
+    # and kernels are queued before the previous one's rows are written, so the host's work
+    # never leaves the GPU idle); on a CPU one per lane, run by a pool of lane threads, so a
+    # lane always has a batch queued while the main thread writes rows and fetches the next.
+    pool = ThreadPoolExecutor(lanes, thread_name_prefix="lane") if lanes > 1 else None
+    depth = lanes
+
+    def launch(batch: _Batch, t_got: float) -> Future:
+        args = (batch, predictor, dev, job.batch_size, want_masks, t_got)
+        if pool is not None:
+            return pool.submit(_launch, *args)
+        now: Future = Future()
+        now.set_result(_launch(*args))
+        return now
+
     t_loop = time.perf_counter()
-    with GpuSampler(dev) as sampler:
+    with GpuSampler(dev) as sampler, pool or contextlib.nullcontext():
         while pending:
+            window: deque[Future] = deque()
             try:
                 if failure is not None:
                     failure, err = None, failure
@@ -864,25 +940,20 @@ def _run(job: _Job) -> ScoreSummary:
                     t_got = time.perf_counter()
                     times["wait"] += t_got - t_prev
                     times["decode"] += batch.decode_seconds
-                    scores, x = _score_batch(
-                        batch, predictor, dev, job.batch_size, want_masks, times
-                    )
-                    t_w = time.perf_counter()
-                    job.preds.append(writer.rows(batch, *(scores or (None, None, None, {}))))
-                    t_end = time.perf_counter()
-                    times["write"] += t_end - t_w
-                    latencies.append(t_end - t_prev)
-                    marks.append((t_end, len(batch.ok)))
-                    if x is not None and (x.shape[0] == job.batch_size or last_x is None):
-                        last_x = x
-                    done += len(batch.meta)
-                    if job.progress:
-                        job.progress(done, len(todo))
+                    window.append(launch(batch, t_got))
+                    while len(window) > depth:
+                        finish(window.popleft())
                     t_prev = time.perf_counter()
+                while window:
+                    finish(window.popleft())
                 pending = []
             except RuntimeError as err:
                 if not _WORKER_FAILURE.search(str(err)):
                     raise
+                # Launched batches whose rows are not in the CSV are decoded and scored again.
+                for launched in window:
+                    launched.cancel()
+                wait_all(window)
                 pending, failed = _recover(err, pending, job.preds, found.inputs, state)
                 done += failed
                 summary.worker_restarts += 1
@@ -904,13 +975,15 @@ def _run(job: _Job) -> ScoreSummary:
         x = last_x
         if x.shape[0] < job.batch_size:  # time the batch size the run used
             x = x.repeat(math.ceil(job.batch_size / x.shape[0]), 1, 1, 1)[: job.batch_size]
-        most = min(all_threads, _cores())
-        counts = sorted({summary.threads, most}) if dev.type == "cpu" else [all_threads]
-        for t in counts:
-            ips = _model_only(predictor, x, job.model_only_iters, t)
-            summary.model_only_by_threads[str(t)] = ips
+        configs = [(lanes, threads)]
+        if dev.type == "cpu":
+            configs.append((1, min(all_threads, _cores())))  # one batch on every core
+        for n, t in dict.fromkeys(configs):
+            ips = _model_only(predictor, x, job.model_only_iters, n, t)
+            key = f"{n} lane{'s' * (n > 1)}" + (f" x {t} thread{'s' * (t > 1)}" if t else "")
+            summary.model_only_by_config[key] = ips
             if ips > (summary.model_only_images_per_s or 0.0):
-                summary.model_only_images_per_s, summary.model_only_threads = ips, t
+                summary.model_only_images_per_s, summary.model_only_config = ips, key
         steady = summary.steady_images_per_s or summary.images_per_s
         if steady:
             summary.ratio = steady / summary.model_only_images_per_s
@@ -931,41 +1004,81 @@ def _load(sidecar, device: str):
         raise ScoreError(str(err)) from None
 
 
-def _score_batch(
-    batch: _Batch,
-    predictor,
-    dev: torch.device,
-    batch_size: int,
-    want_masks: bool,
-    times: dict[str, float],
-) -> tuple[tuple | None, torch.Tensor | None]:
-    """((prob, area, label, masks) as numpy, or None when no file decoded; the batch on the
-    device, kept for the model-only timing)."""
+class _InFlight:
+    """A batch whose model pass has been launched: on CUDA its copies and kernels are queued
+    (CUDA events mark where transfer and compute end), on a CPU they have already run."""
+
+    def __init__(self, batch: _Batch, t_got: float) -> None:
+        self.batch = batch
+        self.t_got = t_got  # when the batch reached the scorer (its latency starts there)
+        self.x: torch.Tensor | None = None  # the batch on the device (for the model-only timing)
+        self.host: tuple | None = None  # prob, area, mask: host copies (mask None if unwanted)
+        self.events: tuple | None = None  # CUDA: (start, copied, computed, fetched) events
+        self.seconds = (0.0, 0.0)  # CPU: (transfer, compute)
+
+
+def _launch(
+    batch: _Batch, predictor, dev: torch.device, batch_size: int, want_masks: bool, t_got: float
+) -> _InFlight:
+    """Start the model on `batch`. On CUDA nothing here waits for the GPU: the host→device
+    copy (from pinned memory), the model and the device→host copies of its outputs (into
+    pinned memory) are queued on the stream, so the GPU works on this batch while the host
+    writes the previous one's rows and fetches the next. On a CPU it all runs here."""
+    f = _InFlight(batch, t_got)
     if batch.images is None:
-        return None, None
+        return f
+    cuda = dev.type == "cuda"
+    if cuda:
+        f.events = tuple(torch.cuda.Event(enable_timing=i < 3) for i in range(4))
+        f.events[0].record()
     t0 = time.perf_counter()
-    x = batch.images.to(dev, non_blocking=True)  # from pinned memory on CUDA
-    _sync(dev)
-    t1 = time.perf_counter()
+    x = batch.images.to(dev, non_blocking=True)
     n = x.shape[0]
-    if dev.type == "cuda" and n < batch_size:
-        # Compiled GPU graphs specialise on shapes (a TorchScript fuser recompiled for seconds
-        # on a last batch of 16 after 32s): repeat the last image up to the run's batch size.
-        x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
+    t1 = time.perf_counter()
+    if cuda:
+        f.events[1].record()
+        if n < batch_size:
+            # Compiled GPU graphs specialise on shapes (a TorchScript fuser recompiled for
+            # seconds on a last batch of 16 after 32s): repeat the last image up to the run's
+            # batch size.
+            x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
     o = predictor(x)
-    _sync(dev)
-    times["transfer"] += t1 - t0
-    times["compute"] += time.perf_counter() - t1
-    # One copy each of probabilities (float32 already) and areas; labels follow on the host.
-    prob_t = o.prob[:n].cpu()
-    area = o.area[:n].cpu().numpy()
-    label, prob = predictor.label(prob_t).numpy(), prob_t.numpy()
+    if cuda:
+        f.events[2].record()
+    # Probabilities (float32 already), areas and, when outputs are wanted, the masks (in the
+    # model's precision; only positives' are used): one copy each.
+    mask = o.mask[:n] if want_masks and o.mask is not None else None
+    f.host = tuple(
+        None if t is None else t.to("cpu", non_blocking=cuda)
+        for t in (o.prob[:n], o.area[:n], mask)
+    )
+    if cuda:
+        f.events[3].record()
+    else:
+        f.seconds = (t1 - t0, time.perf_counter() - t1)
+    f.x = x
+    return f
+
+
+def _finish(f: _InFlight, predictor, times: dict[str, float]) -> tuple | None:
+    """Wait for a launched batch; (prob, area, label, masks) as numpy, None when no file of it
+    decoded. Adds its transfer and compute time to `times` (GPU time on CUDA)."""
+    if f.host is None:
+        return None
+    if f.events is not None:
+        start, copied, computed, fetched = f.events
+        fetched.synchronize()
+        times["transfer"] += start.elapsed_time(copied) / 1000
+        times["compute"] += copied.elapsed_time(computed) / 1000
+    else:
+        times["transfer"] += f.seconds[0]
+        times["compute"] += f.seconds[1]
+    prob_t, area_t, mask_t = f.host
+    label, prob, area = predictor.label(prob_t).numpy(), prob_t.numpy(), area_t.numpy()
     masks: dict[int, np.ndarray] = {}
-    if want_masks and o.mask is not None and label.any():
-        pos = np.flatnonzero(label)
-        chosen = o.mask[torch.as_tensor(pos, device=o.mask.device), 0].float().cpu().numpy()
-        masks = dict(zip(pos.tolist(), chosen, strict=True))
-    return (prob, area, label, masks), x
+    if mask_t is not None and label.any():
+        masks = {int(j): mask_t[j, 0].float().numpy() for j in np.flatnonzero(label)}
+    return prob, area, label, masks
 
 
 def _count(summary: ScoreSummary, csv_path: Path, paths: set[str]) -> None:

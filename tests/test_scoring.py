@@ -125,7 +125,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def by(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
-    return {r["path"]: r for r in rows}
+    out = {r["path"]: r for r in rows}
+    assert len(out) == len(rows), "a file has more than one row"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +291,35 @@ def test_shards_cover_the_folder_once(folder, predictor, scored, tmp_path):
                 )
 
 
+def test_lanes_score_the_same_rows_in_order(folder, predictor, scored, tmp_path):
+    _, full, _ = scored  # default: one lane per core
+    s = scoring.score_folder(
+        folder, tmp_path / "one.csv", model=predictor, batch_size=3, workers=0, lanes=1,
+        threads=1, model_only_iters=1,
+    )  # fmt: skip
+    one = _rows(tmp_path / "one.csv")
+    assert [r["path"] for r in one] == [r["path"] for r in full]
+    for a, b in zip(one, full, strict=True):
+        assert (a["error"], a["label"], a["mask_area"]) == (b["error"], b["label"], b["mask_area"])
+        if a["probability"]:
+            assert float(a["probability"]) == pytest.approx(float(b["probability"]), abs=2e-6)
+    assert (s.lanes, s.threads) == (1, 1)
+    assert next(iter(s.model_only_by_config)) == "1 lane x 1 thread"
+    assert s.model_only_by_config[s.model_only_config] == s.model_only_images_per_s
+
+
+def test_parallelism_fills_the_cores(monkeypatch, tmp_path):
+    monkeypatch.setattr(scoring, "_cores", lambda: 8)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert scoring._parallelism(cpu, None, None) == (8, 1)
+    assert scoring._parallelism(cpu, None, 4) == (2, 4)
+    assert scoring._parallelism(cpu, 2, None) == (2, 4)
+    assert scoring._parallelism(cpu, 3, 3) == (3, 3)
+    assert scoring._parallelism(gpu, None, None) == (1, None)
+    with pytest.raises(scoring.ScoreError, match="--lanes"):
+        scoring.score_folder(tmp_path, tmp_path / "x.csv", lanes=0)
+
+
 def test_worker_crash_becomes_a_row(folder, predictor, tmp_path, monkeypatch):
     real = scoring.load_image
 
@@ -302,6 +333,7 @@ def test_worker_crash_becomes_a_row(folder, predictor, tmp_path, monkeypatch):
     s = scoring.score_folder(
         folder, tmp_path / "p.csv", model=predictor, batch_size=2, workers=1, model_only_iters=0
     )
+    # One row per file: the batch already launched when the worker died is not written twice.
     rows = by(_rows(tmp_path / "p.csv"))
     assert len(rows) == s.files and s.worker_restarts == 1
     assert "decoder crashed" in rows["mono1.dcm"]["error"]
