@@ -34,7 +34,9 @@ Outputs. With `masks_dir`, each positive gets `<masks_dir>/<path>.mask.png` (0/2
 source's Rows×Columns) and `<path>.overlay.png` (the image with the mask outlined); with
 `seg_dir`, each positive DICOM gets `<seg_dir>/<SOPInstanceUID>.dcm`, a BINARY DICOM
 Segmentation referencing its source. PNG/JPEG inputs get PNGs but no SEG (counted in the
-summary). Both need an artifact exported with its mask output (`--return-mask`).
+summary). Both need an artifact exported with its mask output (`--return-mask`). They are
+written by two threads while scoring goes on, and a batch's rows reach the CSV once its files
+exist.
 
 Speed. Decoding runs in `workers` processes, each timing its own files; the batches travel
 with their metadata, are pinned and copied asynchronously on CUDA, and the model runs while
@@ -64,6 +66,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 import time
 import warnings
 from collections import deque
@@ -88,6 +91,8 @@ JPEG_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif"})
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # any POSIX file name round-trips
+# Scored batches whose rows may wait for their mask outputs before the scorer waits too.
+_MAX_UNWRITTEN = 8
 _WORKER_FAILURE = re.compile(r"DataLoader (worker|timed out)")
 _PIDS = re.compile(r"pid(?:\(s\))?\s+([\d, ]+)")
 
@@ -612,7 +617,14 @@ def _parallelism(
 
 
 class _Writer:
-    """Turns a scored batch into CSV rows, and the positives' masks into files."""
+    """Turns a scored batch into CSV rows, and the positives' masks into files.
+
+    Mask outputs (re-reading the source at full size, PNG encoding, building a DICOM SEG) take
+    tens of milliseconds per positive, longer than a GPU takes for a batch, so they are
+    written by a small pool of threads while the model goes on; `rows` returns the futures,
+    and a batch's rows go into the CSV only once its outputs exist (a row in the CSV means
+    its files are there, so `--resume` never skips a positive whose mask is missing).
+    """
 
     def __init__(
         self,
@@ -622,13 +634,27 @@ class _Writer:
         masks_dir: Path | None,
         seg_dir: Path | None,
         identity,
+        threads: int = 2,
     ) -> None:
         self.root, self.paths, self.s = root, paths, summary
         self.masks_dir, self.seg_dir, self.identity = masks_dir, seg_dir, identity
+        self.lock = threading.Lock()  # the summary's output counters
+        wanted = masks_dir is not None or seg_dir is not None
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="outputs") if wanted else None
 
-    def rows(self, batch: _Batch, prob, area, label, masks: dict[int, np.ndarray]) -> list:
-        """One row per file of `batch`; outputs (PNG, SEG) for each positive in `masks`."""
-        rows = []
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+    def rows(
+        self, batch: _Batch, prob, area, label, masks: dict[int, np.ndarray]
+    ) -> tuple[list, list[Future]]:
+        """One row per file of `batch`, and the futures of the outputs (PNG, SEG) being
+        written for each positive in `masks`."""
+        rows, pending = [], []
         by_ok = {pos: j for j, pos in enumerate(batch.ok)}
         for pos, meta in enumerate(batch.meta):
             rel = self.paths[meta.index]
@@ -642,9 +668,9 @@ class _Writer:
             rows.append(
                 [rel, sop, f"{float(prob[j]):.6f}", str(int(positive)), "" if a < 0 else str(a), ""]
             )
-            if positive and j in masks:
-                self._outputs(rel, meta, masks[j])
-        return rows
+            if positive and j in masks and self.pool is not None:
+                pending.append(self.pool.submit(self._outputs, rel, meta, masks[j]))
+        return rows, pending
 
     def _outputs(self, rel: str, meta: _Meta, prob: np.ndarray) -> None:
         from ptxfast import outputs
@@ -667,20 +693,27 @@ class _Writer:
                     target.with_name(target.name + ".mask.png"),
                     target.with_name(target.name + ".overlay.png"),
                 )
-                self.s.masks_written += 1
+                with self.lock:
+                    self.s.masks_written += 1
             if self.seg_dir is not None:
                 if not meta.dicom:
-                    self.s.seg_not_dicom += 1
+                    with self.lock:
+                        self.s.seg_not_dicom += 1
                 elif not meta.sop_instance_uid:
-                    self.s.output_errors.append(f"{rel}: no SOPInstanceUID, so no DICOM SEG")
+                    self._error(f"{rel}: no SOPInstanceUID, so no DICOM SEG")
                 else:
                     source = read_dataset(path, stop_before_pixels=True)
                     outputs.write_dicom_seg(
                         source, mask, self.seg_dir / f"{meta.sop_instance_uid}.dcm", self.identity
                     )
-                    self.s.segs_written += 1
+                    with self.lock:
+                        self.s.segs_written += 1
         except Exception as err:  # the score stands; the mask is reported as missing
-            self.s.output_errors.append(f"{rel}: {_one_line(err, path)}")
+            self._error(f"{rel}: {_one_line(err, path)}")
+
+    def _error(self, message: str) -> None:
+        with self.lock:
+            self.s.output_errors.append(message)
 
 
 @dataclass
@@ -895,22 +928,40 @@ def _run(job: _Job) -> ScoreSummary:
     pending = list(todo)
     done = 0
 
+    # Scored batches whose rows wait for their mask outputs, oldest first; at most
+    # `_MAX_UNWRITTEN` before the scorer waits for the oldest (the masks are held in memory).
+    unwritten: deque[tuple[_InFlight, list, list[Future]]] = deque()
+
     def finish(launched: Future) -> None:
-        """Write a launched batch's rows (waiting for its results) and account for it."""
-        nonlocal done, last_x
+        """Wait for a launched batch's results, make its rows and start its outputs."""
+        nonlocal last_x
         f: _InFlight = launched.result()
         scores = _finish(f, predictor, times)
         t_w = time.perf_counter()
-        job.preds.append(writer.rows(f.batch, *(scores or (None, None, None, {}))))
-        t_end = time.perf_counter()
-        times["write"] += t_end - t_w
-        latencies.append(t_end - f.t_got)
-        marks.append((t_end, len(f.batch.ok)))
+        rows, outputs = writer.rows(f.batch, *(scores or (None, None, None, {})))
+        times["write"] += time.perf_counter() - t_w
+        unwritten.append((f, rows, outputs))
         if f.x is not None and (f.x.shape[0] == job.batch_size or last_x is None):
             last_x = f.x
-        done += len(f.batch.meta)
-        if job.progress:
-            job.progress(done, len(todo))
+        commit(wait=len(unwritten) > _MAX_UNWRITTEN)
+
+    def commit(wait: bool = False) -> None:
+        """Append the rows of every leading batch whose outputs are written (waiting for the
+        oldest when `wait`), in order, and account for them."""
+        nonlocal done
+        while unwritten and (wait or all(o.done() for o in unwritten[0][2])):
+            f, rows, outputs = unwritten.popleft()
+            wait_all(outputs)
+            t_w = time.perf_counter()
+            job.preds.append(rows)
+            t_end = time.perf_counter()
+            times["write"] += t_end - t_w
+            latencies.append(t_end - f.t_got)
+            marks.append((t_end, len(f.batch.ok)))
+            done += len(f.batch.meta)
+            if job.progress:
+                job.progress(done, len(todo))
+            wait = False
 
     # Batches in flight beyond the one being written: on CUDA one (the next batch's copies
     # and kernels are queued before the previous one's rows are written, so the host's work
@@ -928,7 +979,7 @@ def _run(job: _Job) -> ScoreSummary:
         return now
 
     t_loop = time.perf_counter()
-    with GpuSampler(dev) as sampler, pool or contextlib.nullcontext():
+    with GpuSampler(dev) as sampler, pool or contextlib.nullcontext(), writer:
         while pending:
             window: deque[Future] = deque()
             try:
@@ -946,14 +997,19 @@ def _run(job: _Job) -> ScoreSummary:
                     t_prev = time.perf_counter()
                 while window:
                     finish(window.popleft())
+                while unwritten:
+                    commit(wait=True)
                 pending = []
             except RuntimeError as err:
                 if not _WORKER_FAILURE.search(str(err)):
                     raise
-                # Launched batches whose rows are not in the CSV are decoded and scored again.
+                # Scored batches keep their rows; launched ones whose rows are not in the CSV
+                # are decoded and scored again.
                 for launched in window:
                     launched.cancel()
                 wait_all(window)
+                while unwritten:
+                    commit(wait=True)
                 pending, failed = _recover(err, pending, job.preds, found.inputs, state)
                 done += failed
                 summary.worker_restarts += 1

@@ -220,6 +220,34 @@ def test_masks_and_dicom_seg(scored, folder):
         assert not errors, f"{seg.name}: {errors}"
 
 
+def test_rows_wait_for_their_outputs_and_keep_order(
+    scored, folder, predictor, tmp_path, monkeypatch
+):
+    # Outputs are written by threads; a slow first positive must not reorder rows, and a
+    # positive's row reaches the CSV only once its mask files exist.
+    _, full, _ = scored
+    real = scoring._Writer._outputs
+    seen: list[tuple[str, bool]] = []
+
+    def slow(self, rel, meta, prob):
+        if not seen:
+            time.sleep(0.5)
+        real(self, rel, meta, prob)
+        csv_text = (tmp_path / "p.csv").read_text()
+        seen.append((rel, f"\n{rel}," in csv_text))
+
+    monkeypatch.setattr(scoring._Writer, "_outputs", slow)
+    s = scoring.score_folder(
+        folder, tmp_path / "p.csv", model=predictor, batch_size=2, workers=0,
+        masks_dir=tmp_path / "masks", model_only_iters=0,
+    )  # fmt: skip
+    rows = _rows(tmp_path / "p.csv")
+    assert [r["path"] for r in rows] == [r["path"] for r in full]
+    positives = [r["path"] for r in rows if r["label"] == "1"]
+    assert sorted(rel for rel, _ in seen) == sorted(positives) and s.masks_written == len(positives)
+    assert not any(in_csv for _, in_csv in seen)  # no row before its outputs
+
+
 def test_resume_after_kill_and_torn_line(folder, artifact, tmp_path):
     out = tmp_path / "preds.csv"
     cmd = [sys.executable, "-m", "ptxfast", "score", str(folder), "--out", str(out)]
