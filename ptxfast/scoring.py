@@ -137,7 +137,8 @@ class ScoreSummary:
     loop_seconds: float = 0.0  # first batch asked for → last row written
     batches: int = 0
     images_per_s: float | None = None  # images scored / loop_seconds
-    # Throughput once the pipeline is full: batches decoded ahead during setup are left out.
+    # Throughput once the pipeline is full: batches decoded ahead during setup are left out;
+    # None for runs too short to time that way (images_per_s then stands for it).
     steady_images_per_s: float | None = None
     # p50/p95/p99 per batch, from the decoded batch reaching the scorer to its rows written
     latency_ms: dict[str, float | None] = field(default_factory=dict)
@@ -1024,7 +1025,7 @@ def _run(job: _Job) -> ScoreSummary:
     summary.latency_ms = _percentiles(latencies)
     if summary.scored and loop > 0:
         summary.images_per_s = summary.scored / loop
-    summary.steady_images_per_s = _steady(marks, t_loop, workers * job.prefetch_factor)
+    summary.steady_images_per_s = _steady(marks, t_loop, workers * job.prefetch_factor, lanes)
     if sampler.active:
         summary.gpu = sampler.stats.as_dict()
     if job.model_only_iters > 0 and last_x is not None:
@@ -1153,11 +1154,15 @@ def _count(summary: ScoreSummary, csv_path: Path, paths: set[str]) -> None:
                 summary.failed += 1
 
 
-def _steady(marks: list[tuple[float, int]], t0: float, ahead: int) -> float | None:
-    """Images/s after the batches decoded ahead during setup (at most half the run) are done."""
+def _steady(marks: list[tuple[float, int]], t0: float, ahead: int, lanes: int = 1) -> float | None:
+    """Images/s after the batches decoded ahead during setup (at most half the run) are done;
+    None when too few batches are left to time (lanes finish their batches close together, so
+    a span of a few batches says little): at least 4 per lane, and 8."""
     if not marks:
         return None
     skip = min(ahead, len(marks) // 2)
+    if len(marks) - skip < 4 * max(lanes, 2):
+        return None
     start = marks[skip - 1][0] if skip else t0
     images = sum(n for _, n in marks[skip:])
     span = marks[-1][0] - start

@@ -336,6 +336,15 @@ def test_lanes_score_the_same_rows_in_order(folder, predictor, scored, tmp_path)
     assert s.model_only_by_config[s.model_only_config] == s.model_only_images_per_s
 
 
+def test_steady_rate_skips_setup_and_needs_enough_batches():
+    marks = [(1.0 + 0.5 * i, 10) for i in range(12)]  # a batch of 10 every 0.5 s from t=1
+    # Two batches decoded ahead are left out: 10 batches over the 5 s after the second.
+    assert scoring._steady(marks, 0.0, ahead=2) == pytest.approx(100 / 5.0)
+    assert scoring._steady(marks, 0.0, ahead=2, lanes=3) is None  # 10 < 4 per lane
+    assert scoring._steady(marks[:9], 0.0, ahead=2) is None  # 7 batches: too few
+    assert scoring._steady([], 0.0, ahead=2) is None
+
+
 def test_parallelism_fills_the_cores(monkeypatch, tmp_path):
     monkeypatch.setattr(scoring, "_cores", lambda: 8)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
