@@ -123,6 +123,11 @@ def sidecar_path(path: str | Path) -> Path:
 
 def read_sidecar(path: str | Path) -> Sidecar:
     """Read an artifact's sidecar; `path` may be the model file or the `.json` beside it."""
+    if not str(path).strip() or Path(path).is_dir():  # "" (an unset variable) reads as "."
+        raise ArtifactError(
+            f"{str(path)!r} is not an artifact: give the exported model file or its .json "
+            "sidecar (exports/<name>.<backend>-<precision>.json)"
+        )
     side = sidecar_path(path)
     if not side.is_file():
         raise ArtifactError(

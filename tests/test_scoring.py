@@ -408,6 +408,13 @@ def test_no_artifact_and_maskless_artifact_are_clear_errors(folder, artifact, tm
     assert res.exit_code != 0
     assert "no artifact" in res.output and "ptxfast export" in res.output
     assert "Traceback" not in res.output
+    # An empty --model (an unset shell variable) or a folder is a one-line error too.
+    for given, phrase in (("", "is not an artifact"), (str(empty), "is a directory")):
+        res = CliRunner().invoke(
+            cli, ["score", str(folder), "--out", str(tmp_path / "p.csv"), "--model", given]
+        )
+        assert res.exit_code != 0 and isinstance(res.exception, SystemExit)
+        assert phrase in res.output and "Traceback" not in res.output
     # The same model file with a sidecar saying it has no mask output.
     other = tmp_path / "maskless"
     other.mkdir()
