@@ -937,7 +937,7 @@ def _run(job: _Job) -> ScoreSummary:
         """Wait for a launched batch's results, make its rows and start its outputs."""
         nonlocal last_x
         f: _InFlight = launched.result()
-        scores = _finish(f, predictor, times)
+        scores = _results(f, predictor, times)
         t_w = time.perf_counter()
         rows, outputs = writer.rows(f.batch, *(scores or (None, None, None, {})))
         times["write"] += time.perf_counter() - t_w
@@ -969,7 +969,6 @@ def _run(job: _Job) -> ScoreSummary:
     # never leaves the GPU idle); on a CPU one per lane, run by a pool of lane threads, so a
     # lane always has a batch queued while the main thread writes rows and fetches the next.
     pool = ThreadPoolExecutor(lanes, thread_name_prefix="lane") if lanes > 1 else None
-    depth = lanes
 
     def launch(batch: _Batch, t_got: float) -> Future:
         args = (batch, predictor, dev, job.batch_size, want_masks, t_got)
@@ -993,7 +992,7 @@ def _run(job: _Job) -> ScoreSummary:
                     times["wait"] += t_got - t_prev
                     times["decode"] += batch.decode_seconds
                     window.append(launch(batch, t_got))
-                    while len(window) > depth:
+                    while len(window) > lanes:
                         finish(window.popleft())
                     t_prev = time.perf_counter()
                 while window:
@@ -1117,7 +1116,7 @@ def _launch(
     return f
 
 
-def _finish(f: _InFlight, predictor, times: dict[str, float]) -> tuple | None:
+def _results(f: _InFlight, predictor, times: dict[str, float]) -> tuple | None:
     """Wait for a launched batch; (prob, area, label, masks) as numpy, None when no file of it
     decoded. Adds its transfer and compute time to `times` (GPU time on CUDA)."""
     if f.host is None:
