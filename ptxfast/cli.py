@@ -730,7 +730,7 @@ def score_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
-    from ptxfast import scoring
+    from ptxfast import ledger, scoring
 
     try:
         k, n = scoring.parse_shard(shard)
@@ -751,7 +751,8 @@ def score_command(
                 model_only_iters=model_only_iters,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
-    except scoring.ScoreError as e:
+    except (scoring.ScoreError, ledger.LedgerError) as e:
+        # ledger: another run holds --out, or a file could not be written (disk full...).
         raise PtxfastError(str(e)) from None
 
     def rate(v) -> str:
@@ -826,6 +827,11 @@ def score_command(
             outs.append(f"{s.segs_written} DICOM SEG in {seg_dir}")
             if s.seg_not_dicom:
                 outs.append(f"{s.seg_not_dicom} positive PNG/JPEG inputs get no SEG")
+        if s.names_replaced:
+            outs.append(
+                f"{s.names_replaced} positive(s) named by a hash of their path (their "
+                "SOPInstanceUID or path was not a safe file name)"
+            )
         table.add_row("outputs", "; ".join(outs))
     table.add_row("CSV", str(s.out) + (f", JSON {json_path}" if json_path else ""))
     Console().print(table)

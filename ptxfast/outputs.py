@@ -4,12 +4,19 @@ Every writer works at the source image's resolution: the model's S×S probabilit
 resized (bilinear) to the stored Rows×Columns before thresholding, so outlines follow the
 anatomy rather than S×S blocks. Files are written through a temporary name and `os.replace`,
 so an interrupted run never leaves a half-written mask behind (a resumed run rewrites it).
+
+Names. Every per-image output name comes from `safe_output_path`: names taken from file
+contents (a SOPInstanceUID) or from the input tree (a relative path mirrored under the output
+folder) are used only when they are harmless, and the path is checked to lie inside its
+folder before anything is written, so a crafted DICOM cannot place a file elsewhere.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +36,76 @@ _TYPE2_COPIED = (
     "StudyTime",
 )
 _OUTLINE_RGB = (255, 40, 40)
+# DICOM UI values (PS3.5 9.1): components of digits separated by dots, at most 64 characters.
+# Leading zeros (not conformant, seen in the wild) are harmless in a file name and kept.
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_UID_MAX = 64
+_NAME_MAX = 255  # bytes in one path component on common Linux file systems
+_HASH_CHARS = 32  # of the sha256 hex digest naming an output whose own name is unusable
+
+
+class UnsafeOutputPath(ValueError):
+    """An output path that would resolve outside its folder (e.g. through a symlink there)."""
+
+
+@dataclass(frozen=True)
+class OutputName:
+    """Where one per-image output goes, and whether its natural name had to be replaced."""
+
+    path: Path
+    replaced: bool  # the UID or input path was unusable; a hash of the source path names it
+
+
+def is_dicom_uid(text: str) -> bool:
+    """True when `text` is a DICOM UI value: digits and dots, at most 64 characters."""
+    return len(text) <= _UID_MAX and _UID.fullmatch(text) is not None
+
+
+def _hashed(rel: str) -> str:
+    return hashlib.sha256(os.fsencode(rel)).hexdigest()[:_HASH_CHARS]
+
+
+def _mirrorable(rel: str, suffix: str) -> bool:
+    parts = rel.split("/")
+    return (
+        bool(rel)
+        and not rel.startswith("/")
+        and "\0" not in rel
+        and all(p not in ("", ".", "..") for p in parts)
+        and all(len(os.fsencode(p)) <= _NAME_MAX for p in parts[:-1])
+        and len(os.fsencode(parts[-1] + suffix)) <= _NAME_MAX
+    )
+
+
+def safe_output_path(
+    folder: str | os.PathLike, rel: str, suffix: str, *, uid: str | None = None
+) -> OutputName:
+    """The path of an output for the input `rel` (relative, "/"-separated) in `folder`.
+
+    With `uid` (a SOPInstanceUID read from the file), the output is `<folder>/<uid><suffix>`
+    when `uid` is a valid DICOM UID; without it, the input's path is mirrored,
+    `<folder>/<rel><suffix>`, when its parts are plain names. Anything else (slashes, "..",
+    an absolute path, a NUL byte, an over-long name) is replaced by a stable name,
+    `<folder>/<sha256 of rel, 32 hex digits><suffix>`, and `replaced` says so. The resolved
+    path must lie inside the resolved folder (a symlink in the output tree pointing out is
+    refused with UnsafeOutputPath). Nothing is created here: callers make the parent folders
+    of the returned path, which lie inside `folder`.
+    """
+    folder = Path(folder)
+    if uid is not None:
+        replaced = not is_dicom_uid(uid)
+        name = _hashed(rel) if replaced else uid
+        path = folder / f"{name}{suffix}"
+    else:
+        replaced = not _mirrorable(rel, suffix)
+        path = folder / f"{_hashed(rel)}{suffix}" if replaced else folder / f"{rel}{suffix}"
+    base = folder.resolve()
+    if not path.resolve().is_relative_to(base) or path.resolve() == base:
+        raise UnsafeOutputPath(
+            f"{path} resolves to {path.resolve()}, outside {base}; remove the link that "
+            "leads out of the output folder"
+        )
+    return OutputName(path, replaced)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ptxfast import ledger
 from ptxfast.data.dicom import ImageReadError, is_dicom, load_image, read_dataset
 
 CSV_COLUMNS = ("path", "sop_instance_uid", "probability", "label", "mask_area", "error")
@@ -93,6 +94,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # any POSIX file name round-trips
 # Scored batches whose rows may wait for their mask outputs before the scorer waits too.
 _MAX_UNWRITTEN = 8
+_MASK_SUFFIXES = (".mask.png", ".overlay.png")
 _WORKER_FAILURE = re.compile(r"DataLoader (worker|timed out)")
 _PIDS = re.compile(r"pid(?:\(s\))?\s+([\d, ]+)")
 
@@ -129,6 +131,9 @@ class ScoreSummary:
     masks_written: int = 0
     segs_written: int = 0
     seg_not_dicom: int = 0  # positives read from PNG/JPEG: mask PNGs but no DICOM SEG
+    # Positives whose output name (SOPInstanceUID or input path) was unsafe and replaced by a
+    # hash of the input's path (outputs.safe_output_path).
+    names_replaced: int = 0
     output_errors: list[str] = field(default_factory=list)
     skipped_examples: list[str] = field(default_factory=list)
     worker_restarts: int = 0
@@ -310,30 +315,39 @@ def read_done(path: Path) -> tuple[set[str], int, bool]:
 
 
 class _PredsCsv:
-    """The predictions file: checked (and, on resume, read) first, then opened for appending
-    batch by batch with fsync. Nothing in an existing file changes before `open()`."""
+    """The predictions file: locked for this run alone, checked (and, on resume, read) first,
+    then opened for appending batch by batch with fsync. Nothing in an existing file changes
+    before `open()`; a write that fails cuts the file back to its complete rows and raises
+    `ledger.WriteFailed`."""
 
     def __init__(self, path: Path, resume: bool, overwrite: bool) -> None:
         self.path = path
         self.done: set[str] = set()
         self.torn = False
         self.good = 0  # bytes of complete rows to keep (resume); 0 starts a new file
+        self.lock = ledger.LedgerLock(path)
         if path.is_dir():
             raise ScoreError(f"--out {path} is a folder; give a file name such as preds.csv")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()  # before the CSV is read: another run may be appending to it
             self.created = not path.exists()
             exists = not self.created and path.stat().st_size > 0
             open(path, "a").close()  # writable? (creates it, changes nothing)
         except OSError as err:
+            self.lock.release()
             raise ScoreError(f"cannot write --out {path}: {err.strerror or err}") from None
-        if exists and not (resume or overwrite):
-            raise ScoreError(
-                f"{path} already has rows; pass --resume to continue it (files already there "
-                "are skipped) or --overwrite to start again"
-            )
-        if exists and resume and not overwrite:
-            self.done, self.good, self.torn = read_done(path)
+        try:
+            if exists and not (resume or overwrite):
+                raise ScoreError(
+                    f"{path} already has rows; pass --resume to continue it (files already "
+                    "there are skipped) or --overwrite to start again"
+                )
+            if exists and resume and not overwrite:
+                self.done, self.good, self.torn = read_done(path)
+        except BaseException:
+            self.lock.release()
+            raise
 
     def discard(self) -> None:
         """Remove the file the writability check created, when the run stops before `open`."""
@@ -341,39 +355,54 @@ class _PredsCsv:
             with contextlib.suppress(OSError):
                 if self.path.stat().st_size == 0:
                     self.path.unlink()
+        self.lock.release()
 
     def open(self) -> None:
         """Cut a torn last line (resume) or write the header (new file), durably."""
         good = self.good
         try:
-            self.file = open(self.path, "r+" if good else "w", newline="", **_ENCODING)
+            # Unbuffered: a failed write leaves nothing queued to be retried at close.
+            self.file = open(self.path, "r+b" if good else "wb", buffering=0)
         except OSError as err:
             raise ScoreError(f"cannot write --out {self.path}: {err.strerror or err}") from None
+        self.size = good  # bytes of complete rows on disk
         if good:
             self.file.truncate(good)  # drop a torn last line; its file is scored again
             self.file.seek(good)
+            self._write(b"")
         else:
-            self.file.write(CSV_HEADER)
-        self._sync()
-        if not good:
+            self._write(CSV_HEADER.encode())
             _fsync_dir(self.path.parent)  # the new name survives a power cut too
 
-    def _sync(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+    def _write(self, data: bytes) -> None:
+        """Write `data` whole and fsync; on a write error cut back to the complete rows."""
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self.file.write(view) :]
+            os.fsync(self.file.fileno())
+        except OSError as err:
+            with contextlib.suppress(OSError):  # shrinking needs no space
+                self.file.truncate(self.size)
+                self.file.seek(self.size)
+            if ledger.is_write_error(err):
+                raise ledger.write_failed(self.path, err) from None
+            raise
+        self.size += len(data)
 
     def append(self, rows: Sequence[Sequence[str]]) -> None:
-        """Write rows with one write call, then flush and fsync."""
+        """Write rows with one write call, then fsync."""
         if not rows:
             return
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(rows)
-        self.file.write(buf.getvalue())
-        self._sync()
+        self._write(buf.getvalue().encode(**_ENCODING))
 
     def close(self) -> None:
         if hasattr(self, "file"):
-            self.file.close()
+            with contextlib.suppress(OSError):
+                self.file.close()
+        self.lock.release()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -674,11 +703,16 @@ class _Writer:
         return rows, pending
 
     def _outputs(self, rel: str, meta: _Meta, prob: np.ndarray) -> None:
+        """Write one positive's outputs. Problems of the file itself are reported beside its
+        row; a destination that cannot be written raises `ledger.WriteFailed`, which keeps the
+        batch's rows out of the CSV (so `--resume` writes row and outputs again)."""
         from ptxfast import outputs
 
         path = self.root / rel
+        target = None
         try:
             mask = outputs.source_mask(prob, meta.rows, meta.columns, self.identity.pixel_threshold)
+            replaced = False
             if self.masks_dir is not None:
                 image, _ = load_image(path)
                 if image.shape != mask.shape:  # a reader that disagrees with its header
@@ -687,13 +721,10 @@ class _Writer:
                             torch.from_numpy(image)[None, None], size=mask.shape, mode="area"
                         )[0, 0]
                     )
-                target = self.masks_dir / rel
-                outputs.write_png_masks(
-                    mask,
-                    image,
-                    target.with_name(target.name + ".mask.png"),
-                    target.with_name(target.name + ".overlay.png"),
-                )
+                names = [outputs.safe_output_path(self.masks_dir, rel, s) for s in _MASK_SUFFIXES]
+                replaced = any(n.replaced for n in names)
+                target = names[0].path
+                outputs.write_png_masks(mask, image, names[0].path, names[1].path)
                 with self.lock:
                     self.s.masks_written += 1
             if self.seg_dir is not None:
@@ -704,11 +735,21 @@ class _Writer:
                     self._error(f"{rel}: no SOPInstanceUID, so no DICOM SEG")
                 else:
                     source = read_dataset(path, stop_before_pixels=True)
-                    outputs.write_dicom_seg(
-                        source, mask, self.seg_dir / f"{meta.sop_instance_uid}.dcm", self.identity
+                    name = outputs.safe_output_path(
+                        self.seg_dir, rel, ".dcm", uid=meta.sop_instance_uid
                     )
+                    replaced = replaced or name.replaced
+                    target = name.path
+                    outputs.write_dicom_seg(source, mask, name.path, self.identity)
                     with self.lock:
                         self.s.segs_written += 1
+            if replaced:
+                with self.lock:
+                    self.s.names_replaced += 1
+        except OSError as err:
+            if ledger.is_write_error(err):
+                raise ledger.write_failed(getattr(err, "filename", None) or target, err) from None
+            self._error(f"{rel}: {_one_line(err, path)}")
         except Exception as err:  # the score stands; the mask is reported as missing
             self._error(f"{rel}: {_one_line(err, path)}")
 
@@ -865,7 +906,8 @@ def _run(job: _Job) -> ScoreSummary:
     predictor = job.predictor
     dev = predictor.device
     workers = job.workers if job.workers is not None else default_workers(dev)
-    exclude = [p for p in (job.out, job.masks_dir, job.seg_dir, job.summary_json) if p]
+    exclude = [job.out, job.preds.lock.path, job.masks_dir, job.seg_dir, job.summary_json]
+    exclude = [p for p in exclude if p]
     found = find_inputs(job.root, job.shard, exclude)
     todo = [i for i, rel in enumerate(found.inputs) if rel not in job.preds.done]
 
@@ -953,6 +995,9 @@ def _run(job: _Job) -> ScoreSummary:
         while unwritten and (wait or all(o.done() for o in unwritten[0][2])):
             f, rows, outputs = unwritten.popleft()
             wait_all(outputs)
+            for o in outputs:  # a destination that cannot be written stops the run here
+                if isinstance(o.exception(), ledger.WriteFailed):
+                    raise o.exception()
             t_w = time.perf_counter()
             job.preds.append(rows)
             t_end = time.perf_counter()
@@ -1045,7 +1090,12 @@ def _run(job: _Job) -> ScoreSummary:
             summary.ratio = steady / summary.model_only_images_per_s
     summary.seconds = time.perf_counter() - job.t_start
     if job.summary_json is not None:
-        job.summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+        try:
+            job.summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+        except OSError as err:
+            if ledger.is_write_error(err):
+                raise ledger.write_failed(job.summary_json, err) from None
+            raise
     return summary
 
 

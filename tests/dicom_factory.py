@@ -210,3 +210,40 @@ def jpeg_lossless(frame: np.ndarray, precision: int) -> bytes:
     dht = struct.pack(">HHB", 0xFFC4, 2 + 1 + 16 + 17, 0x00) + counts + bytes(range(17))
     sos = struct.pack(">HHB2B3B", 0xFFDA, 8, 1, 1, 0x00, 1, 0, 0)
     return b"\xff\xd8" + sof + dht + sos + data + b"\xff\xd9"
+
+
+def deflated(ds: Dataset, path: Path, pixel_bytes: int | None = None) -> Path:
+    """Write `ds` in Deflated Explicit VR Little Endian, streaming, so its Pixel Data can be
+    `pixel_bytes` zeros (a file of ~1/1000 of that: what a deflate bomb looks like) instead
+    of `ds.PixelData`, without ever holding them in memory."""
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    ds = copy.deepcopy(ds)
+    ds.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    pixels = ds.PixelData if pixel_bytes is None else None
+    del ds.PixelData
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_dataset(header, ds)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, ds.file_meta, enforce_standard=True)
+    length = len(pixels) if pixels is not None else pixel_bytes
+    element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length + length % 2)
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(path, "wb") as f:
+        f.write(b"\0" * 128 + b"DICM" + meta.getvalue())
+        f.write(z.compress(header.getvalue() + element))
+        if pixels is not None:
+            f.write(z.compress(pixels + b"\0" * (len(pixels) % 2)))
+        else:
+            chunk = b"\0" * 2**22
+            left = length + length % 2
+            while left:
+                f.write(z.compress(chunk[: min(left, len(chunk))]))
+                left -= min(left, len(chunk))
+        f.write(z.flush())
+    return path

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import (
+    deflated,
     gray_pixels,
     image_dataset,
     rgb_pixels,
@@ -702,3 +703,65 @@ def test_resize_rejects_bad_input() -> None:
         resize(np.zeros((4, 4, 3)), 2)
     with pytest.raises(ValueError, match="size"):
         resize(np.zeros((4, 4)), 0)
+
+
+def test_deflated_dicom_reads_like_its_explicit_twin(tmp_path: Path) -> None:
+    ds = image_dataset(gray_pixels(96, 80), bits_stored=12, window=(2000.0, 3000.0))
+    explicit = read_image(save(ds, tmp_path / "e.dcm"))
+    path = deflated(ds, tmp_path / "d.dcm")
+    for fast in (True, False):
+        np.testing.assert_allclose(read_image(path, fast=fast), explicit, atol=1e-6)
+    img, info = load_image(path, 32)
+    assert img.shape == (32, 32) and info.transfer_syntax_uid == uid.DeflatedExplicitVRLittleEndian
+    assert dicom.read_dataset(path, stop_before_pixels=True).Rows == 96
+
+
+_PEAK_RSS = """
+import resource, sys
+from ptxfast.data.dicom import ImageReadError, load_image, read_dataset
+assert read_dataset(sys.argv[1], stop_before_pixels=True).Rows == 16384
+try:
+    load_image(sys.argv[1], 64)
+except ImageReadError as err:
+    print(err)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_deflate_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # 16384² 16-bit zeros: 512 MiB of pixels in a ~510 KB file (what pydicom inflated whole).
+    ds = image_dataset(gray_pixels(8, 8), bits_stored=12)
+    ds.Rows = ds.Columns = 16384
+    path = deflated(ds, tmp_path / "bomb.dcm", pixel_bytes=16384 * 16384 * 2)
+    assert path.stat().st_size < 1_000_000
+    # Through a forking shell: Linux carries ru_maxrss across exec, so a process exec'd
+    # straight from pytest would report pytest's own peak.
+    cmd = ["sh", "-c", '"$0" -c "$1" "$2"; exit $?', sys.executable, _PEAK_RSS, str(path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    message, peak_mib = res.stdout.strip().splitlines()
+    assert f"{path}: header claims 16384x16384 pixels" in message
+    assert int(peak_mib) < 300, f"peak RSS {peak_mib} MiB reading a {path.stat().st_size} B file"
+
+
+def test_deflated_pixels_past_the_header_promise_are_refused(tmp_path: Path) -> None:
+    # The header says 64x64 16-bit (8 KiB); the stream inflates to 64 MiB.
+    ds = image_dataset(gray_pixels(64, 64), bits_stored=12)
+    path = deflated(ds, tmp_path / "long.dcm", pixel_bytes=64 * 2**20)
+    _assert_refused(path, r"inflates past the [\d,]+ bytes its header promises \(64x64")
+    # Over the byte limit through its frame count alone.
+    ds.NumberOfFrames = 100_000
+    _assert_refused(deflated(ds, tmp_path / "frames.dcm"), "100000 frame.* over the")
+
+
+@pytest.mark.parametrize("syntax", [uid.JPEGLosslessSV1, uid.JPEG2000Lossless, uid.JPEGLSLossless])
+def test_compressed_frame_larger_than_its_header_is_refused(tmp_path: Path, syntax: str) -> None:
+    big = save(image_dataset(gray_pixels(128, 96), bits_stored=12), tmp_path / "big.dcm", syntax)
+    ds = pydicom.dcmread(big)
+    ds.Rows, ds.Columns = 32, 48  # the DICOM header lies low; the codestream keeps 128x96
+    ds.save_as(tmp_path / "lying.dcm")
+    _assert_refused(tmp_path / "lying.dcm", "frame header claims 128x96 pixels, more than the 32x48")
+    assert read_image(big).shape == (128, 96)  # the honest file still reads

@@ -13,7 +13,12 @@ smaller size is decoded from a coarser wavelet level (`_j2k_reduced`, within 0.2
 
 Every unreadable input raises one exception, `ImageReadError`, whose message names the
 file and the reason. Header sizes are checked before any pixel is read, so a corrupt or
-hostile header cannot make us allocate gigabytes.
+hostile header cannot make us allocate gigabytes. That holds for compressed inputs too: a
+Deflated Explicit VR Little Endian data set is inflated in bounded steps, its header from a
+bounded prefix first, so the size it promises (Rows x Columns x frames x samples x bits) is
+checked before the pixels are inflated, and inflating past that promise is refused; a
+compressed frame whose own codec header (JPEG, JPEG-LS, JPEG 2000) claims more pixels than
+the DICOM header is refused before it is decoded.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import io
 import os
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -32,8 +38,11 @@ import pydicom
 from PIL import Image
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import generate_frames
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import read_dataset as _read_elements
 from pydicom.multival import MultiValue
 from pydicom.pixels import (
     apply_color_lut,
@@ -45,13 +54,24 @@ from pydicom.pixels import (
 from pydicom.uid import (
     JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
 )
 from pydicom.valuerep import VR
 
 __all__ = [
+    "MAX_PIXEL_BYTES",
     "MAX_PIXELS",
     "ImageInfo",
     "ImageReadError",
@@ -65,6 +85,10 @@ __all__ = [
 MAX_PIXELS = 8192 * 8192
 """Largest frame (rows x columns) we decode: 64 Mi pixels, 256 MiB as float32. A header
 claiming more is refused before any pixel is read."""
+
+MAX_PIXEL_BYTES = MAX_PIXELS * 4
+"""Largest pixel data (all frames, as stored) we inflate from a deflated data set: the size
+of the largest frame as float32. A header promising more is refused before inflating."""
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as Pillow's "L"
 _PIXEL_DATA = 0x7FE00010
@@ -81,6 +105,26 @@ _GRAY = ("MONOCHROME1", "MONOCHROME2")
 _PLAIN_TEXT_VRS = frozenset({"CS", "DS", "IS", "LO", "SH", "UI"})
 _SCRATCH = threading.local()
 _SCRATCH_MAX_BYTES = 32 * 2**20
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # (Float/Double Float) Pixel Data
+_DEFLATED_UID = DeflatedExplicitVRLittleEndian.encode("ascii")
+_META_SNIFF = 4096  # the file meta (where the transfer syntax is named) sits in the first KiB
+_INFLATE_CHUNK = 1 << 20  # compressed bytes read at a time
+_HEADER_FIRST = 64 * 1024  # inflated bytes first tried for the header; grown x4 as needed
+_HEADER_MAX = 16 * 2**20  # everything before the pixel data, inflated
+_TRAILER_MAX = 64 * 1024  # elements after the pixel data (trailing padding, signatures)
+_J2K_CODECS = frozenset({JPEG2000, JPEG2000Lossless, HTJ2K, HTJ2KLossless, HTJ2KLosslessRPCL})
+_JPEG_CODECS = frozenset(
+    {
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+    }
+)
+# Start-of-frame markers: JPEG's SOF0-SOF15 less DHT (C4), JPG (C8), DAC (CC); JPEG-LS SOF55.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 
 
 class ImageReadError(ValueError):
@@ -157,7 +201,11 @@ def _open(path: Path) -> BinaryIO:
 
 def _parse_dicom(f: BinaryIO, path: Path, **kwargs) -> Dataset:
     try:
-        ds = pydicom.dcmread(f, force=True, **kwargs)
+        ds = _read_deflated(f, path, kwargs.get("stop_before_pixels", False))
+        if ds is None:
+            ds = pydicom.dcmread(f, force=True, **kwargs)
+    except ImageReadError:
+        raise
     except Exception as exc:  # pydicom raises many types on corrupt headers
         raise _error(path, f"corrupt or truncated DICOM header ({_describe(exc)})") from exc
     if len(ds) == 0:
@@ -176,6 +224,114 @@ def _parse_dicom(f: BinaryIO, path: Path, **kwargs) -> Dataset:
                 ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
             )
     return ds
+
+
+class _Inflater:
+    """Raw deflate of `f` from its current position, inflated only as far as asked."""
+
+    def __init__(self, f: BinaryIO, path: Path) -> None:
+        self.f, self.path = f, path
+        self.z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.out = bytearray()
+        self.ended = False
+
+    def fill(self, total: int) -> None:
+        """Inflate until `total` bytes are out or the stream ends, never much past `total`."""
+        try:
+            while len(self.out) < total and not self.ended:
+                data = self.z.unconsumed_tail or self.f.read(_INFLATE_CHUNK)
+                if not data:
+                    self.out += self.z.flush()
+                    self.ended = True
+                    break
+                self.out += self.z.decompress(data, total - len(self.out))
+                self.ended = self.z.eof
+        except zlib.error as exc:
+            raise _error(self.path, f"corrupt deflated data set (zlib: {exc})") from exc
+
+
+def _elements(data: bytes | bytearray, **kwargs) -> tuple[Dataset, int | None]:
+    """Explicit VR little endian elements of `data` up to the pixel data; (dataset, offset of
+    the pixel data element, None when `data` holds none)."""
+    fp = DicomBytesIO(bytes(data))
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    at: list[int] = []
+
+    def stop(tag, vr, length) -> bool:
+        if tag in _PIXEL_TAGS:
+            at.append(tag)
+            return True
+        return False
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a prefix cut inside an element: read more and retry
+        ds = _read_elements(fp, False, True, stop_when=stop, **kwargs)
+    return ds, fp.tell() if at else None
+
+
+def _read_deflated(f: BinaryIO, path: Path, stop_before_pixels: bool) -> Dataset | None:
+    """A Deflated Explicit VR Little Endian file read with bounded memory; None (f rewound)
+    for any other transfer syntax.
+
+    pydicom inflates the whole data set before looking at it (1.1 GB for a 510 KB file
+    promising 16384² pixels); here the header is parsed from a bounded inflated prefix, the
+    size it promises is checked (`_check_size`, `MAX_PIXEL_BYTES`), and the rest is
+    inflated only up to that promise."""
+    head = f.read(_META_SNIFF)
+    f.seek(0)
+    if _DEFLATED_UID not in head:
+        return None
+    preamble = read_preamble(f, True)
+    meta = _read_file_meta_info(f)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        f.seek(0)
+        return None
+    inflater = _Inflater(f, path)
+    want = _HEADER_FIRST
+    while True:
+        inflater.fill(want)
+        try:
+            ds, at = _elements(inflater.out)
+        except Exception:
+            if inflater.ended:
+                raise
+            ds, at = None, None
+        if at is not None or inflater.ended:
+            break
+        if want >= _HEADER_MAX:
+            raise _error(
+                path,
+                f"deflated data set has no pixel data in its first {_HEADER_MAX:,} bytes "
+                "(corrupt header or not a radiograph); refusing to inflate more",
+            )
+        want = min(want * 4, _HEADER_MAX)
+    if at is not None and not stop_before_pixels:
+        rows, columns, frames = _check_size(ds, path)
+        samples = _int_tag(ds, "SamplesPerPixel") or 1
+        bits = _int_tag(ds, "BitsAllocated") or 16
+        promised = -(-rows * columns * frames * samples * bits // 8)
+        what = f"{rows}x{columns} pixels x {frames} frame(s) x {samples * bits} bits"
+        if promised > MAX_PIXEL_BYTES:
+            raise _error(
+                path,
+                f"header claims {what}, {promised:,} bytes, over the {MAX_PIXEL_BYTES:,} byte "
+                "limit (corrupt header or not a radiograph); refusing to inflate",
+            )
+        # The pixel element's own header (12 bytes), its value, a pad byte, a trailer.
+        cap = at + 12 + promised + 1 + _TRAILER_MAX
+        inflater.fill(cap + 1)
+        if len(inflater.out) > cap:
+            raise _error(
+                path,
+                f"deflated data set inflates past the {cap:,} bytes its header promises "
+                f"({what}); refusing to decode",
+            )
+        fp = DicomBytesIO(bytes(inflater.out))
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        ds = _read_elements(fp, False, True)
+    out = FileDataset(str(path), ds, preamble, meta, False, True)
+    out.set_original_encoding(False, True, ds._character_set)
+    return out
 
 
 def read_dataset(path: str | os.PathLike, *, stop_before_pixels: bool = False) -> Dataset:
@@ -324,6 +480,11 @@ def _check_header(ds: Dataset, path: Path) -> tuple[int, int, int]:
         sop = _text(ds, "SOPClassUID")
         kind = UID(sop).name if sop else "no SOP Class UID"
         raise _error(path, f"DICOM without pixel data ({kind}); not an image")
+    return _check_size(ds, path)
+
+
+def _check_size(ds: Dataset, path: Path) -> tuple[int, int, int]:
+    """Rows, columns, frames from the header; refuse a frame over `MAX_PIXELS`."""
     rows, columns = _int_tag(ds, "Rows"), _int_tag(ds, "Columns")
     if not rows or not columns or rows < 0 or columns < 0:
         raise _error(path, f"DICOM header has no valid Rows/Columns ({rows}, {columns})")
@@ -366,6 +527,7 @@ def _load_dicom(
     tsyntax = _text(ds.file_meta, "TransferSyntaxUID")
     try:
         _check_native_length(f, ds, path, rows * columns)
+        _check_codec_size(ds, path, rows, columns, frames)
         img = _decode_fast(f, ds, path, rows, columns, size) if fast else None
         if img is None:
             img = _decode_full(ds)
@@ -397,6 +559,55 @@ def _check_native_length(f: BinaryIO, ds: Dataset, path: Path, pixels: int) -> N
         present = len(ds.PixelData or b"")  # deflate/big endian: read now, as decoding would
     if present < needed:
         raise _error(path, f"truncated pixel data: {present} of {needed} bytes present")
+
+
+def _codec_size(frame: bytes, tsyntax: str) -> tuple[int, int] | None:
+    """(rows, columns) a compressed frame's own header claims; None when it names none."""
+    if tsyntax in _J2K_CODECS:
+        params = openjpeg.get_parameters(frame)
+        return int(params["rows"]), int(params["columns"])
+    if tsyntax not in _JPEG_CODECS:
+        return None  # RLE: the decoder sizes its output from Rows x Columns alone
+    i = 2 if frame[:2] == b"\xff\xd8" else 0
+    while i + 4 <= len(frame):
+        if frame[i] != 0xFF:
+            i += 1
+            continue
+        marker = frame[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _SOF_MARKERS:
+            if i + 9 > len(frame):
+                return None
+            return int.from_bytes(frame[i + 5 : i + 7], "big"), int.from_bytes(
+                frame[i + 7 : i + 9], "big"
+            )
+        elif marker == 0xDA:  # scan data before any frame header
+            return None
+        elif 0xD0 <= marker <= 0xD8 or marker in (0x00, 0x01):  # no length field
+            i += 2
+        else:
+            i += 2 + int.from_bytes(frame[i + 2 : i + 4], "big")
+    return None
+
+
+def _check_codec_size(ds: Dataset, path: Path, rows: int, columns: int, frames: int) -> None:
+    """Refuse a compressed first frame whose codec header claims more pixels than the DICOM
+    header, before any decoder allocates for it."""
+    tsyntax = UID(_text(ds.file_meta, "TransferSyntaxUID"))
+    if not tsyntax.is_encapsulated or tsyntax not in _J2K_CODECS | _JPEG_CODECS:
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
+        size = _codec_size(frame, tsyntax)
+    except Exception:
+        return  # unreadable framing or codec header: the decoder reports it
+    if size is not None and size[0] * size[1] > rows * columns:
+        raise _error(
+            path,
+            f"{tsyntax.name} frame header claims {size[0]}x{size[1]} pixels, more than the "
+            f"{rows}x{columns} of the DICOM header (corrupt or hostile file); refusing to decode",
+        )
 
 
 def _window(ds: Dataset) -> tuple[float, float, str] | None:
