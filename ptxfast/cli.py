@@ -700,7 +700,8 @@ def export_command(
     "--dicom-seg",
     "seg_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="DICOM Segmentation per positive DICOM, named <SOPInstanceUID>.dcm.",
+    help="DICOM Segmentation per positive DICOM, named <SOPInstanceUID>.dcm (a hash of its "
+    "path when the UID is not a valid DICOM UID).",
 )
 @click.option(
     "--json",

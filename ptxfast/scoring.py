@@ -36,7 +36,14 @@ source's Rows×Columns) and `<path>.overlay.png` (the image with the mask outlin
 Segmentation referencing its source. PNG/JPEG inputs get PNGs but no SEG (counted in the
 summary). Both need an artifact exported with its mask output (`--return-mask`). They are
 written by two threads while scoring goes on, and a batch's rows reach the CSV once its files
-exist.
+exist. Names come from `outputs.safe_output_path`: an invalid UID or an input path that is not
+plain names gives a hash-named file (counted in `names_replaced`), never a path outside.
+
+One writer, clear failures (`ledger`). The CSV is locked (`<out>.lock`) before it is read or
+written, so a second run on the same `--out` is refused at start. A destination that cannot
+be written (disk full, quota, read-only, I/O error, folder gone) stops the run with
+`ledger.WriteFailed`: rows fsync'd before stay, a half-written row is cut off, and a batch
+whose outputs failed that way has no rows, so `--resume` writes rows and outputs again.
 
 Speed. Decoding runs in `workers` processes, each timing its own files; the batches travel
 with their metadata, are pinned and copied asynchronously on CUDA, and the model runs while

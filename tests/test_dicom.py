@@ -763,5 +763,7 @@ def test_compressed_frame_larger_than_its_header_is_refused(tmp_path: Path, synt
     ds = pydicom.dcmread(big)
     ds.Rows, ds.Columns = 32, 48  # the DICOM header lies low; the codestream keeps 128x96
     ds.save_as(tmp_path / "lying.dcm")
-    _assert_refused(tmp_path / "lying.dcm", "frame header claims 128x96 pixels, more than the 32x48")
+    _assert_refused(
+        tmp_path / "lying.dcm", "frame header claims 128x96 pixels, more than the 32x48"
+    )
     assert read_image(big).shape == (128, 96)  # the honest file still reads

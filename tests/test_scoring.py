@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -476,3 +477,230 @@ def test_read_done_keeps_complete_rows_only(tmp_path):
         scoring.read_done(p)
     p.write_text(HEADER[:10])  # killed while writing the header
     assert scoring.read_done(p) == (set(), 0, True)
+
+
+# ------------------------------------------------------------- hostile names, locks, full disks
+
+
+def _all_positive(monkeypatch) -> None:
+    """Every decoded image labelled positive, so each gets outputs."""
+    monkeypatch.setattr(
+        runtime.Predictor, "label", lambda self, p: torch.ones_like(p, dtype=torch.bool)
+    )
+
+
+CRAFTED_UIDS = {
+    "slash.dcm": "1.2.3/../../x2",
+    "dots.dcm": "..",
+    "nul.dcm": "1.2.3\x004.5",
+    "long.dcm": "1." * 149 + "1",  # 299 characters of digits and dots
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*VR UI")  # pydicom's, about the crafted UIDs
+def test_crafted_uids_cannot_leave_the_output_folders(predictor, tmp_path, monkeypatch):
+    import warnings
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    root.mkdir()
+    escape = tmp_path / "escaped" / "abs-ESC2"  # an absolute path as a SOPInstanceUID
+    uids = {**CRAFTED_UIDS, "abs.dcm": str(escape), "good.dcm": "1.2.826.0.1.3680043.8.498.1"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UIDs, as it should
+        for name, sop in uids.items():
+            ds = F.image_dataset(F.gray_pixels(48, 40, seed=len(name)), bits_stored=12)
+            ds.SOPInstanceUID = sop
+            F.save(ds, root / name)
+    _all_positive(monkeypatch)
+    before = {p for p in tmp_path.rglob("*")}
+    s = scoring.score_folder(
+        root, out / "preds.csv", model=predictor, batch_size=2, workers=0,
+        masks_dir=out / "masks", seg_dir=out / "seg", model_only_iters=0,
+    )  # fmt: skip
+    assert s.segs_written == s.masks_written == len(uids) and not s.output_errors
+    assert s.names_replaced == len(uids) - 1  # all but the valid UID
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    allowed = {out / "preds.csv", out / "preds.csv.lock"}
+    for p in written - allowed:
+        assert p.parent in (out / "masks", out / "seg"), p
+    assert not escape.parent.exists() and not (tmp_path / "x2.dcm").exists()
+    segs = sorted(p.name for p in (out / "seg").iterdir())
+    assert "1.2.826.0.1.3680043.8.498.1.dcm" in segs
+    for name in segs:
+        assert re.fullmatch(r"[0-9.]{1,64}\.dcm|[0-9a-f]{32}\.dcm", name), name
+    rows = by(_rows(out / "preds.csv"))
+    assert rows["slash.dcm"]["sop_instance_uid"] == "1.2.3/../../x2"  # the record keeps it
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert masks == sorted(f"{n}{x}" for n in uids for x in (".mask.png", ".overlay.png"))
+
+
+def test_safe_output_path_rules(tmp_path):
+    from ptxfast.outputs import UnsafeOutputPath, is_dicom_uid, safe_output_path
+
+    assert is_dicom_uid("1.2.840.10008.5.1.4.1.1.1.1") and not is_dicom_uid("1.2.")
+    assert not is_dicom_uid("1" * 65) and not is_dicom_uid("1.2\x003")
+    ok = safe_output_path(tmp_path, "a/b.dcm", ".mask.png")
+    assert ok.path == tmp_path / "a" / "b.dcm.mask.png" and not ok.replaced
+    for rel in ("../x.dcm", "/etc/x", "a/../../x", "a//b", "n" * 250):
+        name = safe_output_path(tmp_path, rel, ".mask.png")
+        assert name.replaced and name.path.parent == tmp_path, rel
+        assert name == safe_output_path(tmp_path, rel, ".mask.png")  # stable
+    assert safe_output_path(tmp_path, "a.dcm", ".dcm", uid="1.2.3").path == tmp_path / "1.2.3.dcm"
+    assert safe_output_path(tmp_path, "a.dcm", ".dcm", uid="../1").replaced
+    (tmp_path / "link").symlink_to(tmp_path.parent)  # a folder inside that leads out
+    with pytest.raises(UnsafeOutputPath, match="outside"):
+        safe_output_path(tmp_path, "link/x.dcm", ".mask.png")
+
+
+_HOLD = """
+import sys, time
+from ptxfast.ledger import LedgerLock
+LedgerLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_writer_per_csv(folder, artifact, tmp_path):
+    out = tmp_path / "preds.csv"
+    args = ["score", str(folder), "--out", str(out), "--model", str(artifact), "--device", "cpu"]
+    args += ["--workers", "0", "--threads", "1", "--model-only-iters", "0"]
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        for extra in ([], ["--resume"]):
+            res = CliRunner().invoke(cli, args + extra)
+            assert res.exit_code == 1, res.output
+            line = " ".join(res.output.split())
+            assert f"pid {holder.pid}" in line and "started" in line and "--shard K/N" in line
+            assert "Traceback" not in res.output
+        assert not out.exists() or out.stat().st_size == 0  # the CSV was not touched
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock
+        holder.wait()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    expected = [f for f in _inputs(folder) if f not in SKIPPED]
+    assert [r["path"] for r in _rows(out)] == expected
+    res = CliRunner().invoke(cli, args + ["--resume"])  # after a run that ended
+    assert res.exit_code == 0, res.output
+    assert [r["path"] for r in _rows(out)] == expected
+
+
+def test_forked_children_do_not_keep_the_lock(tmp_path):
+    from ptxfast.ledger import LedgerBusy, LedgerLock
+
+    lock = LedgerLock(tmp_path / "p.csv").acquire()
+    with pytest.raises(LedgerBusy):
+        LedgerLock(tmp_path / "p.csv").acquire()
+    ready, started = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a decoding worker outliving the run, for a while
+        os.write(started, b"1")  # fork's hooks have run by now
+        time.sleep(3)
+        os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"1"
+        lock.release()
+        LedgerLock(tmp_path / "p.csv").acquire().release()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_csv_write_error_cuts_back_to_complete_rows(tmp_path, monkeypatch):
+    import errno
+
+    from ptxfast.ledger import WriteFailed
+
+    preds = scoring._PredsCsv(tmp_path / "p.csv", resume=False, overwrite=False)
+    preds.open()
+    preds.append([["a.dcm", "1.2", "0.5", "1", "3", ""]])
+    real, landed = preds.file, []
+
+    def short_then_full(data):  # part of the row lands, then the disk is full
+        if not landed:
+            landed.append(data[:7])
+            return real.write(bytes(data[:7]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    preds.file = _Faulty(real, short_then_full)
+    with pytest.raises(WriteFailed, match=r"p.csv: No space left on device \(ENOSPC\).*--resume"):
+        preds.append([["b.dcm", "1.3", "0.5", "1", "3", ""]])
+    preds.close()
+    assert landed  # a torn row was on disk, and is gone
+    assert (tmp_path / "p.csv").read_text() == HEADER + "\na.dcm,1.2,0.5,1,3,\n"
+
+
+class _Faulty:
+    """A file whose write is replaced; everything else is the real file's."""
+
+    def __init__(self, f, write):
+        self._f, self.write = f, write
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _tiny_disk(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                         capture_output=True)  # fmt: skip
+    return res.returncode == 0
+
+
+def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, monkeypatch):
+    import errno
+
+    from ptxfast import outputs
+
+    disk = tmp_path / "disk"
+    mounted = _tiny_disk(disk, "20k")  # 5 pages: the CSV and a few PNGs, then ENOSPC
+    if not mounted:  # no tmpfs here: the third PNG write fails as a full disk would
+        calls = []
+        real_save = outputs._save_png
+
+        def save(image, path):
+            calls.append(path)
+            if len(calls) > 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            real_save(image, path)
+
+        monkeypatch.setattr(outputs, "_save_png", save)
+    _all_positive(monkeypatch)
+    args = ["--model", str(artifact), "--device", "cpu", "--batch-size", "2", "--workers", "0"]
+    args += ["--threads", "1", "--model-only-iters", "0"]
+    try:
+        res = CliRunner().invoke(
+            cli,
+            ["score", str(folder), "--out", str(disk / "preds.csv"), "--masks", str(disk / "m")]
+            + args,
+        )
+        assert res.exit_code == 1, res.output
+        message = " ".join(res.output.split())
+        assert "No space left on device (ENOSPC)" in message and "--resume" in message
+        assert "Traceback" not in res.output and res.output.count("error:") == 1
+        copy = tmp_path / "copy"
+        shutil.copytree(disk, copy)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(disk)], check=True)
+    monkeypatch.undo()
+    _all_positive(monkeypatch)
+    data = (copy / "preds.csv").read_bytes()
+    assert data.endswith(b"\n")  # no torn line: the failed batch was cut back
+    before = _rows(copy / "preds.csv")
+    expected = [f for f in _inputs(folder) if f not in SKIPPED]
+    assert len(before) < len(expected)
+    res = CliRunner().invoke(
+        cli, ["score", str(folder), "--out", str(copy / "preds.csv"), "--masks", str(copy / "m"),
+              "--resume"] + args,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = _rows(copy / "preds.csv")
+    assert [r["path"] for r in rows] == expected  # one row per file, in order
+    for r in rows:
+        if r["label"] == "1":  # every row in the CSV has its outputs
+            assert (copy / "m" / (r["path"] + ".mask.png")).exists(), r["path"]

@@ -52,11 +52,11 @@ from pydicom.pixels import (
     pixel_array,
 )
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
