@@ -755,7 +755,7 @@ class _Writer:
                     self.s.names_replaced += 1
         except OSError as err:
             if ledger.is_write_error(err):
-                raise ledger.write_failed(getattr(err, "filename", None) or target, err) from None
+                raise ledger.write_failed(target or err.filename or self.root, err) from None
             self._error(f"{rel}: {_one_line(err, path)}")
         except Exception as err:  # the score stands; the mask is reported as missing
             self._error(f"{rel}: {_one_line(err, path)}")
@@ -870,10 +870,14 @@ def score_folder(
     # touched or a file decoded.
     try:
         predictor = source if isinstance(source, runtime.Predictor) else _load(source, device)
-    except ScoreError:
+    except BaseException:  # the file it created goes, and the lock with it
         preds.discard()
         raise
-    preds.open()
+    try:
+        preds.open()
+    except BaseException:
+        preds.close()  # releases the lock too
+        raise
     job = _Job(
         root, out, preds, predictor, batch_size, workers, (k, n), masks_dir, seg_dir,
         summary_json, threads, lanes, prefetch_factor, model_only_iters, decode_timeout,
