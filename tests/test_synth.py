@@ -23,7 +23,8 @@ from pydicom.uid import (
 from ptxfast.cli import cli
 from ptxfast.data import synth
 from ptxfast.data.dicom import read_image
-from ptxfast.data.phantom import MAX_VALUE, _draw_ptx, make_phantom
+from ptxfast.data.phantom import MAX_VALUE, make_phantom
+from ptxfast.data.phantom.pneumothorax import draw_ptx
 from ptxfast.data.rle import decode
 
 SIZE = 64
@@ -107,7 +108,7 @@ def test_pneumothorax_sizes_are_mostly_moderate_to_large():
     """Like annotated sets (CANDID-PTX's smallest masks are ~375 px at 512²): small rims exist,
     but most are deep enough to show at the 96–128 px a CPU trains at."""
     rng = np.random.default_rng(0)
-    geoms = [_draw_ptx(rng, 0, None) for _ in range(2000)]
+    geoms = [draw_ptx(rng, 0, None) for _ in range(2000)]
     depth_mm = np.array([g.depth for g in geoms]) * 1024 * 0.35
     assert 0.08 < (depth_mm < 10).mean() < 0.25  # small ones
     assert (depth_mm >= 15).mean() > 0.6 and np.median(depth_mm) > 15
