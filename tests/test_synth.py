@@ -26,6 +26,7 @@ from ptxfast.data.dicom import read_image
 from ptxfast.data.phantom import MAX_VALUE, make_phantom
 from ptxfast.data.phantom.pneumothorax import draw_ptx
 from ptxfast.data.rle import decode
+from ptxfast.data.synth.pixels import display_window
 
 SIZE = 64
 
@@ -242,7 +243,7 @@ def test_every_flavour_displays_the_same_picture(candid):
     checked = Counter()
     for job in jobs:
         image, _, _, _ = synth.render(job)
-        center, width = synth._window(image)
+        center, width = display_window(image)
         expected = np.clip((image.astype(np.float32) - (center - width / 2)) / width, 0, 1)
         shown = read_image(out / "images" / f"P{job.patient}_{job.k}.dcm")
         np.testing.assert_allclose(shown, expected, atol=0.02)
