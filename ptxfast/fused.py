@@ -232,14 +232,19 @@ _UNARY_POSTOPS = {
 _POOLS = ("aten::mean", "aten::adaptive_avg_pool2d")
 
 
-def cpu_fusion_available() -> bool:
-    """Whether this torch has the oneDNN fused convolution that `fuse_for_cpu` writes into graphs
-    (x86-64 and ARM builds of torch >= 2.0 do)."""
+def cpu_fusion_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch and CPU run the oneDNN fused convolution that `fuse_for_cpu` writes
+    into graphs at `dtype` (x86-64 and ARM builds of torch >= 2.0 do at fp32; bf16 needs a CPU
+    that oneDNN has bf16 kernels for: avx512bw/vl/dq or avx_ne_convert, else the op raises)."""
     try:
         found = torch._C._jit_get_schemas_for_operator(_POINTWISE)
     except (AttributeError, RuntimeError):  # a private API: absent or changed in some torch
         return False
-    return bool(found) and torch.backends.mkldnn.is_available()
+    if not (found and torch.backends.mkldnn.is_available()):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
 
 
 def is_cpu_fused(scripted: torch.jit.ScriptModule) -> bool:
@@ -273,7 +278,7 @@ def fuse_for_cpu(scripted: torch.jit.ScriptModule, example: torch.Tensor) -> dic
     """
     counts = {"convs": 0, "unary": 0, "adds": 0, "pads": 0, "pools": 0, "muls": 0}
     graph = scripted.graph
-    if is_cpu_fused(scripted) or not cpu_fusion_available():
+    if is_cpu_fused(scripted) or not cpu_fusion_available(example.dtype):
         return counts
     shapes = _probe(scripted, example)
     for conv in list(graph.findAllNodes("aten::_convolution")):
