@@ -844,6 +844,72 @@ def score_command(
         console.print(f"[yellow]warning:[/] {len(s.output_errors) - 10} more output errors")
 
 
+# ---------------------------------------------------------------- report
+@cli.command("report")
+@click.argument("preds", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write [default: report.html beside PREDS].",
+)
+@click.option(
+    "--masks",
+    "masks_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The run's --masks folder: overlays of the predicted masks on the cards.",
+)
+@click.option(
+    "--json",
+    "summary_json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The run's --json summary: model, artifact sha256, threshold, images/s, scored folder.",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The scored folder, for thumbnails [default: the one --json names].",
+)
+@click.option(
+    "--top",
+    default=48,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Positives shown as cards with thumbnails; the rest are listed as text.",
+)
+@click.option(
+    "--page-size", default=200, show_default=True, type=click.IntRange(min=1), help="Rows per page."
+)
+def report_command(preds, out, masks_dir, summary_json, root, top, page_size) -> None:
+    """Write a scoring run's worklist as one self-contained HTML file.
+
+    \b
+    Summary, a histogram of the probabilities, the positives by probability (the most probable
+    with a thumbnail and the mask overlay), the failures with their errors, and the negatives.
+    Images are embedded; the page fetches nothing from the network.
+      ptxfast score dicoms/ --out preds.csv --masks masks/ --json score.json
+      ptxfast report preds.csv --masks masks/ --json score.json --out report.html
+    """
+    from ptxfast import report
+
+    try:
+        r = report.build_report(
+            preds, out or preds.with_name("report.html"), masks_dir=masks_dir,
+            summary_json=summary_json, root=root, top=top, page_size=page_size,
+        )  # fmt: skip
+    except report.ReportError as e:
+        raise PtxfastError(str(e)) from None
+    for note in r.notes:
+        console.print(f"note: {note}", highlight=False)
+    overlays = f", {r.overlays} with overlays" if masks_dir else ""
+    console.print(
+        f"{r.rows:,} rows: {r.positives:,} positive, {r.failed:,} failed, {r.negatives:,} "
+        f"negative; {r.thumbnails} of {r.cards} cards with thumbnails{overlays}; "
+        f"{r.bytes / 1e6:.1f} MB in {r.seconds:.1f} s",
+        highlight=False,
+    )
+    click.echo(str(r.path))
+
+
 # ---------------------------------------------------------------- bench
 def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
     if text is None:

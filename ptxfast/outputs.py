@@ -171,10 +171,19 @@ def write_png_masks(
 
     mask_path.parent.mkdir(parents=True, exist_ok=True)
     _save_png(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), mask_path)
-    gray = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    _save_png(Image.fromarray(overlay_rgb(image, mask), mode="RGB"), overlay_path)
+
+
+def overlay_rgb(image: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """The image (float [0, 1], rows×columns) as uint8 RGB with the mask (bool) outlined, and
+    tinted inside with opacity `fill` (0: outline only, as the overlay PNGs are written)."""
+    gray = np.clip(np.rint(np.asarray(image, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    if fill > 0:
+        tint = np.asarray(_OUTLINE_RGB, dtype=np.float32)
+        rgb[mask] = np.rint((1 - fill) * rgb[mask] + fill * tint).astype(np.uint8)
     rgb[_outline(mask)] = _OUTLINE_RGB
-    _save_png(Image.fromarray(rgb, mode="RGB"), overlay_path)
+    return rgb
 
 
 def write_dicom_seg(source, mask: np.ndarray, path: Path, model: ModelIdentity) -> Path:

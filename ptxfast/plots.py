@@ -1,4 +1,6 @@
-"""The paper's figures as PNG: mask overlays, confusion matrices, ROC curves, recall vs F1.
+"""The paper's figures as PNG: mask overlays, confusion matrices, ROC curves, recall vs F1; and
+the figures of a scoring run (probability histogram) and of a benchmark (throughput and latency
+against batch size).
 
 Figures are built on `matplotlib.figure.Figure` objects and written by the Agg canvas, so nothing
 here touches pyplot's global state or needs a display. Inputs are plain arrays and numbers; the
@@ -26,9 +28,12 @@ __all__ = [
     "KIND_COLORS",
     "OverlayTile",
     "confusion_matrices",
+    "latency_by_batch",
     "overlay_grid",
+    "probability_histogram",
     "recall_f1",
     "roc_curves",
+    "throughput_by_batch",
 ]
 
 
@@ -335,4 +340,122 @@ def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path)
     ax.set_ylabel("recall")
     ax.set_title("recall vs F1 (test split)")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------- scoring and benchmarks
+
+BELOW_COLOR, ABOVE_COLOR = "#8a96a3", "#b3261e"  # histogram bars under / over the threshold
+
+
+def probability_histogram(
+    probs: Sequence[float] | np.ndarray, threshold: float | None, path: str | Path, bins: int = 50
+) -> Path:
+    """Counts of image probabilities in `bins` equal bins over [0, 1] (a log count axis past
+    50 in a bin: a triage run is mostly negatives), bars above `threshold` in the positive colour and the
+    threshold drawn as a line."""
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), 0.0, 1.0)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    counts, _ = np.histogram(p, bins=edges)
+    fig = _figure(6.0, 2.6)
+    ax = fig.add_subplot()
+    mids = (edges[:-1] + edges[1:]) / 2
+    if threshold is None:
+        colors = [BELOW_COLOR] * bins
+    else:
+        colors = [ABOVE_COLOR if m > threshold else BELOW_COLOR for m in mids]
+    ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=colors, linewidth=0)
+    if counts.max(initial=0) > 50:  # log counts, labelled as plain numbers
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_yscale("log")
+        ax.set_ylim(0.7, counts.max() * 1.8)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linewidth=1.2, linestyle="--")
+        ax.annotate(
+            f"threshold {threshold:g}",
+            (threshold, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, -4),
+            textcoords="offset points",
+            va="top",
+            fontsize=9,
+        )
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability of pneumothorax")
+    ax.set_ylabel("images")
+    ax.set_title(f"{p.size:,} scored images", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class BatchSeries:
+    """One backend variant's figures against batch size (NaN where a size did not run)."""
+
+    name: str
+    batches: Sequence[int]
+    images_per_s: Sequence[float]
+    images_per_s_std: Sequence[float]
+    latency_p50_ms: Sequence[float]
+    latency_p99_ms: Sequence[float]
+
+
+def _batch_axis(ax, series: Sequence[BatchSeries]) -> None:
+    sizes = sorted({b for s in series for b in s.batches})
+    if len(sizes) > 1 and sizes[-1] / sizes[0] >= 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("batch size")
+    ax.grid(alpha=0.3)
+
+
+def throughput_by_batch(series: Sequence[BatchSeries], path: str | Path, title: str = "") -> Path:
+    """Images/s against batch size, one line per variant (± the std over repeats)."""
+    if not series:
+        raise ValueError("no benchmark rows to draw")
+    fig = _figure(6.6, 4.4)
+    ax = fig.add_subplot()
+    for i, s in enumerate(series):
+        ax.errorbar(
+            s.batches, s.images_per_s, yerr=s.images_per_s_std, marker="o", capsize=3,
+            color=f"C{i % 10}", label=s.name,
+        )  # fmt: skip
+    _batch_axis(ax, series)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("images/s")
+    ax.set_title(title or "throughput against batch size", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def latency_by_batch(series: Sequence[BatchSeries], path: str | Path, title: str = "") -> Path:
+    """Latency of one batch against batch size: p50 (solid) and p99 (dashed) per variant."""
+    from matplotlib.lines import Line2D
+
+    if not series:
+        raise ValueError("no benchmark rows to draw")
+    fig = _figure(6.6, 4.4)
+    ax = fig.add_subplot()
+    for i, s in enumerate(series):
+        color = f"C{i % 10}"
+        ax.plot(s.batches, s.latency_p50_ms, marker="o", color=color, label=s.name)
+        ax.plot(s.batches, s.latency_p99_ms, marker="v", color=color, linestyle="--")
+    _batch_axis(ax, series)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per batch")
+    ax.set_title(title or "batch latency (p50 solid, p99 dashed)", fontsize=10)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [
+        Line2D([], [], color="gray", marker="o", label="p50"),
+        Line2D([], [], color="gray", marker="v", linestyle="--", label="p99"),
+    ]
+    ax.legend(handles=handles, fontsize=8)
     return _save(fig, path)

@@ -22,3 +22,47 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def rn34un_artifact(tmp_path_factory):
+    """`rn34un_artifact(head_bias=0.0)`: the sidecar of a 64² rn34un TorchScript artifact with
+    its mask output, random weights (seed 0), exported by ptxfast.export once per bias and run.
+
+    Random weights call nearly every 64² phantom positive; `head_bias` is added to the
+    segmentation head's bias, so a negative one (about -11.85) spreads the phantoms' scores
+    on both sides of the threshold.
+    """
+    from ptxfast import models
+    from ptxfast.checkpoint import checkpoint_header, save_checkpoint
+    from ptxfast.export import ExportConfig, export_model
+
+    made: dict[float, object] = {}
+
+    def make(head_bias: float = 0.0):
+        if head_bias in made:
+            return made[head_bias]
+        base = tmp_path_factory.mktemp("artifact")
+        torch.manual_seed(0)
+        model = models.build("rn34un", weights=None)
+        with torch.no_grad():
+            model.net.segmentation_head[0].bias += head_bias
+        ckpt = base / "runs" / "rn34un" / "best.pt"
+        state = {**checkpoint_header("rn34un", 64), "model": model.state_dict(), "epoch": 0}
+        save_checkpoint({**state, "metric": 0.0, "recipe": {}}, ckpt)
+        cfg = ExportConfig(
+            name="rn34un",
+            runs=base / "runs",
+            out=base / "exports",
+            checkpoint=ckpt,
+            backend="torchscript",
+            precision="fp32",
+            device="cpu",
+            return_mask=True,
+            parity_n=2,
+            batch=(1, 2, 2),
+        )
+        made[head_bias] = export_model(cfg).sidecar_path
+        return made[head_bias]
+
+    return make
