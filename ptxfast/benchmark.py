@@ -1230,6 +1230,43 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+PLOT_FILES = ("throughput.png", "latency.png")
+
+
+def write_plots(report: dict[str, Any], folder: str | os.PathLike) -> list[Path]:
+    """`throughput.png` (images/s against batch size, one line per variant) and `latency.png`
+    (p50 and p99 ms per batch against batch size) of a report's measured rows, in `folder`.
+
+    Raises BenchError when no row was measured (nothing to draw)."""
+    from ptxfast import plots
+
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for r in report["rows"]:
+        if r["status"] == "ok" and r.get("images_per_s"):
+            by_variant.setdefault(r["variant"], []).append(r)
+    if not by_variant:
+        raise BenchError("no backend was measured, so there is nothing to plot")
+    series = []
+    for variant, rows in by_variant.items():
+        rows = sorted(rows, key=lambda r: r["batch"])
+        series.append(
+            plots.BatchSeries(
+                name=variant,
+                batches=[r["batch"] for r in rows],
+                images_per_s=[r["images_per_s"] for r in rows],
+                images_per_s_std=[r.get("images_per_s_std") or 0.0 for r in rows],
+                latency_p50_ms=[r["latency_ms_p50"] for r in rows],
+                latency_p99_ms=[r["latency_ms_p99"] for r in rows],
+            )
+        )
+    folder = Path(folder)
+    where = title(report)
+    return [
+        plots.throughput_by_batch(series, folder / PLOT_FILES[0], where),
+        plots.latency_by_batch(series, folder / PLOT_FILES[1], where),
+    ]
+
+
 __all__ = [
     "DEFAULT_CPU",
     "DEFAULT_GPU",
@@ -1252,4 +1289,5 @@ __all__ = [
     "summarize_times",
     "time_predictor",
     "to_markdown",
+    "write_plots",
 ]

@@ -996,9 +996,16 @@ def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the tables as markdown (rewritten after each row).",
 )
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write throughput.png and latency.png (against batch size, per backend) here.",
+)
 def bench_command(
     model, name, runs, exports, backends, batch_sizes, size, data, iters, warmup, repeats,
     parity_n, stage_files, inductor_mode, device, threads, seed, json_out, markdown_out,
+    plots_dir,
 ) -> None:  # fmt: skip
     """Time one model on every backend side by side, with parity against eager fp32.
 
@@ -1008,7 +1015,7 @@ def bench_command(
     cannot run here are listed with the reason. Then F1, recall, label agreement and max |Δprob|
     against eager fp32, and the stages of scoring (decode, host→device, compute, device→host).
     With no options: the newest export, else eb3un+eb3 at random init on synthetic phantoms.
-      ptxfast bench --json bench.json --markdown bench.md
+      ptxfast bench --json bench.json --markdown bench.md --plots bench-plots/
       ptxfast bench --cascade eb3un+eb3 --runs runs --backends eager,torchscript-fp16,tensorrt
     """
     from rich.table import Table
@@ -1066,6 +1073,11 @@ def bench_command(
     for note in rep["notes"]:
         console.print(f"note: {note}", highlight=False)
     written = [str(p) for p in (json_out, markdown_out) if p]
+    if plots_dir is not None:
+        try:
+            written += [str(p) for p in benchmark.write_plots(rep, plots_dir)]
+        except benchmark.BenchError as e:
+            console.print(f"[yellow]no plots:[/] {e}", highlight=False)
     console.print(
         f"{rep['seconds']:.0f} s" + (f"; wrote {', '.join(written)}" if written else ""),
         highlight=False,

@@ -365,13 +365,9 @@ def probability_histogram(
     else:
         colors = [ABOVE_COLOR if m > threshold else BELOW_COLOR for m in mids]
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color=colors, linewidth=0)
-    if counts.max(initial=0) > 50:  # log counts, labelled as plain numbers
-        from matplotlib.ticker import FuncFormatter, NullFormatter
-
-        ax.set_yscale("log")
+    if counts.max(initial=0) > 50:
+        _log_y(ax)
         ax.set_ylim(0.7, counts.max() * 1.8)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
     else:
         from matplotlib.ticker import MaxNLocator
 
@@ -393,6 +389,22 @@ def probability_histogram(
     ax.set_title(f"{p.size:,} scored images", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def _log_y(ax) -> None:
+    """A log y axis labelled with plain numbers (1, 10, 100, 1,000; 300, 500 in between)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if ax.get_ylim()[1] / ax.get_ylim()[0] < 20 else "")
+
+
+def _titled(ax, what: str, where: str) -> None:
+    import textwrap
+
+    ax.set_title(what + ("\n" + textwrap.fill(where, 90) if where else ""), fontsize=9)
 
 
 @dataclass(frozen=True)
@@ -417,8 +429,9 @@ def _batch_axis(ax, series: Sequence[BatchSeries]) -> None:
     ax.grid(alpha=0.3)
 
 
-def throughput_by_batch(series: Sequence[BatchSeries], path: str | Path, title: str = "") -> Path:
-    """Images/s against batch size, one line per variant (± the std over repeats)."""
+def throughput_by_batch(series: Sequence[BatchSeries], path: str | Path, where: str = "") -> Path:
+    """Images/s against batch size, one line per variant (± the std over repeats); `where`
+    (model, device, load) goes under the title."""
     if not series:
         raise ValueError("no benchmark rows to draw")
     fig = _figure(6.6, 4.4)
@@ -431,12 +444,12 @@ def throughput_by_batch(series: Sequence[BatchSeries], path: str | Path, title: 
     _batch_axis(ax, series)
     ax.set_ylim(bottom=0)
     ax.set_ylabel("images/s")
-    ax.set_title(title or "throughput against batch size", fontsize=10)
+    _titled(ax, "throughput against batch size", where)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def latency_by_batch(series: Sequence[BatchSeries], path: str | Path, title: str = "") -> Path:
+def latency_by_batch(series: Sequence[BatchSeries], path: str | Path, where: str = "") -> Path:
     """Latency of one batch against batch size: p50 (solid) and p99 (dashed) per variant."""
     from matplotlib.lines import Line2D
 
@@ -449,9 +462,9 @@ def latency_by_batch(series: Sequence[BatchSeries], path: str | Path, title: str
         ax.plot(s.batches, s.latency_p50_ms, marker="o", color=color, label=s.name)
         ax.plot(s.batches, s.latency_p99_ms, marker="v", color=color, linestyle="--")
     _batch_axis(ax, series)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_ylabel("ms per batch")
-    ax.set_title(title or "batch latency (p50 solid, p99 dashed)", fontsize=10)
+    _titled(ax, "latency of one batch: p50 solid, p99 dashed", where)
     handles, _ = ax.get_legend_handles_labels()
     handles += [
         Line2D([], [], color="gray", marker="o", label="p50"),

@@ -190,10 +190,28 @@ def cli_run(tmp_path_factory):
         "--warmup", "2", "--iters", "1", "--repeats", "2", "--parity-n", "4",
         "--stage-files", "1", "--threads", "1", "--exports", str(out / "none"),
         "--json", str(out / "b.json"), "--markdown", str(out / "b.md"),
+        "--plots", str(out / "plots"),
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     return result, json.loads((out / "b.json").read_text()), (out / "b.md").read_text()
+
+
+def test_cli_plots_throughput_and_latency_against_batch_size(cli_run, tmp_path_factory):
+    from PIL import Image
+
+    from ptxfast.benchmark import BenchError, write_plots
+
+    result, doc, _ = cli_run
+    (folder,) = tmp_path_factory.getbasetemp().glob("bench[0-9]*/plots")
+    assert sorted(p.name for p in folder.iterdir()) == ["latency.png", "throughput.png"]
+    assert "throughput.png" in result.output
+    for p in folder.iterdir():
+        img = np.asarray(Image.open(p).convert("L"), dtype=np.float32)
+        assert img.shape[0] > 300 and img.std() > 10  # drawn, not blank
+    # Rows that did not run are left out; a report with none measured has nothing to draw.
+    with pytest.raises(BenchError, match="nothing to plot"):
+        write_plots({**doc, "rows": [r for r in doc["rows"] if r["status"] != "ok"]}, folder)
 
 
 def _type_ok(value, types) -> bool:
