@@ -561,6 +561,72 @@ def _write_csv(results: Sequence[ModelResult], path: Path) -> Path:
     return path
 
 
+def _write_index(report: EvalReport, path: Path) -> Path:
+    """index.html: the metrics of every model and the figures, linked and shown, so the folder
+    opens in a browser as one page (files beside it, nothing from the network)."""
+    from ptxfast import pages
+    from ptxfast.pages import esc
+
+    def cell(v: Any) -> str:
+        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    head = ("model", "kind", "size", "F1", "recall", "precision", "ROC-AUC", "Dice (positives)")
+    rows = []
+    for r in report.results:
+        m = r.metrics
+        values = [m["f1"], m["recall"], m["precision"], m["auc"], m["dice_pos"]]
+        rows.append(
+            f'<tr><td>{esc(r.name)}</td><td>{esc(r.kind)}</td><td class="num">{r.size}²</td>'
+            + "".join(f'<td class="num">{cell(v)}</td>' for v in values)
+            + "</tr>"
+        )
+        if r.tuned:
+            t = r.tuned["metrics"]
+            values = [t["f1"], t["recall"], t["precision"], t["auc"], t["dice_pos"]]
+            rows.append(
+                f'<tr><td>{esc(r.name)} <span class="muted">(tuned cut-offs)</span></td>'
+                f'<td>{esc(r.kind)}</td><td class="num">{r.size}²</td>'
+                + "".join(f'<td class="num">{cell(v)}</td>' for v in values)
+                + "</tr>"
+            )
+    table = (
+        "<table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    data = sorted({str(r.data) for r in report.results})
+    figures = []
+    for key, p in report.files.items():
+        if p.suffix != ".png":
+            continue
+        name = esc(p.name)
+        caption = esc(key.replace("_", " "))
+        figures.append(
+            f'<figure><a href="{name}"><img src="{name}" alt="{caption}"></a>'
+            f'<figcaption>{caption} · <a href="{name}">{name}</a></figcaption></figure>'
+        )
+    links = " · ".join(
+        f'<a href="{esc(p.name)}">{esc(p.name)}</a>'
+        for p in report.files.values()
+        if p.suffix in (".json", ".csv")
+    )
+    missing = (
+        f'<p class="muted">not trained: {esc(", ".join(report.missing))}</p>'
+        if report.missing
+        else ""
+    )
+    body = (
+        f"<h1>ptxfast evaluate: {esc(report.runs)}</h1>"
+        f'<p class="muted">test split of {esc(", ".join(data))} on {esc(report.device)}; '
+        f"files: {links}</p>{missing}{table}<h2>Figures</h2>{''.join(figures)}"
+    )
+    style = (
+        "figure { margin: 16px 0; } figure img { max-width: 100%; border: 1px solid var(--line); }"
+    )
+    doc = pages.page(f"ptxfast evaluate: {report.runs}", body, style=style, local_images=True)
+    return pages.write_page(path, doc)
+
+
 def _plot_all(results: Sequence[ModelResult], out: Path) -> dict[str, Path]:
     files = {
         "confusion": plots.confusion_matrices(
@@ -614,7 +680,8 @@ def evaluate_runs(
     """Evaluate every trained model under `runs` on its test split and write the report.
 
     runs: folder of `<name>/best.pt`; data: the dataset (default: the one each checkpoint's
-    recipe names); out: where metrics.json, metrics.csv and the PNGs go (default `<runs>/eval`);
+    recipe names); out: where metrics.json, metrics.csv, the PNGs and index.html (a page
+    showing them all) go (default `<runs>/eval`);
     models: names (list or comma-separated; default all eight, missing ones are listed, not an
     error); tune: also choose the segmenters' (pixel threshold, min area) on the validation split
     by F1 and report the test figures at them; overlays: images per overlay figure (0: none);
@@ -655,5 +722,6 @@ def evaluate_runs(
     report = EvalReport(runs, out, str(dev), results, missing, files)
     files["metrics_csv"] = _write_csv(results, out / "metrics.csv")
     files["metrics_json"] = _write_json(report, out / "metrics.json")
+    files["index"] = _write_index(report, out / "index.html")
     report.seconds = time.perf_counter() - start
     return report

@@ -18,10 +18,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-# Nothing but this page's own inline style and script, and images from data: URIs or files
-# beside it; no fetches, no frames, no forms.
+# Nothing but this page's own inline style and script, and images from data: URIs (and, for
+# pages that link files beside them, from the same place); no fetches, no frames, no forms.
 _CSP = (
-    "default-src 'none'; img-src data: 'self'; style-src 'unsafe-inline'; "
+    "default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
     "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -71,14 +71,19 @@ def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def page(title: str, body: str, *, style: str = "", script: str = "") -> str:
+def page(
+    title: str, body: str, *, style: str = "", script: str = "", local_images: bool = False
+) -> str:
     """A complete HTML5 document: the title, the shared style plus `style`, `body` (already
-    HTML) and `script` (inline JavaScript, run after the body is parsed)."""
+    HTML) and `script` (inline JavaScript, run after the body is parsed). Images come from
+    data: URIs only, or with `local_images` also from files beside the page (a folder opened
+    from disk or served as one)."""
     tail = f"<script>\n{script}\n</script>\n" if script else ""
+    csp = _CSP.format(images="data: 'self' file:" if local_images else "data:")
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{esc(title)}</title>\n<style>{BASE_STYLE}{style}</style>\n</head>\n"
         f"<body>\n{body}\n{tail}</body>\n</html>\n"

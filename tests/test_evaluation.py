@@ -151,3 +151,19 @@ def test_errors_name_the_fix(runs, tmp_path):
         evaluate_runs(runs, models=["vgg16"])
     result = CliRunner().invoke(cli, ["evaluate", "--runs", str(tmp_path / "nowhere")])
     assert result.exit_code != 0 and "not found" in result.output
+
+
+def test_index_shows_every_figure_and_file(report):
+    from html_check import check_html
+
+    text = (report.out / "index.html").read_text(encoding="utf-8")
+    p = check_html(text)
+    images = [a["src"] for t, a in p.tags if t == "img"]
+    links = {a["href"] for t, a in p.tags if t == "a"}
+    pngs = sorted(f.name for f in report.files.values() if f.suffix == ".png")
+    assert sorted(images) == pngs and set(pngs) <= links  # shown and linked, by relative name
+    assert {"metrics.json", "metrics.csv"} <= links
+    assert all((report.out / name).is_file() for name in links)
+    assert report.files["index"] == report.out / "index.html"
+    for r in report.results:
+        assert f"<td>{r.name}</td>" in text and f"{r.metrics['f1']:.3f}" in text

@@ -13,13 +13,13 @@ import re
 import shutil
 import subprocess
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 
 import dicom_factory as F
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from html_check import check_html
 from PIL import Image
 
 from ptxfast import report, scoring
@@ -29,67 +29,6 @@ from ptxfast.data import synth
 pytestmark = pytest.mark.usefixtures("one_thread")
 HEAD_BIAS = -11.85  # puts the random model's scores of these phantoms on both sides of 0.3
 TOP = 3
-
-VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
-
-
-class StrictHTML(HTMLParser):
-    """html.parser with the checks it does not make itself: every element closed, in order,
-    void elements never closed, one <html>, no duplicate attribute and no unknown declaration."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.stack: list[tuple[str, tuple[int, int]]] = []
-        self.errors: list[str] = []
-        self.ids: list[str] = []
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.decls: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        names = [k for k, _ in attrs]
-        if len(names) != len(set(names)):
-            self.errors.append(f"duplicate attribute in <{tag}> at {self.getpos()}")
-        d = dict(attrs)
-        self.tags.append((tag, d))
-        if "id" in d:
-            self.ids.append(d["id"])
-        if tag not in VOID:
-            self.stack.append((tag, self.getpos()))
-
-    def handle_startendtag(self, tag, attrs):
-        if tag not in VOID:
-            self.errors.append(f"self-closed <{tag}/> at {self.getpos()}")
-        self.handle_starttag(tag, attrs)
-        if tag not in VOID:
-            self.stack.pop()
-
-    def handle_endtag(self, tag):
-        if tag in VOID:
-            self.errors.append(f"</{tag}> closes a void element at {self.getpos()}")
-        elif not self.stack or self.stack[-1][0] != tag:
-            top = self.stack[-1] if self.stack else None
-            self.errors.append(f"</{tag}> at {self.getpos()} does not close {top}")
-        else:
-            self.stack.pop()
-
-    def handle_decl(self, decl):
-        self.decls.append(decl)
-
-    def unknown_decl(self, data):
-        self.errors.append(f"unknown declaration {data!r}")
-
-
-def check_html(text: str) -> StrictHTML:
-    p = StrictHTML()
-    p.feed(text)
-    p.close()
-    assert not p.errors, p.errors[:5]
-    assert not p.stack, f"unclosed: {p.stack[:5]}"
-    assert p.decls == ["DOCTYPE html"]
-    assert [t for t, _ in p.tags].count("html") == 1
-    assert len(p.ids) == len(set(p.ids)), "duplicate ids"
-    assert "http://" not in text and "https://" not in text
-    return p
 
 
 def page_rows(text: str) -> tuple[list[str], dict[str, list]]:
