@@ -1,4 +1,5 @@
-# make demo: the main job end to end on synthetic phantoms. make test: the test suite.
+# make demo: the main job end to end on synthetic phantoms, ending with demo/report.html.
+# make test: the test suite.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -30,13 +31,17 @@ demo: install
 	$(PTX) train --arch eb3un --recipe quick --data $(DEMO)/phantoms --runs $(DEMO)/runs
 	$(PTX) train --arch eb3un+eb3 --recipe quick --data $(DEMO)/phantoms --runs $(DEMO)/runs
 	$(PTX) evaluate --runs $(DEMO)/runs --out $(DEMO)/eval
-	$(PTX) export --cascade eb3un+eb3 --runs $(DEMO)/runs --out $(DEMO)/exports
+	$(PTX) export --cascade eb3un+eb3 --runs $(DEMO)/runs --out $(DEMO)/exports --return-mask
 	@# The held-back test images: the split's test rows, copied into a folder of their own.
 	mkdir -p $(DEMO)/test
 	awk -F, 'NR > 1 && $$2 == "test" { print $$5 }' $(DEMO)/phantoms/splits.csv | \
 		while read -r f; do cp "$(DEMO)/phantoms/$$f" $(DEMO)/test/; done
-	$(PTX) score $(DEMO)/test --out $(DEMO)/preds.csv --exports $(DEMO)/exports --json $(DEMO)/score.json
-	$(PTX) bench --exports $(DEMO)/exports --data $(DEMO)/phantoms --json $(DEMO)/bench.json --markdown $(DEMO)/bench.md
+	$(PTX) score $(DEMO)/test --out $(DEMO)/preds.csv --exports $(DEMO)/exports --json $(DEMO)/score.json \
+		--masks $(DEMO)/masks --dicom-seg $(DEMO)/seg
+	$(PTX) bench --exports $(DEMO)/exports --data $(DEMO)/phantoms --json $(DEMO)/bench.json --markdown $(DEMO)/bench.md \
+		--plots $(DEMO)/bench
+	@# The worklist of the scoring run, one HTML file: open it in a browser.
+	$(PTX) report $(DEMO)/preds.csv --json $(DEMO)/score.json --masks $(DEMO)/masks --out $(DEMO)/report.html
 
 clean:
 	rm -rf $(DEMO) runs exports
