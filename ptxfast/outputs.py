@@ -1,4 +1,5 @@
-"""What scoring writes besides preds.csv: PNG masks and overlays, and DICOM Segmentations.
+"""What scoring writes besides preds.csv: PNG masks and overlays, DICOM Segmentations and
+DICOM Structured Reports.
 
 Every writer works at the source image's resolution: the model's S×S probability map is
 resized (bilinear) to the stored Rows×Columns before thresholding, so outlines follow the
@@ -117,6 +118,7 @@ class ModelIdentity:
     precision: str
     sha256: str
     pixel_threshold: float
+    label_threshold: float | None = None  # the image label rule (SR parameters)
 
 
 def source_mask(prob: np.ndarray, rows: int, columns: int, threshold: float) -> np.ndarray:
@@ -186,6 +188,29 @@ def overlay_rgb(image: np.ndarray, mask: np.ndarray, fill: float = 0.0) -> np.nd
     return rgb
 
 
+def _with_type2(source, copy_anyway: bool = False):
+    """`source`, or a copy of it with the Type 2 patient and study attributes a derived
+    object copies (`_TYPE2_COPIED`) added empty where missing (unknown, as Type 2 allows)."""
+    missing = [k for k in _TYPE2_COPIED if k not in source]
+    if not (missing or copy_anyway):
+        return source
+    source = copy.deepcopy(source)  # Dataset.copy() is shallow
+    for keyword in missing:
+        setattr(source, keyword, None)
+    return source
+
+
+def _save_dicom(ds, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_dicom_seg(source, mask: np.ndarray, path: Path, model: ModelIdentity) -> Path:
     """Write a BINARY DICOM Segmentation of `mask` over the pydicom dataset `source`.
 
@@ -202,13 +227,9 @@ def write_dicom_seg(source, mask: np.ndarray, path: Path, model: ModelIdentity) 
     # Measures item without one; such sources get a SEG without Pixel Measures (optional when
     # there is no Frame of Reference), whose geometry is the source image's it references.
     strip = "SliceThickness" not in source and "PixelSpacing" in source
-    missing = [k for k in _TYPE2_COPIED if k not in source]
-    if strip or missing:
-        source = copy.deepcopy(source)  # Dataset.copy() is shallow
-        if strip:
-            del source.PixelSpacing
-        for keyword in missing:
-            setattr(source, keyword, None)  # empty: unknown, as Type 2 allows
+    source = _with_type2(source, copy_anyway=strip)
+    if strip:
+        del source.PixelSpacing
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"ptxfast {model.name}",
         family=codes.DCM.ArtificialIntelligence,
@@ -250,11 +271,109 @@ def write_dicom_seg(source, mask: np.ndarray, path: Path, model: ModelIdentity) 
     # which highdicom does not carry over from a projection radiograph.
     if "ImageOrientationSlide" not in seg and "PatientOrientation" not in seg:
         seg.PatientOrientation = source.get("PatientOrientation", "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        seg.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _save_dicom(seg, path)
+
+
+def write_dicom_sr(
+    source, path: Path, model: ModelIdentity, probability: float, present: bool, seg=None
+) -> Path:
+    """Write a Comprehensive 3D SR (TID 1500 Measurement Report) of one scored image.
+
+    It references `source` (a pydicom dataset, pixels not needed) by its Study, Series and
+    SOP Instance UIDs and shares its patient and study. One image-level group (TID 1501),
+    finding type Pneumothorax (SCT 36118008), holds the finding, Pneumothorax: Present
+    (SCT 52101004) or Absent (SCT 272519000) at the artifact's label threshold, and the
+    probability (DCM 122157, unit UCUM "1"); the algorithm is identified by the model's name
+    with the artifact's sha256 as its version, and its backend, precision and label threshold
+    as parameters. With `seg` (the dataset, or header, of the image's DICOM SEG), an ROI group
+    (TID 1411, the template that references a whole segment) points at its segment 1 with the
+    same finding, and the SEG is evidence.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    from ptxfast import __version__
+
+    source = _with_type2(source)
+    parameters = [f"ptxfast {__version__}", f"{model.backend} {model.precision}"]
+    if model.label_threshold is not None:
+        parameters.append(f"label threshold {model.label_threshold:g}")
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=f"ptxfast {model.name}",
+        version=model.sha256 or "unknown",
+        parameters=parameters,
+        family=codes.DCM.ArtificialIntelligence,
+        manufacturer="ptxfast",
+    )
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        # One device UID per artifact: the same model is the same observer in every report.
+        uid=generate_uid(entropy_srcs=["ptxfast", model.name, model.sha256]),
+        name="ptxfast",
+        manufacturer_name="ptxfast",
+        model_name=model.name[:64],
+        serial_number=model.sha256[:16] or None,
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    finding = hd.sr.QualitativeEvaluation(
+        name=codes.SCT.Pneumothorax, value=codes.SCT.Present if present else codes.SCT.Absent
+    )
+    measurement = hd.sr.Measurement(
+        name=codes.DCM.Probability,
+        value=float(probability),
+        unit=codes.UCUM.NoUnits,
+        algorithm_id=algorithm,
+    )
+    groups = [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="image"),
+            finding_type=codes.SCT.Pneumothorax,
+            algorithm_id=algorithm,
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+            measurements=[measurement],
+            qualitative_evaluations=[finding],
+        )
+    ]
+    evidence = [source]
+    if seg is not None:
+        # Segment 1 of the SEG as a whole. (TID 1410's reference to one frame carries both a
+        # frame and a segment number, which PS3.3 forbids together in an IMAGE item.)
+        segment = hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=1,
+            source_images=[
+                hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID)
+            ],
+        )
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="mask"),
+                referenced_segment=segment,
+                finding_type=codes.SCT.Pneumothorax,
+                algorithm_id=algorithm,
+                qualitative_evaluations=[finding],
+            )
+        )
+        evidence.append(seg)
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=codes.SCT.ChestImaging,
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="ptxfast",
+        is_complete=True,
+        series_description=f"Pneumothorax by ptxfast {model.name}"[:64],
+    )
+    return _save_dicom(sr, path)

@@ -1,0 +1,123 @@
+"""DICOM SR per scored image: it reads back with highdicom and pydicom, references its source
+(and the SEG of a positive), carries the probability, the finding at the label threshold and
+the model's identity, and passes dciodvfy where Debian's dicom3tools is installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import dicom_factory as F
+import numpy as np
+import pydicom
+import pytest
+from pydicom import uid
+
+from ptxfast import outputs
+
+SHA = "0123456789abcdef" * 4
+MODEL = outputs.ModelIdentity("rn34un", "torchscript", "fp32", SHA, 0.3, label_threshold=0.3)
+
+
+def items(ds) -> list[tuple[str, object]]:
+    """(concept name meaning, value) of every content item of an SR, depth first."""
+    found = []
+    for item in ds.get("ContentSequence", []):
+        name = item.ConceptNameCodeSequence[0].CodeMeaning
+        kind = item.ValueType
+        if kind == "TEXT":
+            value = item.TextValue
+        elif kind == "CODE":
+            value = item.ConceptCodeSequence[0].CodeMeaning
+        elif kind == "NUM":
+            value = float(item.MeasuredValueSequence[0].NumericValue)
+        elif kind == "IMAGE":
+            value = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        elif kind == "UIDREF":
+            value = item.UID
+        else:
+            value = None
+        found.append((name, value))
+        found += items(item)
+    return found
+
+
+def read_back(path: Path) -> dict[str, object]:
+    """What an SR says, through highdicom's template accessors and the raw content tree."""
+    import highdicom as hd
+
+    sr = hd.sr.srread(path)
+    assert sr.SOPClassUID == uid.Comprehensive3DSRStorage
+    report = sr.content
+    (group,) = report.get_image_measurement_groups()
+    (m,) = group.get_measurements()
+    finding = {
+        q.name.meaning: q.value.meaning
+        for q in group.get_qualitative_evaluations()
+        if q.name.meaning == "Pneumothorax"
+    }
+    tree = items(pydicom.dcmread(path))
+    evidence = {
+        s.ReferencedSOPInstanceUID
+        for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for s in series.ReferencedSOPSequence
+    }
+    segments = [
+        g.referenced_segment for g in report.get_volumetric_roi_measurement_groups()
+    ]  # fmt: skip
+    return {
+        "sr": sr,
+        "probability": m.value,
+        "unit": m.unit.value,
+        "finding": finding["Pneumothorax"],
+        "source": group.source_images[0].referenced_sop_instance_uid,
+        "evidence": evidence,
+        "algorithm": dict((k, v) for k, v in tree if k in ("Algorithm Name", "Algorithm Version")),
+        "segments": [
+            (s.referenced_sop_instance_uid, s.referenced_segment_numbers)
+            for s in segments
+            if s is not None
+        ],
+    }
+
+
+def dciodvfy_errors(path: Path) -> list[str] | None:
+    """dciodvfy's error lines for `path`, None when dciodvfy is not installed."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        return None
+    res = subprocess.run([tool, str(path)], capture_output=True, text=True)
+    return [line for line in (res.stdout + res.stderr).splitlines() if "Error" in line]
+
+
+def test_sr_of_a_positive_with_its_seg_and_of_a_negative(tmp_path):
+    ds = F.image_dataset(F.gray_pixels(64, 64), bits_stored=12)
+    del ds.PatientID  # Type 2 attributes a source lacks are written empty, not refused
+    src_path = F.save(ds, tmp_path / "src.dcm")
+    source = pydicom.dcmread(src_path)
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 5:20] = True
+    seg_path = outputs.write_dicom_seg(source, mask, tmp_path / "seg.dcm", MODEL)
+    seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    header = pydicom.dcmread(src_path, stop_before_pixels=True)
+    pos = outputs.write_dicom_sr(header, tmp_path / "pos.dcm", MODEL, 0.8125, True, seg=seg)
+    neg = outputs.write_dicom_sr(header, tmp_path / "neg.dcm", MODEL, 0.0625, False)
+
+    p, n = read_back(pos), read_back(neg)
+    assert (p["probability"], p["finding"], p["unit"]) == (0.8125, "Present", "1")
+    assert (n["probability"], n["finding"], n["unit"]) == (0.0625, "Absent", "1")
+    for r in (p, n):
+        sr = r["sr"]
+        assert r["source"] == source.SOPInstanceUID
+        assert sr.StudyInstanceUID == source.StudyInstanceUID
+        assert source.SOPInstanceUID in r["evidence"]
+        assert sr.Modality == "SR" and sr.SeriesInstanceUID != source.SeriesInstanceUID
+        assert r["algorithm"] == {"Algorithm Name": "ptxfast rn34un", "Algorithm Version": SHA}
+    assert p["segments"] == [(seg.SOPInstanceUID, [1])] and seg.SOPInstanceUID in p["evidence"]
+    assert n["segments"] == [] and len(n["evidence"]) == 1
+    for path in (pos, neg):
+        errors = dciodvfy_errors(path)
+        if errors is None:
+            pytest.skip("dciodvfy (Debian dicom3tools) not installed; SR not validated")
+        assert not errors, f"{path.name}: {errors}"
