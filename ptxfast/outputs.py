@@ -109,6 +109,16 @@ def safe_output_path(
     return OutputName(path, replaced)
 
 
+MASK_SUFFIXES = (".mask.png", ".overlay.png")
+
+
+def mask_outputs(masks_dir: str | os.PathLike, rel: str) -> tuple[OutputName, OutputName]:
+    """Where `score --masks` writes the mask PNG and the overlay PNG of the input `rel` (and
+    where the report looks for them)."""
+    mask, overlay = (safe_output_path(masks_dir, rel, s) for s in MASK_SUFFIXES)
+    return mask, overlay
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """Who made a mask, as written into DICOM SEG: model name, artifact and the rule it used."""

@@ -220,13 +220,16 @@ def _inside(root: Path, rel: str) -> Path | None:
     return root.joinpath(*parts)
 
 
-def mask_file(masks_dir: Path, rel: str) -> Path | None:
-    """The mask PNG `ptxfast score --masks` wrote for the input `rel`, when it exists."""
-    path = _inside(masks_dir, rel)
-    if path is None:
+def _mask_files(masks_dir: Path, rel: str) -> tuple[Path, Path] | None:
+    """The mask and overlay PNGs `ptxfast score --masks` wrote for the input `rel`, when the
+    mask exists (named by the scorer's own rule, `outputs.mask_outputs`)."""
+    from ptxfast.outputs import UnsafeOutputPath, mask_outputs
+
+    try:
+        mask, overlay = mask_outputs(masks_dir, rel)
+    except UnsafeOutputPath:
         return None
-    path = path.with_name(path.name + ".mask.png")
-    return path if path.is_file() else None
+    return (mask.path, overlay.path) if mask.path.is_file() else None
 
 
 def _jpeg(rgb_or_gray: np.ndarray) -> str:
@@ -294,18 +297,17 @@ def _card(
             card.image_reason = _reason(err) if source.exists() else "source file not found"
     if masks_dir is None:
         return card
-    mask_path = mask_file(masks_dir, row.path)
-    if mask_path is None:
+    found = _mask_files(masks_dir, row.path)
+    if found is None:
         card.overlay_reason = "no mask file"
         return card
+    mask_path, overlay_path = found
     try:
         with Image.open(mask_path) as im:
             mask_img = im.convert("L")
             mask_img.load()
         if thumb is None:  # no source: the overlay PNG beside the mask holds the image
-            with Image.open(
-                mask_path.with_name(mask_path.name[: -len(".mask.png")] + ".overlay.png")
-            ) as im:
+            with Image.open(overlay_path) as im:
                 gray = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
             thumb = _shrink(gray, THUMB)
         h, w = thumb.shape

@@ -101,7 +101,6 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # any POSIX file name round-trips
 # Scored batches whose rows may wait for their mask outputs before the scorer waits too.
 _MAX_UNWRITTEN = 8
-_MASK_SUFFIXES = (".mask.png", ".overlay.png")
 _WORKER_FAILURE = re.compile(r"DataLoader (worker|timed out)")
 _PIDS = re.compile(r"pid(?:\(s\))?\s+([\d, ]+)")
 
@@ -728,7 +727,7 @@ class _Writer:
                             torch.from_numpy(image)[None, None], size=mask.shape, mode="area"
                         )[0, 0]
                     )
-                names = [outputs.safe_output_path(self.masks_dir, rel, s) for s in _MASK_SUFFIXES]
+                names = outputs.mask_outputs(self.masks_dir, rel)
                 replaced = any(n.replaced for n in names)
                 target = names[0].path
                 outputs.write_png_masks(mask, image, names[0].path, names[1].path)
