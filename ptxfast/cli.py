@@ -704,6 +704,13 @@ def export_command(
     "path when the UID is not a valid DICOM UID).",
 )
 @click.option(
+    "--dicom-sr",
+    "sr_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="DICOM SR per scored DICOM (finding, probability, model; the SEG of a positive with "
+    "--dicom-seg), named like the SEGs.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -718,7 +725,7 @@ def export_command(
 )
 def score_command(
     folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
-    shard, masks_dir, seg_dir, json_path, model_only_iters,
+    shard, masks_dir, seg_dir, sr_dir, json_path, model_only_iters,
 ) -> None:  # fmt: skip
     """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
 
@@ -747,7 +754,7 @@ def score_command(
             s = scoring.score_folder(
                 folder, out, model=model, device=device, batch_size=batch_size,
                 workers=workers, resume=resume, shard=(k, n), masks_dir=masks_dir,
-                seg_dir=seg_dir, overwrite=overwrite, summary_json=json_path,
+                seg_dir=seg_dir, sr_dir=sr_dir, overwrite=overwrite, summary_json=json_path,
                 exports_dir=exports, lanes=lanes, threads=threads,
                 model_only_iters=model_only_iters,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
@@ -820,7 +827,7 @@ def score_command(
             f"{num(g['util_max'], '.0f')}% max, memory {num(g['memory_used_max_mib'], '.0f')} MiB "
             f"max, power {num(g['power_mean_w'], '.0f')} W mean",
         )
-    if masks_dir or seg_dir:
+    if masks_dir or seg_dir or sr_dir:
         outs = []
         if masks_dir:
             outs.append(f"{s.masks_written} PNG mask + overlay pairs in {masks_dir}")
@@ -828,9 +835,13 @@ def score_command(
             outs.append(f"{s.segs_written} DICOM SEG in {seg_dir}")
             if s.seg_not_dicom:
                 outs.append(f"{s.seg_not_dicom} positive PNG/JPEG inputs get no SEG")
+        if sr_dir:
+            outs.append(f"{s.srs_written} DICOM SR in {sr_dir}")
+            if s.sr_not_dicom:
+                outs.append(f"{s.sr_not_dicom} PNG/JPEG inputs get no SR")
         if s.names_replaced:
             outs.append(
-                f"{s.names_replaced} positive(s) named by a hash of their path (their "
+                f"{s.names_replaced} input(s) named by a hash of their path (their "
                 "SOPInstanceUID or path was not a safe file name)"
             )
         table.add_row("outputs", "; ".join(outs))

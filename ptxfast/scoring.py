@@ -34,10 +34,13 @@ Outputs. With `masks_dir`, each positive gets `<masks_dir>/<path>.mask.png` (0/2
 source's Rows×Columns) and `<path>.overlay.png` (the image with the mask outlined); with
 `seg_dir`, each positive DICOM gets `<seg_dir>/<SOPInstanceUID>.dcm`, a BINARY DICOM
 Segmentation referencing its source. PNG/JPEG inputs get PNGs but no SEG (counted in the
-summary). Both need an artifact exported with its mask output (`--return-mask`). They are
-written by two threads while scoring goes on, and a batch's rows reach the CSV once its files
-exist. Names come from `outputs.safe_output_path`: an invalid UID or an input path that is not
-plain names gives a hash-named file (counted in `names_replaced`), never a path outside.
+summary). Both need an artifact exported with its mask output (`--return-mask`). With
+`sr_dir`, every scored DICOM gets `<sr_dir>/<SOPInstanceUID>.dcm`, a DICOM SR (TID 1500) with
+the finding, the probability and the model (`outputs.write_dicom_sr`), referencing the SEG of
+a positive when `seg_dir` is given too; any artifact will do. They are written by two threads
+while scoring goes on, and a batch's rows reach the CSV once its files exist. Names come from
+`outputs.safe_output_path`: an invalid UID or an input path that is not plain names gives a
+hash-named file (counted in `names_replaced`), never a path outside.
 
 One writer, clear failures (`ledger`). The CSV is locked (`<out>.lock`) before it is read or
 written, so a second run on the same `--out` is refused at start. A destination that cannot
@@ -137,7 +140,9 @@ class ScoreSummary:
     masks_written: int = 0
     segs_written: int = 0
     seg_not_dicom: int = 0  # positives read from PNG/JPEG: mask PNGs but no DICOM SEG
-    # Positives whose output name (SOPInstanceUID or input path) was unsafe and replaced by a
+    srs_written: int = 0
+    sr_not_dicom: int = 0  # scored PNG/JPEG inputs, which get no DICOM SR
+    # Inputs whose output names (SOPInstanceUID or input path) were unsafe and replaced by a
     # hash of the input's path (outputs.safe_output_path).
     names_replaced: int = 0
     output_errors: list[str] = field(default_factory=list)
@@ -653,13 +658,15 @@ def _parallelism(
 
 
 class _Writer:
-    """Turns a scored batch into CSV rows, and the positives' masks into files.
+    """Turns a scored batch into CSV rows, the positives' masks into files and, with an SR
+    folder, every scored DICOM into a DICOM SR.
 
     Mask outputs (re-reading the source at full size, PNG encoding, building a DICOM SEG) take
     tens of milliseconds per positive, longer than a GPU takes for a batch, so they are
     written by a small pool of threads while the model goes on; `rows` returns the futures,
     and a batch's rows go into the CSV only once its outputs exist (a row in the CSV means
-    its files are there, so `--resume` never skips a positive whose mask is missing).
+    its files are there, so `--resume` never skips a positive whose mask is missing). A
+    positive's SR is written after its SEG, which it references.
     """
 
     def __init__(
@@ -671,11 +678,15 @@ class _Writer:
         seg_dir: Path | None,
         identity,
         threads: int = 2,
+        *,
+        sr_dir: Path | None = None,
     ) -> None:
         self.root, self.paths, self.s = root, paths, summary
         self.masks_dir, self.seg_dir, self.identity = masks_dir, seg_dir, identity
+        self.sr_dir = sr_dir
         self.lock = threading.Lock()  # the summary's output counters
-        wanted = masks_dir is not None or seg_dir is not None
+        self.replaced: set[str] = set()  # inputs with a hash-named output
+        wanted = masks_dir is not None or seg_dir is not None or sr_dir is not None
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="outputs") if wanted else None
 
     def __enter__(self) -> _Writer:
@@ -688,8 +699,8 @@ class _Writer:
     def rows(
         self, batch: _Batch, prob, area, label, masks: dict[int, np.ndarray]
     ) -> tuple[list, list[Future]]:
-        """One row per file of `batch`, and the futures of the outputs (PNG, SEG) being
-        written for each positive in `masks`."""
+        """One row per file of `batch`, and the futures of the outputs being written: PNG and
+        SEG for each positive in `masks`, an SR for every scored file when asked."""
         rows, pending = [], []
         by_ok = {pos: j for j, pos in enumerate(batch.ok)}
         for pos, meta in enumerate(batch.meta):
@@ -704,18 +715,68 @@ class _Writer:
             rows.append(
                 [rel, sop, f"{float(prob[j]):.6f}", str(int(positive)), "" if a < 0 else str(a), ""]
             )
-            if positive and j in masks and self.pool is not None:
-                pending.append(self.pool.submit(self._outputs, rel, meta, masks[j]))
+            mask = masks.get(j) if positive else None
+            if self.pool is not None and (mask is not None or self.sr_dir is not None):
+                score = float(prob[j])
+                pending.append(self.pool.submit(self._scored, rel, meta, score, positive, mask))
         return rows, pending
 
-    def _outputs(self, rel: str, meta: _Meta, prob: np.ndarray) -> None:
-        """Write one positive's outputs. Problems of the file itself are reported beside its
-        row; a destination that cannot be written raises `ledger.WriteFailed`, which keeps the
-        batch's rows out of the CSV (so `--resume` writes row and outputs again)."""
+    def _scored(
+        self, rel: str, meta: _Meta, score: float, positive: bool, mask: np.ndarray | None
+    ) -> None:
+        """A scored file's outputs: its masks and SEG (positives), then its SR."""
+        seg = self._outputs(rel, meta, mask) if mask is not None else None
+        if self.sr_dir is not None:
+            self._report(rel, meta, score, positive, seg)
+
+    def _report(
+        self, rel: str, meta: _Meta, score: float, positive: bool, seg: Path | None
+    ) -> None:
+        """Write the DICOM SR of one scored file (DICOMs only), referencing `seg`, its SEG."""
+        import pydicom
+
+        from ptxfast import outputs
+
+        if not meta.dicom:
+            with self.lock:
+                self.s.sr_not_dicom += 1
+            return
+        if not meta.sop_instance_uid:
+            self._error(f"{rel}: no SOPInstanceUID, so no DICOM SR")
+            return
+        path = self.root / rel
+        target = None
+        try:
+            source = read_dataset(path, stop_before_pixels=True)
+            seg_header = pydicom.dcmread(seg, stop_before_pixels=True) if seg else None
+            name = outputs.safe_output_path(self.sr_dir, rel, ".dcm", uid=meta.sop_instance_uid)
+            target = name.path
+            outputs.write_dicom_sr(source, name.path, self.identity, score, positive, seg_header)
+            with self.lock:
+                self.s.srs_written += 1
+            if name.replaced:
+                self._replaced(rel)
+        except OSError as err:
+            if ledger.is_write_error(err):
+                raise ledger.write_failed(target or err.filename or self.root, err) from None
+            self._error(f"{rel}: {_one_line(err, path)}")
+        except Exception as err:  # the score stands; the SR is reported as missing
+            self._error(f"{rel}: {_one_line(err, path)}")
+
+    def _replaced(self, rel: str) -> None:
+        with self.lock:
+            self.replaced.add(rel)
+            self.s.names_replaced = len(self.replaced)
+
+    def _outputs(self, rel: str, meta: _Meta, prob: np.ndarray) -> Path | None:
+        """Write one positive's masks and SEG; returns the SEG's path when one was written.
+        Problems of the file itself are reported beside its row; a destination that cannot be
+        written raises `ledger.WriteFailed`, which keeps the batch's rows out of the CSV (so
+        `--resume` writes row and outputs again)."""
         from ptxfast import outputs
 
         path = self.root / rel
-        target = None
+        target = seg = None
         try:
             mask = outputs.source_mask(prob, meta.rows, meta.columns, self.identity.pixel_threshold)
             replaced = False
@@ -746,12 +807,12 @@ class _Writer:
                     )
                     replaced = replaced or name.replaced
                     target = name.path
-                    outputs.write_dicom_seg(source, mask, name.path, self.identity)
+                    seg = outputs.write_dicom_seg(source, mask, name.path, self.identity)
                     with self.lock:
                         self.s.segs_written += 1
             if replaced:
-                with self.lock:
-                    self.s.names_replaced += 1
+                self._replaced(rel)
+            return seg
         except OSError as err:
             if ledger.is_write_error(err):
                 raise ledger.write_failed(target or err.filename or self.root, err) from None
@@ -777,6 +838,7 @@ class _Job:
     shard: tuple[int, int]
     masks_dir: Path | None
     seg_dir: Path | None
+    sr_dir: Path | None
     summary_json: Path | None
     threads: int | None
     lanes: int | None
@@ -799,6 +861,7 @@ def score_folder(
     masks_dir: str | os.PathLike | None = None,
     seg_dir: str | os.PathLike | None = None,
     *,
+    sr_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     summary_json: str | os.PathLike | None = None,
     exports_dir: str | os.PathLike = "exports",
@@ -816,8 +879,8 @@ def score_folder(
     (default: 1 on CPU, all cores but one (at most 16) on CUDA; 0 decodes in this process).
     lanes / threads (CPU): batches the model runs at once, and torch threads for each
     (default: one lane per core, one thread each; see `_parallelism`). masks_dir / seg_dir: PNG mask +
-    overlay, and DICOM SEG, for every positive (need an artifact with a mask output).
-    model_only_iters: batches timed for the model-only throughput (0 skips it). Output paths
+    overlay, and DICOM SEG, for every positive (need an artifact with a mask output). sr_dir:
+    a DICOM SR for every scored DICOM (any artifact). model_only_iters: batches timed for the model-only throughput (0 skips it). Output paths
     are checked before any work; see the module docstring for inputs, resume and shards.
     """
     from ptxfast import artifact, runtime
@@ -838,6 +901,7 @@ def score_folder(
         raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
     masks_dir = Path(masks_dir) if masks_dir is not None else None
     seg_dir = Path(seg_dir) if seg_dir is not None else None
+    sr_dir = Path(sr_dir) if sr_dir is not None else None
     summary_json = Path(summary_json) if summary_json is not None else None
 
     # Everything that can be refused is refused before a file is decoded.
@@ -859,7 +923,11 @@ def score_folder(
                 str(source.model_path),
                 source.export_command,
             )
-    for folder, option in ((masks_dir, "--masks"), (seg_dir, "--dicom-seg")):
+    for folder, option in (
+        (masks_dir, "--masks"),
+        (seg_dir, "--dicom-seg"),
+        (sr_dir, "--dicom-sr"),
+    ):
         if folder is not None:
             _check_writable(folder, option)
     if summary_json is not None:
@@ -878,7 +946,7 @@ def score_folder(
         preds.close()  # releases the lock too
         raise
     job = _Job(
-        root, out, preds, predictor, batch_size, workers, (k, n), masks_dir, seg_dir,
+        root, out, preds, predictor, batch_size, workers, (k, n), masks_dir, seg_dir, sr_dir,
         summary_json, threads, lanes, prefetch_factor, model_only_iters, decode_timeout,
         progress, t_start,
     )  # fmt: skip
@@ -916,7 +984,9 @@ def _run(job: _Job) -> ScoreSummary:
     predictor = job.predictor
     dev = predictor.device
     workers = job.workers if job.workers is not None else default_workers(dev)
-    exclude = [job.out, job.preds.lock.path, job.masks_dir, job.seg_dir, job.summary_json]
+    exclude = [
+        job.out, job.preds.lock.path, job.masks_dir, job.seg_dir, job.sr_dir, job.summary_json,
+    ]  # fmt: skip
     exclude = [p for p in exclude if p]
     found = find_inputs(job.root, job.shard, exclude)
     todo = [i for i, rel in enumerate(found.inputs) if rel not in job.preds.done]
@@ -969,8 +1039,11 @@ def _run(job: _Job) -> ScoreSummary:
         precision=predictor.precision,
         sha256=str(side["sha256"]) if side is not None else "",
         pixel_threshold=float(predictor.thresholds.get("pixel") or 0.3),
+        label_threshold=float(predictor.thresholds["label"]),
     )
-    writer = _Writer(job.root, found.inputs, summary, job.masks_dir, job.seg_dir, identity)
+    writer = _Writer(
+        job.root, found.inputs, summary, job.masks_dir, job.seg_dir, identity, sr_dir=job.sr_dir
+    )
     want_masks = job.masks_dir is not None or job.seg_dir is not None
     summary.setup_seconds = time.perf_counter() - job.t_start
 

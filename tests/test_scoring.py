@@ -515,16 +515,18 @@ def test_crafted_uids_cannot_leave_the_output_folders(predictor, tmp_path, monke
     before = {p for p in tmp_path.rglob("*")}
     s = scoring.score_folder(
         root, out / "preds.csv", model=predictor, batch_size=2, workers=0,
-        masks_dir=out / "masks", seg_dir=out / "seg", model_only_iters=0,
+        masks_dir=out / "masks", seg_dir=out / "seg", sr_dir=out / "sr", model_only_iters=0,
     )  # fmt: skip
-    assert s.segs_written == s.masks_written == len(uids) and not s.output_errors
-    assert s.names_replaced == len(uids) - 1  # all but the valid UID
+    assert s.segs_written == s.masks_written == s.srs_written == len(uids), s.output_errors
+    assert not s.output_errors
+    assert s.names_replaced == len(uids) - 1  # all but the valid UID (each file counted once)
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
     allowed = {out / "preds.csv", out / "preds.csv.lock"}
     for p in written - allowed:
-        assert p.parent in (out / "masks", out / "seg"), p
+        assert p.parent in (out / "masks", out / "seg", out / "sr"), p
     assert not escape.parent.exists() and not (tmp_path / "x2.dcm").exists()
     segs = sorted(p.name for p in (out / "seg").iterdir())
+    assert sorted(p.name for p in (out / "sr").iterdir()) == segs  # the same safe names
     assert "1.2.826.0.1.3680043.8.498.1.dcm" in segs
     for name in segs:
         assert re.fullmatch(r"[0-9.]{1,64}\.dcm|[0-9a-f]{32}\.dcm", name), name

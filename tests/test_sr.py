@@ -121,3 +121,74 @@ def test_sr_of_a_positive_with_its_seg_and_of_a_negative(tmp_path):
         if errors is None:
             pytest.skip("dciodvfy (Debian dicom3tools) not installed; SR not validated")
         assert not errors, f"{path.name}: {errors}"
+
+
+# ------------------------------------------------------------------- written by the scorer
+
+HEAD_BIAS = -11.85  # the random model's scores of these phantoms straddle its threshold
+
+
+@pytest.fixture(scope="module")
+def scored(rn34un_artifact, tmp_path_factory):
+    """`ptxfast score --dicom-sr --dicom-seg` over phantoms, a PNG and a truncated DICOM."""
+    import csv
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from ptxfast.cli import cli
+    from ptxfast.data import synth
+
+    root = tmp_path_factory.mktemp("in")
+    synth.write_dataset(root / "ph", 8, seed=3, size=64, positive_rate=0.5, workers=1)
+    for p in list((root / "ph").glob("*.csv")) + list((root / "ph").glob("*.json")):
+        p.unlink()
+    Image.fromarray(np.full((40, 48), 90, np.uint8)).save(root / "photo.png")
+    bad = F.save(F.image_dataset(F.gray_pixels(64, 64), bits_stored=12), root / "trunc.dcm")
+    bad.write_bytes(bad.read_bytes()[:-3000])
+    out = tmp_path_factory.mktemp("out")
+    args = [
+        "score", str(root), "--out", str(out / "preds.csv"), "--json", str(out / "s.json"),
+        "--model", str(rn34un_artifact(head_bias=HEAD_BIAS)), "--device", "cpu",
+        "--batch-size", "2", "--workers", "0", "--model-only-iters", "0",
+        "--dicom-seg", str(out / "seg"), "--dicom-sr", str(out / "sr"),
+    ]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    with open(out / "preds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return root, out, rows, json.loads((out / "s.json").read_text()), res.output
+
+
+def test_every_scored_dicom_has_an_sr_that_matches_its_row(scored, rn34un_artifact):
+    import json
+
+    root, out, rows, summary, output = scored
+    dicoms = [r for r in rows if r["probability"] and r["sop_instance_uid"]]
+    labels = {r["label"] for r in dicoms}
+    assert labels == {"0", "1"}, "the test needs positives and negatives"
+    srs = sorted((out / "sr").iterdir())
+    assert [p.name for p in srs] == sorted(f"{r['sop_instance_uid']}.dcm" for r in dicoms)
+    assert summary["srs_written"] == len(dicoms) and summary["sr_not_dicom"] == 1  # the PNG
+    assert not summary["output_errors"] and "DICOM SR" in output
+    sha = json.loads(Path(rn34un_artifact(head_bias=HEAD_BIAS)).read_text())["sha256"]
+    for r in dicoms:
+        got = read_back(out / "sr" / f"{r['sop_instance_uid']}.dcm")
+        source = pydicom.dcmread(root / r["path"], stop_before_pixels=True)
+        assert got["source"] == r["sop_instance_uid"] == source.SOPInstanceUID
+        assert got["sr"].StudyInstanceUID == source.StudyInstanceUID
+        assert got["probability"] == pytest.approx(float(r["probability"]), abs=1e-6)
+        assert got["finding"] == ("Present" if r["label"] == "1" else "Absent")
+        assert got["algorithm"] == {"Algorithm Name": "ptxfast rn34un", "Algorithm Version": sha}
+        if r["label"] == "1":  # its SEG, referenced and listed as evidence
+            seg = pydicom.dcmread(out / "seg" / f"{r['sop_instance_uid']}.dcm")
+            assert got["segments"] == [(seg.SOPInstanceUID, [1])]
+            assert seg.SOPInstanceUID in got["evidence"]
+        else:
+            assert got["segments"] == []
+    for path in srs:
+        errors = dciodvfy_errors(path)
+        if errors is None:
+            pytest.skip("dciodvfy (Debian dicom3tools) not installed; SR not validated")
+        assert not errors, f"{path.name}: {errors}"
