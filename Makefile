@@ -37,7 +37,7 @@ demo: install
 	awk -F, 'NR > 1 && $$2 == "test" { print $$5 }' $(DEMO)/phantoms/splits.csv | \
 		while read -r f; do cp "$(DEMO)/phantoms/$$f" $(DEMO)/test/; done
 	$(PTX) score $(DEMO)/test --out $(DEMO)/preds.csv --exports $(DEMO)/exports --json $(DEMO)/score.json \
-		--masks $(DEMO)/masks --dicom-seg $(DEMO)/seg
+		--masks $(DEMO)/masks --dicom-seg $(DEMO)/seg --dicom-sr $(DEMO)/sr
 	$(PTX) bench --exports $(DEMO)/exports --data $(DEMO)/phantoms --json $(DEMO)/bench.json --markdown $(DEMO)/bench.md \
 		--plots $(DEMO)/bench
 	@# The worklist of the scoring run, one HTML file: open it in a browser.
