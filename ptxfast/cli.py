@@ -723,9 +723,34 @@ def export_command(
     type=click.IntRange(min=0),
     help="Batches timed for the model-only throughput (0: skip).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine; ray: a Ray cluster (decoders on every CPU, one model actor per "
+    "GPU or CPU lane), same CSV and --resume (needs pip install 'ptxfast[ray]').",
+)
+@click.option(
+    "--address",
+    help="--engine ray: the cluster (auto: the one `ray start` runs here; ray://host:10001) "
+    "[default: Ray's, or a new cluster of this machine].",
+)
+@click.option(
+    "--decoders",
+    type=click.IntRange(min=1),
+    help="--engine ray: decoder actors [default: the CPUs the model actors leave, or "
+    "CPUs / 8 without GPUs].",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    help="--engine ray: model actors [default: one per GPU, or one per CPU without GPUs].",
+)
 def score_command(
     folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
-    shard, masks_dir, seg_dir, sr_dir, json_path, model_only_iters,
+    shard, masks_dir, seg_dir, sr_dir, json_path, model_only_iters, engine, address, decoders,
+    actors,
 ) -> None:  # fmt: skip
     """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
 
@@ -734,6 +759,7 @@ def score_command(
     with an empty probability, never a stop. Rows are fsync'd batch by batch: after an
     interruption run the same command with --resume. N machines: --shard 1/N ... N/N, then
       head -n 1 preds-1.csv > preds.csv && tail -q -n +2 preds-*.csv >> preds.csv
+    or one run over a Ray cluster: --engine ray (see README, "Scoring on a cluster").
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
@@ -742,6 +768,13 @@ def score_command(
 
     try:
         k, n = scoring.parse_shard(shard)
+        ray_options = None
+        if engine == "ray":
+            from ptxfast.score_ray import RayOptions
+
+            ray_options = RayOptions(address=address, decoders=decoders, actors=actors)
+        elif address or decoders or actors:
+            raise PtxfastError("--address, --decoders and --actors go with --engine ray")
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -756,7 +789,7 @@ def score_command(
                 workers=workers, resume=resume, shard=(k, n), masks_dir=masks_dir,
                 seg_dir=seg_dir, sr_dir=sr_dir, overwrite=overwrite, summary_json=json_path,
                 exports_dir=exports, lanes=lanes, threads=threads,
-                model_only_iters=model_only_iters,
+                model_only_iters=model_only_iters, engine=engine, ray=ray_options,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
     except (scoring.ScoreError, ledger.LedgerError) as e:
@@ -781,12 +814,33 @@ def score_command(
         + f"; {s.skipped} other files skipped",
     )
     table.add_row("positives", str(s.positives))
-    table.add_row(
-        "throughput",
-        f"{rate(s.steady_images_per_s or s.images_per_s)} end to end (batch {s.batch_size}, "
-        f"{s.workers} decoding worker(s), "
-        + (f"{s.lanes} model lane(s) x {s.threads} thread(s))" if s.device == "cpu" else "1 lane)"),
-    )
+    if s.cluster is None:
+        table.add_row(
+            "throughput",
+            f"{rate(s.steady_images_per_s or s.images_per_s)} end to end (batch {s.batch_size}, "
+            f"{s.workers} decoding worker(s), "
+            + (f"{s.lanes} model lane(s) x {s.threads} thread(s))" if s.device == "cpu" else "1 lane)"),
+        )  # fmt: skip
+    else:
+        c = s.cluster
+        table.add_row(
+            "ray",
+            f"{c['nodes']} node(s), {c['cpus']:g} CPUs, {c['gpus']:g} GPUs at {c['address']}: "
+            f"{c['decoders']} decoder(s), {c['actors']} model actor(s)"
+            + (f" x {s.threads} thread(s)" if s.device == "cpu" else " on GPUs")
+            + (f", {c['actor_processes']} actor processes" if c["actor_processes"] > c["actors"] else "")
+            + (f", {c['duplicates_dropped']} repeated rows dropped" if c["duplicates_dropped"] else ""),
+        )  # fmt: skip
+        table.add_row(
+            "throughput",
+            f"{rate(s.steady_images_per_s or s.images_per_s)} end to end once the actors run "
+            f"(batch {s.batch_size}); {rate(s.images_per_s)} over the whole pass"
+            + (
+                f", of which {c['first_rows_s']:.1f} s before the first rows (starting the actors)"
+                if c["first_rows_s"] is not None
+                else ""
+            ),
+        )
     if s.model_only_images_per_s is not None:
         by = s.model_only_by_config
         per = ", ".join(f"{v:.1f} at {k}" for k, v in by.items()) if len(by) > 1 else ""

@@ -168,6 +168,10 @@ class ScoreSummary:
     model_only_config: str | None = None  # the best entry of model_only_by_config
     model_only_by_config: dict[str, float] = field(default_factory=dict)  # "2 lanes x 1 thread"
     ratio: float | None = None  # steady end-to-end / model-only
+    engine: str = "local"  # or "ray" (ptxfast.score_ray)
+    # --engine ray: address, nodes, cpus, gpus, decoders, actors (asked for), actor_processes
+    # (that returned rows: more than actors after a restart), duplicates_dropped
+    cluster: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as null)."""
@@ -871,6 +875,8 @@ def score_folder(
     model_only_iters: int = 5,
     decode_timeout: float = 600.0,
     progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    ray: Any = None,
 ) -> ScoreSummary:
     """Score every image under `root` into the CSV `out`; returns what happened and how fast.
 
@@ -880,8 +886,10 @@ def score_folder(
     lanes / threads (CPU): batches the model runs at once, and torch threads for each
     (default: one lane per core, one thread each; see `_parallelism`). masks_dir / seg_dir: PNG mask +
     overlay, and DICOM SEG, for every positive (need an artifact with a mask output). sr_dir:
-    a DICOM SR for every scored DICOM (any artifact). model_only_iters: batches timed for the model-only throughput (0 skips it). Output paths
-    are checked before any work; see the module docstring for inputs, resume and shards.
+    a DICOM SR for every scored DICOM (any artifact). model_only_iters: batches timed for the
+    model-only throughput (0 skips it). engine: "local" (this machine) or "ray" (a Ray
+    cluster, `ray` a `score_ray.RayOptions`; see ptxfast.score_ray). Output paths are checked
+    before any work; see the module docstring for inputs, resume and shards.
     """
     from ptxfast import artifact, runtime
 
@@ -903,6 +911,19 @@ def score_folder(
     seg_dir = Path(seg_dir) if seg_dir is not None else None
     sr_dir = Path(sr_dir) if sr_dir is not None else None
     summary_json = Path(summary_json) if summary_json is not None else None
+    if engine not in ("local", "ray"):
+        raise ScoreError(f"--engine {engine!r}: choose local or ray")
+    if engine == "ray":
+        from ptxfast import score_ray
+
+        score_ray.require_ray()
+        ray = ray or score_ray.RayOptions()
+        score_ray.check_options(ray)
+        if isinstance(model, runtime.Predictor):
+            raise ScoreError(
+                "--engine ray loads the artifact in its model actors: pass its path, not a "
+                "loaded Predictor"
+            )
 
     # Everything that can be refused is refused before a file is decoded.
     if isinstance(model, runtime.Predictor):
@@ -934,9 +955,16 @@ def score_folder(
         _check_writable(summary_json.parent, "--json")
     preds = _PredsCsv(out, resume, overwrite)
     # The model is loaded (sha256 checked, device and precision refused) before the CSV is
-    # touched or a file decoded.
+    # touched or a file decoded; on Ray its actors load it, and here only its bytes are checked.
     try:
-        predictor = source if isinstance(source, runtime.Predictor) else _load(source, device)
+        if engine == "ray":
+            try:
+                artifact.verify(source)
+            except artifact.ArtifactError as err:
+                raise ScoreError(str(err)) from None
+            predictor = None
+        else:
+            predictor = source if isinstance(source, runtime.Predictor) else _load(source, device)
     except BaseException:  # the file it created goes, and the lock with it
         preds.discard()
         raise
@@ -951,7 +979,9 @@ def score_folder(
         progress, t_start,
     )  # fmt: skip
     try:
-        return _run(job)
+        if engine == "ray":
+            return _finish(job, score_ray.run(job, source, ray, device))
+        return _finish(job, _run(job))
     finally:
         preds.close()
 
@@ -977,19 +1007,38 @@ def _make_loader(
     return iter(dl)
 
 
-def _run(job: _Job) -> ScoreSummary:
+def _todo(job: _Job) -> tuple[Inputs, list[int]]:
+    """The shard's inputs, and the positions of those without a row in the CSV yet (every
+    engine scores exactly these)."""
+    exclude = [
+        job.out, job.preds.lock.path, job.masks_dir, job.seg_dir, job.sr_dir, job.summary_json,
+    ]  # fmt: skip
+    found = find_inputs(job.root, job.shard, [p for p in exclude if p])
+    return found, [i for i, rel in enumerate(found.inputs) if rel not in job.preds.done]
+
+
+def _identity(predictor):
+    """Who made the masks, as the DICOM SEGs record it."""
     from ptxfast.outputs import ModelIdentity
+
+    side = predictor.sidecar
+    return ModelIdentity(
+        name=predictor.name,
+        backend=predictor.backend,
+        precision=predictor.precision,
+        sha256=str(side["sha256"]) if side is not None else "",
+        pixel_threshold=float(predictor.thresholds.get("pixel") or 0.3),
+        label_threshold=float(predictor.thresholds["label"]),
+    )
+
+
+def _run(job: _Job) -> ScoreSummary:
     from ptxfast.telemetry import GpuSampler
 
     predictor = job.predictor
     dev = predictor.device
     workers = job.workers if job.workers is not None else default_workers(dev)
-    exclude = [
-        job.out, job.preds.lock.path, job.masks_dir, job.seg_dir, job.sr_dir, job.summary_json,
-    ]  # fmt: skip
-    exclude = [p for p in exclude if p]
-    found = find_inputs(job.root, job.shard, exclude)
-    todo = [i for i, rel in enumerate(found.inputs) if rel not in job.preds.done]
+    found, todo = _todo(job)
 
     # The decoding workers start first and fill their prefetch queues while the model warms.
     state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
@@ -1033,16 +1082,14 @@ def _run(job: _Job) -> ScoreSummary:
         skipped_examples=found.skipped[:5],
         torn_line_dropped=job.preds.torn,
     )
-    identity = ModelIdentity(
-        name=predictor.name,
-        backend=predictor.backend,
-        precision=predictor.precision,
-        sha256=str(side["sha256"]) if side is not None else "",
-        pixel_threshold=float(predictor.thresholds.get("pixel") or 0.3),
-        label_threshold=float(predictor.thresholds["label"]),
-    )
     writer = _Writer(
-        job.root, found.inputs, summary, job.masks_dir, job.seg_dir, identity, sr_dir=job.sr_dir
+        job.root,
+        found.inputs,
+        summary,
+        job.masks_dir,
+        job.seg_dir,
+        _identity(predictor),
+        sr_dir=job.sr_dir,
     )
     want_masks = job.masks_dir is not None or job.seg_dir is not None
     summary.setup_seconds = time.perf_counter() - job.t_start
@@ -1171,6 +1218,11 @@ def _run(job: _Job) -> ScoreSummary:
         steady = summary.steady_images_per_s or summary.images_per_s
         if steady:
             summary.ratio = steady / summary.model_only_images_per_s
+    return summary
+
+
+def _finish(job: _Job, summary: ScoreSummary) -> ScoreSummary:
+    """Stamp the wall time and write the --json file (every engine's last step)."""
     summary.seconds = time.perf_counter() - job.t_start
     if job.summary_json is not None:
         try:
