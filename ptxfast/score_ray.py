@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import scoring
+from ptxfast import ledger, scoring
 from ptxfast.scoring import CSV_COLUMNS, ScoreError, ScoreSummary
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"
@@ -64,6 +64,8 @@ _LANE_CPUS = 1.0  # a CPU model lane: one core, one torch thread
 # On CPU-only clusters decoders take no CPU from the scheduler: they run on the lanes' cores,
 # as the local engine's decoding worker does.
 _DECODER_CPUS_ON_CPU = 0.0
+# What _Writer counts in the summary, carried back from the model actors with the rows.
+_COUNTERS = ("masks_written", "segs_written", "seg_not_dicom", "names_replaced")
 _NULLABLE = {f.name for f in fields(scoring._Meta) if "None" in str(f.type)}
 
 
@@ -297,25 +299,28 @@ class _Scorer:
         scores = scoring._results(f, self.predictor, times)
         rows, outputs = self.writer.rows(b, *(scores or (None, None, None, {})))
         wait_all(outputs)  # the files exist before their rows leave this actor
+        for o in outputs:  # a destination that cannot be written stops the run, as locally
+            if isinstance(o.exception(), ledger.WriteFailed):
+                raise o.exception()
         n = len(rows)
         cols = {
             c: np.asarray([r[i] for r in rows], dtype=object) for i, c in enumerate(CSV_COLUMNS)
         }
         first = np.zeros(n, dtype=np.float64)
+        counted = {key: getattr(self.counts, key) for key in _COUNTERS}
         for key, value in (
             ("compute_s", times["compute"]),
             ("transfer_s", times["transfer"]),
-            ("masks_written", self.counts.masks_written),
-            ("segs_written", self.counts.segs_written),
-            ("seg_not_dicom", self.counts.seg_not_dicom),
             ("model_only", self.model_only),
+            *counted.items(),
         ):
             cols[key] = first.copy()
             cols[key][:1] = value
+            if key in counted:
+                setattr(self.counts, key, 0)
         cols["output_errors"] = np.asarray(
             ["\n".join(self.counts.output_errors)] + [""] * (n - 1), dtype=object
         )
-        self.counts.masks_written = self.counts.segs_written = self.counts.seg_not_dicom = 0
         self.counts.output_errors = []
         cols["actor"] = np.asarray([self.name] * n, dtype=object)
         for key in ("decode_s", "decoder_restarts", "t_decoded"):
@@ -542,6 +547,9 @@ def _drain(ray, ds, job: scoring._Job, summary: ScoreSummary, t_loop: float, tot
                 job.progress(done, total)
             t_prev = time.perf_counter()
     except ray.exceptions.RayError as err:
+        cause = getattr(err, "cause", None)  # an actor's own refusal, e.g. a disk that is full
+        if isinstance(cause, ScoreError | ledger.LedgerError):
+            raise cause from None
         raise ScoreError(_first_line(err)) from None
     summary.latency_ms = scoring._percentiles(latencies)
     summary.cluster["actor_processes"] = len(actors)
@@ -562,9 +570,8 @@ def _tally(summary: ScoreSummary, actors: dict[str, float], block, keep: list[in
         times["decode"] += float(block["decode_s"][j])
         times["compute"] += float(block["compute_s"][j])
         times["transfer"] += float(block["transfer_s"][j])
-        summary.masks_written += int(block["masks_written"][j])
-        summary.segs_written += int(block["segs_written"][j])
-        summary.seg_not_dicom += int(block["seg_not_dicom"][j])
+        for key in _COUNTERS:
+            setattr(summary, key, getattr(summary, key) + int(block[key][j]))
         summary.worker_restarts += int(block["decoder_restarts"][j])
         if block["output_errors"][j]:
             summary.output_errors.extend(str(block["output_errors"][j]).split("\n"))

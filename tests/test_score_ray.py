@@ -19,14 +19,18 @@ import time
 from pathlib import Path
 
 import pytest
+import test_scoring
 from click.testing import CliRunner
-from test_scoring import SKIPPED, _inputs, _rows, artifact, by, folder  # noqa: F401
+from test_scoring import _rows, by
 
 from ptxfast import scoring
 from ptxfast.cli import cli
 
 TESTS = Path(__file__).parent
 pytestmark = pytest.mark.usefixtures("one_thread")
+# test_scoring's 64² rn34un artifact (with its mask output) and its mixed folder.
+artifact = test_scoring.artifact
+folder = test_scoring.folder
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +230,10 @@ def test_without_ray_the_engine_is_a_one_line_error(folder, artifact, tmp_path, 
     )  # fmt: skip
     assert res.exit_code != 0 and "Traceback" not in res.output
     text = " ".join(res.output.split())  # rich wraps long lines at the terminal's width
-    assert text == "error: --engine ray needs Ray Data, which is not installed; pip install 'ptxfast[ray]'"
+    assert (
+        text
+        == "error: --engine ray needs Ray Data, which is not installed; pip install 'ptxfast[ray]'"
+    )
     assert not (tmp_path / "p.csv").exists()
     res = CliRunner().invoke(
         cli, ["score", str(folder), "--out", str(tmp_path / "p.csv"), "--actors", "2"]

@@ -5,12 +5,16 @@ nodes): every file scored once."""
 from __future__ import annotations
 
 import pytest
+import test_scoring
 from test_score_ray import _options, _phantoms
-from test_scoring import _rows, artifact, folder  # noqa: F401
+from test_scoring import _rows
 
 from ptxfast import scoring
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+# test_scoring's 64² rn34un artifact (with its mask output) and its mixed folder.
+artifact = test_scoring.artifact
+folder = test_scoring.folder
 
 
 @pytest.fixture(scope="module")
