@@ -27,8 +27,8 @@ kills `_DECODE_ATTEMPTS` children in a row gets an error row, so one bad file ne
 block or the job. The driver killed outright loses only rows not yet fsync'd; `--resume`
 scores the rest.
 
-Resources. The model artifact, the inputs and the --masks/--dicom-seg folders must be on a
-filesystem every node sees at the same path; the CSV is written by the driver alone. With GPUs
+Resources. The model artifact, the inputs and the --masks/--dicom-seg/--dicom-sr folders must
+be on a filesystem every node sees at the same path; the CSV is written by the driver alone. With GPUs
 in the cluster (and an artifact exported for CUDA, or --device cuda) there is one model actor
 per GPU and the other CPUs decode; without, every CPU is a model lane (one torch thread each,
 as the local engine's lanes) and `decoders` share the cores (a radiograph costs a few percent
@@ -65,7 +65,10 @@ _LANE_CPUS = 1.0  # a CPU model lane: one core, one torch thread
 # as the local engine's decoding worker does.
 _DECODER_CPUS_ON_CPU = 0.0
 # What _Writer counts in the summary, carried back from the model actors with the rows.
-_COUNTERS = ("masks_written", "segs_written", "seg_not_dicom", "names_replaced")
+_COUNTERS = (
+    "masks_written", "segs_written", "seg_not_dicom", "srs_written", "sr_not_dicom",
+    "names_replaced",
+)  # fmt: skip
 _NULLABLE = {f.name for f in fields(scoring._Meta) if "None" in str(f.type)}
 
 
@@ -244,7 +247,7 @@ def _plain(v: Any) -> Any:
 
 class _Scorer:
     """Ray Data stage: decoded batches → CSV rows (the local engine's strings), with the
-    positives' masks and SEGs written before the rows are returned."""
+    positives' masks and SEGs (and the SRs) written before the rows are returned."""
 
     def __init__(
         self,
@@ -253,6 +256,7 @@ class _Scorer:
         root: str,
         masks_dir: str | None,
         seg_dir: str | None,
+        sr_dir: str | None,
         batch_size: int,
         threads: int | None,
         model_only_iters: int,
@@ -284,6 +288,7 @@ class _Scorer:
             Path(masks_dir) if masks_dir else None,
             Path(seg_dir) if seg_dir else None,
             scoring._identity(self.predictor),
+            sr_dir=Path(sr_dir) if sr_dir else None,
         )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -501,6 +506,7 @@ def _dataset(ray, job: scoring._Job, sidecar, plan: _Plan, todo: list[tuple[int,
                 "root": str(job.root),
                 "masks_dir": str(job.masks_dir) if job.masks_dir else None,
                 "seg_dir": str(job.seg_dir) if job.seg_dir else None,
+                "sr_dir": str(job.sr_dir) if job.sr_dir else None,
                 "batch_size": job.batch_size,
                 "threads": plan.threads,
                 "model_only_iters": job.model_only_iters,

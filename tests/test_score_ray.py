@@ -110,11 +110,12 @@ def _wait_rows(csv_path: Path, n: int, timeout: float = 120) -> None:
 def test_ray_gives_the_rows_of_the_local_engine(cluster, folder, artifact, tmp_path):
     local = scoring.score_folder(
         folder, tmp_path / "local.csv", model=artifact, device="cpu", batch_size=2, workers=0,
-        masks_dir=tmp_path / "lm", model_only_iters=0,
+        masks_dir=tmp_path / "lm", sr_dir=tmp_path / "lr", model_only_iters=0,
     )  # fmt: skip
     s = scoring.score_folder(
         folder, tmp_path / "ray.csv", model=artifact, device="cpu", batch_size=2,
-        masks_dir=tmp_path / "rm", seg_dir=tmp_path / "rs", summary_json=tmp_path / "s.json",
+        masks_dir=tmp_path / "rm", seg_dir=tmp_path / "rs", sr_dir=tmp_path / "rr",
+        summary_json=tmp_path / "s.json",
         model_only_iters=1, engine="ray",
     )  # fmt: skip
     a, b = _rows(tmp_path / "local.csv"), _rows(tmp_path / "ray.csv")
@@ -131,6 +132,9 @@ def test_ray_gives_the_rows_of_the_local_engine(cluster, folder, artifact, tmp_p
     masks = sorted(p.relative_to(tmp_path / "rm") for p in (tmp_path / "rm").rglob("*.png"))
     assert masks == sorted(p.relative_to(tmp_path / "lm") for p in (tmp_path / "lm").rglob("*.png"))
     assert s.masks_written == local.masks_written > 0 and s.segs_written > 0
+    srs = sorted(p.name for p in (tmp_path / "rr").iterdir())
+    assert srs == sorted(p.name for p in (tmp_path / "lr").iterdir())
+    assert s.srs_written == local.srs_written == len(srs) > 0
     assert (s.files, s.scored, s.failed, s.skipped) == (
         local.files, local.scored, local.failed, local.skipped,
     )  # fmt: skip
