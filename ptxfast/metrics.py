@@ -5,7 +5,12 @@ here, so an F1 means the same thing everywhere. Only numpy and scikit-learn are 
 (the paper's constants come from `ptxfast.models` when a function needs them). Conventions:
 
 - An image is called positive when its score is *strictly greater* than the threshold.
-- ROC-AUC is NaN when the labels hold one class only (it is undefined there).
+- ROC-AUC is NaN when the labels hold one class only (it is undefined there). It is the
+  Mann-Whitney statistic (ties count one half), which equals the area under the ROC curve and
+  lets the bootstrap weigh resampled images without copying them (`_auc`).
+- Confidence intervals are 95% percentile intervals of a stratified bootstrap over images
+  (positives and negatives resampled apart, so every resample keeps the split's prevalence);
+  Wilson score intervals of the proportions are reported beside them as a cross-check.
 - Dice of an empty prediction against an empty truth is 1 (nothing to find, nothing found).
 - Segmenter → label: an image is positive when *more than* `min_area` pixels have p > t, which
   equals "the (min_area+1)-th largest pixel probability is > t" (`models.score_k`).
@@ -26,13 +31,25 @@ AREA_GRID_512 = (0, 25, 50, 100, 200, 375, 500, 750, 1000, 1500, 2000, 3000)
 
 __all__ = [
     "AREA_GRID_512",
+    "CI_METRICS",
     "THRESHOLD_GRID",
+    "Calibration",
     "Cutoffs",
     "DiceScores",
+    "OperatingPoint",
     "area_grid",
     "binary_metrics",
+    "bootstrap_ci",
+    "calibrate",
+    "calibrated",
+    "expected_calibration_error",
+    "fit_temperature",
+    "reliability_bins",
+    "threshold_for_recall",
+    "wilson_interval",
     "dice",
     "dice_from_counts",
+    "operating_point",
     "parity",
     "seg_labels",
     "sorted_labels",
@@ -48,17 +65,54 @@ def _flat(a) -> np.ndarray:
     return np.asarray(a).reshape(-1)
 
 
+def _rates(tn, fp, fn, tp) -> dict[str, np.ndarray]:
+    """The ratios of a confusion matrix (scalars or arrays of counts, e.g. one per bootstrap
+    resample); an empty denominator gives 0, as scikit-learn's `zero_division=0`."""
+    tn, fp, fn, tp = (np.asarray(v, dtype=np.float64) for v in (tn, fp, fn, tp))
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b > 0)
+
+    return {
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "recall": ratio(tp, tp + fn),
+        "precision": ratio(tp, tp + fp),
+        "specificity": ratio(tn, tn + fp),
+        "npv": ratio(tn, tn + fn),
+        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+    }
+
+
+def _auc(pos, neg, pos_weight=None, neg_weight=None) -> np.ndarray:
+    """ROC-AUC as the Mann-Whitney statistic P(pos > neg) + ½ P(pos = neg).
+
+    `pos_weight` (R×P) and `neg_weight` (R×N) are how often each image is drawn in each of R
+    resamples (None: once each, R = 1); the result has one AUC per resample. O(R·(P+N)): the
+    negatives are sorted once and each positive looks up the weight below and at its score.
+    """
+    pos = np.asarray(pos, dtype=np.float64).reshape(-1)
+    neg = np.asarray(neg, dtype=np.float64).reshape(-1)
+    pw = np.ones((1, pos.size)) if pos_weight is None else np.asarray(pos_weight, np.float64)
+    nw = np.ones((1, neg.size)) if neg_weight is None else np.asarray(neg_weight, np.float64)
+    order = np.argsort(neg, kind="stable")
+    neg_sorted = neg[order]
+    # cum[:, j] = weight of the j smallest negatives (a leading 0 column for "none").
+    cum = np.concatenate([np.zeros((len(nw), 1)), np.cumsum(nw[:, order], axis=1)], axis=1)
+    below = cum[:, np.searchsorted(neg_sorted, pos, side="left")]
+    at_or_below = cum[:, np.searchsorted(neg_sorted, pos, side="right")]
+    wins = (pw * (below + 0.5 * (at_or_below - below))).sum(1)
+    return wins / (pw.sum(1) * nw.sum(1))
+
+
 def binary_metrics(labels, scores, threshold: float, ranking=None) -> dict[str, float]:
     """Image-level figures of `scores` (probabilities or any ranking score) against 0/1 `labels`.
 
-    Predicted positive: score > threshold. Returns f1, recall (sensitivity), precision,
-    specificity, accuracy, auc (ROC-AUC over the raw scores, or over `ranking` when given, e.g.
-    the logits, whose order float32 sigmoid saturation does not flatten; NaN with a single
+    Predicted positive: score > threshold. Returns f1, recall (sensitivity), precision (PPV),
+    specificity, npv, accuracy, auc (ROC-AUC over the raw scores, or over `ranking` when given,
+    e.g. the logits, whose order float32 sigmoid saturation does not flatten; NaN with a single
     class), the confusion matrix tn, fp, fn, tp, and n, n_pos. Ratios with an empty
     denominator are 0, as scikit-learn's `zero_division=0`.
     """
-    from sklearn.metrics import confusion_matrix, roc_auc_score
-
     y = _flat(labels).astype(bool)
     s = _flat(scores)
     # Compare in the scores' own precision (float32 stays float32), as torch does, so a label
@@ -67,23 +121,16 @@ def binary_metrics(labels, scores, threshold: float, ranking=None) -> dict[str, 
     if y.shape != s.shape:
         raise ValueError(f"{y.size} labels but {s.size} scores; pass one score per image")
     pred = s > threshold
-    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, pred, labels=[False, True]).ravel())
-
-    def ratio(a: int, b: int) -> float:
-        return a / b if b else 0.0
-
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
     both = y.any() and not y.all()
     if ranking is not None:
         s = _flat(ranking).astype(np.float64)
         if s.shape != y.shape:
             raise ValueError(f"{y.size} labels but {s.size} ranking scores")
     return {
-        "f1": ratio(2 * tp, 2 * tp + fp + fn),
-        "recall": ratio(tp, tp + fn),
-        "precision": ratio(tp, tp + fp),
-        "specificity": ratio(tn, tn + fp),
-        "accuracy": ratio(tp + tn, y.size),
-        "auc": float(roc_auc_score(y, s)) if both else math.nan,
+        **{k: float(v) for k, v in _rates(tn, fp, fn, tp).items()},
+        "auc": float(_auc(s[y], s[~y])[0]) if both else math.nan,
         "tn": tn,
         "fp": fp,
         "fn": fn,
@@ -258,3 +305,285 @@ def tune_cutoffs(
     ties = [ij for ij in np.ndindex(grid.shape) if grid[ij] == best]
     i, j = min(ties, key=distance)
     return Cutoffs(float(thresholds[i]), int(areas[j]), float(best), tuple(thresholds), areas, grid)
+
+
+# --------------------------------------------------------------------------- operating points
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A threshold chosen on one split for a target recall, and what it reaches there.
+
+    Labels follow the one rule: positive when score > threshold. `reached` is False when no
+    threshold in [0, 1) reaches the target (positives scoring exactly 0); the threshold is then
+    the lowest one, 0, and `note` says so.
+    """
+
+    threshold: float
+    target_recall: float
+    recall: float  # on the split it was chosen on
+    specificity: float
+    n: int
+    n_pos: int
+    reached: bool
+    note: str = ""
+
+    def as_dict(self) -> dict[str, float | int | bool | str]:
+        return dict(self.__dict__)
+
+
+def threshold_for_recall(labels, scores, target: float) -> OperatingPoint:
+    """The highest threshold t in [0, 1) whose recall (score > t) on these images is ≥ target.
+
+    Recall only changes where t passes a score, so the highest such t lies just below the score
+    s* of the ⌈target·P⌉-th best positive; t is the midpoint between s* and the next lower
+    distinct score of any image (0 when none is lower), which calls every image here exactly as
+    the supremum would while leaving room for a backend's rounding. Positives tied at s* all
+    count, so the recall reached may exceed the target. Scores are probabilities (segmenters:
+    the k-th largest pixel probability). All-negative labels raise ValueError: no recall.
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target recall {target} must be in (0, 1]")
+    y = _flat(labels).astype(bool)
+    s = _flat(scores)
+    s = s if np.issubdtype(s.dtype, np.floating) else s.astype(np.float64)
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels but {s.size} scores; pass one score per image")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError(
+            f"no positives among the {y.size} images, so recall is undefined and no threshold "
+            "can be chosen for it; choose on a split with pneumothoraces (remake it with "
+            "`ptxfast split`)"
+        )
+    pos = np.sort(s[y])[::-1]
+    need = math.ceil(target * n_pos - 1e-9)  # 0.9 × 10 is 9 positives, not 10 by rounding
+    star = pos[need - 1]
+    lower = s[s < star]
+    reached = bool(star > 0.0)
+    if reached:
+        below = lower.max() if lower.size else s.dtype.type(0)
+        mid = s.dtype.type((float(star) + float(below)) / 2)
+        # In the scores' precision the midpoint of two neighbouring floats is one of them.
+        threshold = float(mid if below < mid < star else below)
+        note = ""
+    else:
+        threshold = 0.0
+        note = (
+            f"recall {target:g} is out of reach: {int((s[y] <= 0).sum())} of {n_pos} positives "
+            f"score 0, below every threshold; using the lowest threshold 0"
+        )
+    m = binary_metrics(y, s, threshold)
+    return OperatingPoint(
+        threshold=threshold,
+        target_recall=float(target),
+        recall=m["recall"],
+        specificity=m["specificity"],
+        n=int(y.size),
+        n_pos=n_pos,
+        reached=reached,
+        note=note,
+    )
+
+
+# ------------------------------------------------------------------- confidence intervals
+
+CI_METRICS = ("recall", "specificity", "precision", "npv", "f1", "auc")
+# Proportions with a binomial denominator: (metric, numerator, denominator) for Wilson.
+_PROPORTIONS = {
+    "recall": ("tp", ("tp", "fn")),
+    "specificity": ("tn", ("tn", "fp")),
+    "precision": ("tp", ("tp", "fp")),
+    "npv": ("tn", ("tn", "fn")),
+}
+
+
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (NaN, NaN when n = 0)."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_ci(
+    labels,
+    scores,
+    threshold: float,
+    ranking=None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """Point estimates and 95% CIs of CI_METRICS at `threshold`, by stratified bootstrap.
+
+    Each of `n_boot` resamples draws P positives and N negatives with replacement from the P and
+    N images (seeded, so a report is reproducible); each metric's interval is the percentile
+    interval of its resampled values. All resamples are computed at once from per-image draw
+    counts, with the rules of `binary_metrics` (`_rates`, `_auc`). Returns {metric: {"value",
+    "lo", "hi"}} plus, for the four proportions, "wilson_lo"/"wilson_hi". AUC (over `ranking`
+    when given) is NaN without both classes, and so are all intervals without images.
+    """
+    y = _flat(labels).astype(bool)
+    s = _flat(scores)
+    s = s if np.issubdtype(s.dtype, np.floating) else s.astype(np.float64)
+    r = s.astype(np.float64) if ranking is None else _flat(ranking).astype(np.float64)
+    if not (y.shape == s.shape == r.shape):
+        raise ValueError(f"{y.size} labels but {s.size} scores; pass one score per image")
+    point = binary_metrics(y, s, threshold, ranking=r)
+    out: dict[str, dict[str, float]] = {k: {"value": point[k]} for k in CI_METRICS}
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    rng = np.random.default_rng(seed)
+    # Draw counts per image and resample (n_boot × images): a multinomial per class.
+    pw = rng.multinomial(n_pos, np.full(n_pos, 1 / n_pos), size=n_boot) if n_pos else None
+    nw = rng.multinomial(n_neg, np.full(n_neg, 1 / n_neg), size=n_boot) if n_neg else None
+    pred = s > threshold
+    zero = np.zeros(n_boot)
+    tp = pw @ pred[y] if n_pos else zero
+    fn = n_pos - tp
+    fp = nw @ pred[~y] if n_neg else zero
+    tn = n_neg - fp
+    boot = _rates(tn, fp, fn, tp)
+    boot["auc"] = _auc(r[y], r[~y], pw, nw) if n_pos and n_neg else np.full(n_boot, math.nan)
+    tail = 100 * (1 - level) / 2
+    for k in CI_METRICS:
+        values = boot[k]
+        if not y.size or np.isnan(values).all():
+            out[k].update(lo=math.nan, hi=math.nan)
+        else:
+            lo, hi = np.percentile(values, [tail, 100 - tail])
+            out[k].update(lo=float(lo), hi=float(hi))
+    for k, (num, den) in _PROPORTIONS.items():
+        lo, hi = wilson_interval(point[num], sum(point[d] for d in den), level)
+        out[k].update(wilson_lo=lo, wilson_hi=hi)
+    return out
+
+
+def operating_point(
+    val_labels, val_scores, test_labels, test_scores, target: float, test_ranking=None, **ci
+) -> dict:
+    """A threshold chosen on validation for `target` recall, applied to the test split.
+
+    Returns {"threshold", "chosen_on": "val", "target_recall", "reached", "note", "val":
+    bootstrap_ci on validation, "test": bootstrap_ci on test}; `ci` goes to `bootstrap_ci`
+    (n_boot, seed, level).
+    """
+    op = threshold_for_recall(val_labels, val_scores, target)
+    return {
+        "threshold": op.threshold,
+        "chosen_on": "val",
+        "target_recall": op.target_recall,
+        "reached": op.reached,
+        "note": op.note,
+        "val": bootstrap_ci(val_labels, val_scores, op.threshold, **ci),
+        "test": bootstrap_ci(test_labels, test_scores, op.threshold, ranking=test_ranking, **ci),
+    }
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free for any logit
+
+
+def fit_temperature(logits, labels) -> float:
+    """The temperature T > 0 minimising the binary cross-entropy of sigmoid(logit / T).
+
+    One scalar, so ranking and ROC-AUC are unchanged and only the probabilities move. Fitted on
+    validation logits (segmenters: the logit of the k-th largest pixel). Searched over log T in
+    [-4, 6] (T from 0.02 to 400) by bounded Brent; one class only raises ValueError (any T
+    would do, the fit says nothing).
+    """
+    from scipy.optimize import minimize_scalar
+
+    z = _flat(logits).astype(np.float64)
+    y = _flat(labels).astype(np.float64)
+    if z.shape != y.shape:
+        raise ValueError(f"{y.size} labels but {z.size} logits")
+    if not (0 < y.sum() < y.size):
+        raise ValueError(
+            "temperature scaling needs both positives and negatives among the validation images"
+        )
+
+    def nll(log_t: float) -> float:
+        x = z / math.exp(log_t)
+        # BCE with logits, stable: log(1 + e^x) − y·x.
+        return float(np.mean(np.logaddexp(0.0, x) - y * x))
+
+    fit = minimize_scalar(nll, bounds=(-4.0, 6.0), method="bounded", options={"xatol": 1e-6})
+    return float(math.exp(fit.x))
+
+
+def reliability_bins(labels, probs, bins: int = 10) -> dict[str, np.ndarray]:
+    """Equal-width probability bins: per bin the count, mean predicted probability and share of
+    positives (NaN in empty bins). The last bin includes 1.0."""
+    y = _flat(labels).astype(np.float64)
+    p = _flat(probs).astype(np.float64)
+    if y.shape != p.shape:
+        raise ValueError(f"{y.size} labels but {p.size} probabilities")
+    idx = np.clip((p * bins).astype(int), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.bincount(idx, weights=p, minlength=bins) / count
+        freq = np.bincount(idx, weights=y, minlength=bins) / count
+    return {
+        "count": count,
+        "confidence": conf,
+        "frequency": freq,
+        "edges": np.linspace(0, 1, bins + 1),
+    }
+
+
+def expected_calibration_error(labels, probs, bins: int = 10) -> float:
+    """ECE: the count-weighted mean |share of positives − mean probability| over
+    `reliability_bins` (NaN without images)."""
+    b = reliability_bins(labels, probs, bins)
+    n = b["count"].sum()
+    if not n:
+        return math.nan
+    full = b["count"] > 0
+    gap = np.abs(b["frequency"][full] - b["confidence"][full])
+    return float((b["count"][full] * gap).sum() / n)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A temperature fitted on validation and the ECE it gives, before and after."""
+
+    temperature: float
+    ece_val_before: float
+    ece_val_after: float
+    ece_test_before: float
+    ece_test_after: float
+    bins: int
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+def calibrate(val_logits, val_labels, test_logits, test_labels, bins: int = 10) -> Calibration:
+    """Fit a temperature on validation logits and measure ECE on both splits before and after."""
+    t = fit_temperature(val_logits, val_labels)
+
+    def ece(z, y, temp: float) -> float:
+        return expected_calibration_error(y, _sigmoid(_flat(z).astype(np.float64) / temp), bins)
+
+    return Calibration(
+        temperature=t,
+        ece_val_before=ece(val_logits, val_labels, 1.0),
+        ece_val_after=ece(val_logits, val_labels, t),
+        ece_test_before=ece(test_logits, test_labels, 1.0),
+        ece_test_after=ece(test_logits, test_labels, t),
+        bins=bins,
+    )
+
+
+def calibrated(logits, temperature: float) -> np.ndarray:
+    """Probabilities sigmoid(logit / T) (the one formula every calibrated figure uses)."""
+    return _sigmoid(_flat(logits).astype(np.float64) / temperature)

@@ -9,15 +9,26 @@ import pytest
 import torch
 
 from ptxfast.metrics import (
+    CI_METRICS,
+    _auc,
     area_grid,
     binary_metrics,
+    bootstrap_ci,
+    calibrate,
+    calibrated,
     dice,
     dice_from_counts,
+    expected_calibration_error,
+    fit_temperature,
+    operating_point,
     parity,
+    reliability_bins,
     seg_labels,
     sorted_labels,
+    threshold_for_recall,
     top_pixels,
     tune_cutoffs,
+    wilson_interval,
 )
 from ptxfast.models import PIXEL_THRESHOLD, min_area, score_k, segmenter_score
 
@@ -176,3 +187,155 @@ def test_tune_cutoffs_keeps_the_paper_rule_on_a_flat_surface():
     cut = tune_cutoffs(p, [1, 1, 1, 1], 64)
     assert (cut.pixel_threshold, cut.min_area) == (PIXEL_THRESHOLD, min_area(64))
     assert cut.as_dict() == {"pixel_threshold": 0.3, "min_area": 6, "val_f1": 1.0}
+
+
+# ----------------------------------------------------------------------- operating points
+
+
+def test_threshold_for_recall_picks_the_highest_threshold():
+    # Positives 0.9 0.8 0.7 0.3 (sorted), negatives 0.6 0.4 0.2 0.1.
+    op = threshold_for_recall(LABELS, SCORES, 0.75)
+    # 3 of 4 positives need s > t: t just below 0.7, above the next score 0.6.
+    assert op.threshold == pytest.approx(0.65) and op.reached and not op.note
+    assert op.recall == 0.75 and op.specificity == 1.0  # every negative is below 0.65
+    assert binary_metrics(LABELS, SCORES, op.threshold)["recall"] >= 0.75
+    # Any higher threshold loses the target: the choice is the highest that holds.
+    assert binary_metrics(LABELS, SCORES, 0.7)["recall"] < 0.75
+    full = threshold_for_recall(LABELS, SCORES, 1.0)
+    assert full.threshold == pytest.approx(0.25) and full.recall == 1.0
+    # 0.9 of 4 positives is 4 of them (ceil), 0.5 is 2.
+    assert threshold_for_recall(LABELS, SCORES, 0.9).threshold == full.threshold
+    assert threshold_for_recall(LABELS, SCORES, 0.5).threshold == pytest.approx(0.75)
+
+
+def test_threshold_for_recall_ties_and_edges():
+    # Two positives and a negative tie at 0.5: all three are called together.
+    y = [1, 1, 1, 0, 0]
+    s = [0.9, 0.5, 0.5, 0.5, 0.1]
+    op = threshold_for_recall(y, s, 0.5)  # 2 of 3 positives: the tie brings both
+    assert op.threshold == pytest.approx(0.3) and op.recall == 1.0 and op.specificity == 0.5
+    # The lowest score is a positive: the threshold sits between it and 0.
+    low = threshold_for_recall([1, 0, 1], [0.2, 0.6, 0.9], 1.0)
+    assert low.threshold == pytest.approx(0.1) and low.recall == 1.0
+    # float32 neighbours: the midpoint rounds onto one of them, so the lower one is taken.
+    a = np.float32(0.5)
+    b = np.nextafter(a, np.float32(1))
+    tight = threshold_for_recall([1, 0], np.array([b, a], dtype=np.float32), 1.0)
+    assert binary_metrics([1, 0], np.array([b, a], dtype=np.float32), tight.threshold)["fp"] == 0
+    assert tight.recall == 1.0
+
+
+def test_threshold_for_recall_unreachable_and_all_negative():
+    # A positive whose probability saturated at 0 is below every threshold in [0, 1).
+    op = threshold_for_recall([1, 1, 0], [0.8, 0.0, 0.3], 1.0)
+    assert op.threshold == 0.0 and not op.reached and op.recall == 0.5
+    assert "out of reach" in op.note and "1 of 2 positives" in op.note
+    with pytest.raises(ValueError, match="no positives"):
+        threshold_for_recall([0, 0, 0], [0.1, 0.5, 0.9], 0.9)
+    with pytest.raises(ValueError, match="must be in"):
+        threshold_for_recall(LABELS, SCORES, 1.5)
+
+
+def test_operating_point_applies_the_validation_threshold_to_test():
+    res = operating_point(LABELS, SCORES, [1, 0, 1], [0.66, 0.64, 0.2], 0.75, n_boot=200)
+    assert res["threshold"] == pytest.approx(0.65) and res["chosen_on"] == "val"
+    assert res["test"]["recall"]["value"] == 0.5 and res["test"]["specificity"]["value"] == 1.0
+    assert res["val"]["recall"]["value"] == 0.75
+
+
+# ------------------------------------------------------------------- confidence intervals
+
+
+def _constructed(n_pos: int, n_neg: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)].astype(int)
+    s = np.r_[rng.normal(1.0, 1.0, n_pos), rng.normal(0.0, 1.0, n_neg)]
+    return y, 1 / (1 + np.exp(-s))
+
+
+def test_auc_matches_scikit_learn_with_ties_and_weights():
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([1, 0, 1, 1, 0, 0, 1, 0])
+    s = np.array([0.5, 0.5, 0.9, 0.1, 0.3, 0.9, 0.7, 0.2])
+    assert binary_metrics(y, s, 0.5)["auc"] == pytest.approx(roc_auc_score(y, s))
+    # Weights as draw counts: equal to repeating the images.
+    pw, nw = np.array([[2, 0, 1, 1]]), np.array([[1, 3, 0, 0]])
+    rep = np.r_[np.repeat(s[y == 1], pw[0]), np.repeat(s[y == 0], nw[0])]
+    rep_y = np.r_[np.ones(pw.sum()), np.zeros(nw.sum())]
+    assert _auc(s[y == 1], s[y == 0], pw, nw)[0] == pytest.approx(roc_auc_score(rep_y, rep))
+
+
+def test_bootstrap_ci_holds_the_estimate_and_shrinks_with_n():
+    widths = {}
+    for n_pos in (10, 40, 160):
+        y, p = _constructed(n_pos, 5 * n_pos)
+        ci = bootstrap_ci(y, p, 0.5, n_boot=2000, seed=0)
+        assert ci == bootstrap_ci(y, p, 0.5, n_boot=2000, seed=0)  # seeded
+        point = binary_metrics(y, p, 0.5)
+        for k in CI_METRICS:
+            assert ci[k]["value"] == pytest.approx(point[k])
+            assert ci[k]["lo"] <= ci[k]["value"] <= ci[k]["hi"], k
+        for k in ("recall", "specificity", "precision", "npv"):
+            assert 0 <= ci[k]["wilson_lo"] <= ci[k]["value"] <= ci[k]["wilson_hi"] <= 1
+        widths[n_pos] = {k: ci[k]["hi"] - ci[k]["lo"] for k in CI_METRICS}
+    for k in CI_METRICS:
+        assert widths[10][k] > widths[40][k] > widths[160][k], k
+    # Stratified: each resample keeps the number of positives, so with all positives called
+    # recall never varies.
+    y, p = _constructed(10, 50)
+    assert bootstrap_ci(y, p, -1.0, n_boot=100)["recall"] == pytest.approx(
+        {
+            "value": 1.0,
+            "lo": 1.0,
+            "hi": 1.0,
+            "wilson_lo": wilson_interval(10, 10)[0],
+            "wilson_hi": 1.0,
+        }
+    )
+
+
+def test_wilson_interval_known_value():
+    # 7 of 7: the textbook Wilson lower bound is 0.646.
+    lo, hi = wilson_interval(7, 7)
+    assert lo == pytest.approx(0.6457, abs=1e-3) and hi == 1.0
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_bootstrap_is_fast_at_the_papers_test_size():
+    import time
+
+    y, p = _constructed(320, 1600)
+    t0 = time.perf_counter()
+    bootstrap_ci(y, p, 0.5, n_boot=2000)
+    assert time.perf_counter() - t0 < 5.0  # vectorised: well under a second on one core
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+def test_temperature_scaling_lowers_ece_on_overconfident_scores():
+    rng = np.random.default_rng(1)
+    true_logit = rng.normal(0.0, 1.5, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-true_logit))).astype(int)
+    over = 4.0 * true_logit  # an overconfident model: logits 4x too large
+    t = fit_temperature(over, y)
+    assert t == pytest.approx(4.0, rel=0.15)
+    before = expected_calibration_error(y, calibrated(over, 1.0))
+    after = expected_calibration_error(y, calibrated(over, t))
+    assert after < before / 2
+    cal = calibrate(over[:2000], y[:2000], over[2000:], y[2000:])
+    assert cal.ece_test_after < cal.ece_test_before and cal.ece_val_after < cal.ece_val_before
+    with pytest.raises(ValueError, match="both positives and negatives"):
+        fit_temperature([1.0, 2.0], [1, 1])
+
+
+def test_reliability_bins_and_ece_by_hand():
+    b = reliability_bins([0, 1, 1, 0], [0.05, 0.15, 0.95, 1.0], bins=10)
+    assert b["count"][0] == 1 and b["count"][1] == 1 and b["count"][9] == 2
+    assert b["frequency"][9] == 0.5 and b["confidence"][9] == pytest.approx(0.975)
+    # |0 − 0.05|, |1 − 0.15|, 2 × |0.5 − 0.975| over 4 images.
+    expect = (0.05 + 0.85 + 2 * 0.475) / 4
+    assert expected_calibration_error([0, 1, 1, 0], [0.05, 0.15, 0.95, 1.0]) == pytest.approx(
+        expect
+    )
