@@ -51,7 +51,12 @@ class TrainConfig:
     # the model starts from pretrained weights, all trainable from random init (frozen random
     # layers would only add noise).
     freezing: str = "paper"
-    # Every N epochs the training negatives are swapped for unseen pool ones; 0: never.
+    # The paper's three ways of handling the imbalance: "rotate" (balanced, the negatives
+    # swapped for unseen pool ones every `rotate_every` epochs; the paper's best), "all" (every
+    # training negative, pool included, in every epoch), "grow" (balanced at first, then a block
+    # of unseen negatives added every `rotate_every` epochs).
+    negatives: str = "rotate"
+    # Every N epochs "rotate" swaps and "grow" adds a block of negatives; 0: never.
     rotate_every: int = 4
     select: str = "f1"  # validation metric that picks best.pt
     seed: int = 0  # initial weights, data order, and the splits when splits.csv does not exist yet
@@ -77,6 +82,7 @@ class TrainConfig:
 
 _CHOICES = {
     "loss": ("bce", "bce+dice"),
+    "negatives": ("rotate", "all", "grow"),
     "optimizer": ("adam",),
     "freezing": ("paper", "none", "auto"),
     "select": ("f1", "auc", "recall", "precision"),
@@ -93,6 +99,7 @@ RESUME_FIXED = (
     "bn_momentum",
     "hflip",
     "freezing",
+    "negatives",
     "seed",
 )
 

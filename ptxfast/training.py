@@ -129,7 +129,9 @@ def load_data(cfg: TrainConfig, segmenter: nn.Module | None = None, sha: str = "
         raise TrainError("no dataset given; pass --data DIR (a CANDID-PTX or SIIM folder)")
     splits = ensure_splits(cfg.data, seed=cfg.seed)
     every = cfg.rotate_every if cfg.rotate_every > 0 else 1 << 30
-    rotation = NegativeRotation.from_splits(splits, every=every, seed=cfg.seed)
+    rotation = NegativeRotation.from_splits(
+        splits, every=every, seed=cfg.seed, strategy=cfg.negatives
+    )
     cache = _IMAGE_CACHE if cfg.cache_images else False
     # Cached items always carry the mask so one cache serves segmenters and classifiers alike.
     with_mask = cfg.cache_images or kind_of(cfg.arch) == "segmenter"

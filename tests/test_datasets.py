@@ -398,6 +398,58 @@ def test_rotation_from_splits() -> None:
     assert set(ids(r for r in block1 if not r.label)) <= set(ids(splits["pool"]))
 
 
+def test_negatives_all_trains_every_negative_every_epoch() -> None:
+    pos = [Record(f"p{i}", Path(f"p{i}"), None, ("1 1",)) for i in range(10)]
+    neg = negatives(45)
+    rot = NegativeRotation(pos, neg, n_neg=10, every=4, seed=0, strategy="all")
+    for epoch in (0, 3, 4, 17):
+        assert rot.records(epoch) == pos + neg
+    assert len(rot) == 55
+
+
+def test_negatives_grow_adds_unseen_blocks_until_the_pool_is_used_up() -> None:
+    pos = [Record(f"p{i}", Path(f"p{i}"), None, ("1 1",)) for i in range(10)]
+    neg = negatives(45)
+    grow = NegativeRotation(pos, neg, n_neg=10, every=4, seed=0, strategy="grow")
+    rotate = NegativeRotation(pos, neg, n_neg=10, every=4, seed=0)
+    counts = [len(grow.epoch_negatives(e)) for e in range(0, 24, 4)]
+    assert counts == [10, 20, 30, 40, 45, 45]  # a block of 10 every 4 epochs, then all 45
+    assert grow.records(3) == pos + neg[:10]  # balanced at first, the split's own negatives
+    for e in range(24):
+        now = ids(grow.epoch_negatives(e))
+        assert len(set(now)) == len(now)  # no negative twice in one epoch
+        if e:  # nothing seen is dropped: each epoch keeps the last one's and adds unseen ones
+            before = ids(grow.epoch_negatives(e - 1))
+            assert now[: len(before)] == before
+    # The blocks it adds are the rotation's blocks, in the same order, while unseen ones last.
+    for b in range(4):
+        assert grow.epoch_negatives(4 * b)[10 * b :] == rotate.block(b)
+    assert set(ids(grow.epoch_negatives(16))) == set(ids(neg))
+
+
+@pytest.mark.parametrize("strategy", ["rotate", "all", "grow"])
+def test_negative_strategies_resume_exactly(strategy: str) -> None:
+    splits = make_splits(synthetic_records(400, 68, seed=2))
+    fresh = NegativeRotation.from_splits(splits, every=2, seed=5, strategy=strategy)
+    in_order = [ids(fresh.records(e)) for e in range(12)]
+    # A resumed run builds its schedule anew and asks for a later epoch first.
+    resumed = NegativeRotation.from_splits(splits, every=2, seed=5, strategy=strategy)
+    assert [ids(resumed.records(e)) for e in range(7, 12)] == in_order[7:]
+    train_pos = {r.image_id for r in splits["train"] if r.label}
+    pool_and_train = {r.image_id for r in splits["train"] + splits["pool"] if not r.label}
+    for epoch_ids in in_order:
+        assert train_pos <= set(epoch_ids)
+        assert set(epoch_ids) - train_pos <= pool_and_train
+    n_train_neg = sum(1 for r in splits["train"] if not r.label)
+    first = len(in_order[0]) - len(train_pos)
+    assert first == (len(pool_and_train) if strategy == "all" else n_train_neg)
+
+
+def test_negative_strategy_unknown() -> None:
+    with pytest.raises(ValueError, match="choose one of rotate, all, grow"):
+        NegativeRotation([], negatives(3), strategy="some")
+
+
 # ------------------------------------------------------------------------------------ PTXDataset
 
 

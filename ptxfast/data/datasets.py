@@ -1,4 +1,4 @@
-"""Datasets: index CANDID-PTX / SIIM-ACR, merge masks, make the paper's splits, rotate negatives.
+"""Datasets: index CANDID-PTX / SIIM-ACR, merge masks, make the paper's splits, schedule negatives.
 
 Both layouts become one list of `Record`s, one per unique image. A CSV row per pneumothorax means
 an image can have several RLEs; its mask is their union. The splits follow the paper (train 80% of
@@ -516,15 +516,24 @@ def ensure_splits(root: str | Path, seed: int = 0, force: bool = False) -> dict[
 # ----------------------------------------------------------------------------- negative rotation
 
 
+NEGATIVE_STRATEGIES = ("rotate", "all", "grow")
+
+
 class NegativeRotation:
-    """The training set of an epoch: all train positives plus a block of `n_neg` negatives that
-    changes every `every` epochs to negatives not yet seen.
+    """The training set of an epoch: all train positives plus negatives by one of the paper's
+    three ways of handling the imbalance (`strategy`):
+
+    - "rotate": a block of `n_neg` negatives that changes every `every` epochs to negatives not
+      yet seen (the paper's best);
+    - "all": every negative (the split's train negatives and the pool) in every epoch;
+    - "grow": the first block, then every `every` epochs one more block of `n_neg` unseen
+      negatives added to those already in, until every negative is in.
 
     `negatives` is ordered: its first `n_neg` are the block of epochs 0..every-1 (the split's own
     train negatives), the rest (the pool) follow in a seeded order. When no unseen negatives are
-    left, a fresh seeded permutation of all negatives starts (negatives of the block in progress
-    count as seen in it). `records(epoch)` is a pure function of the epoch, so resuming at any
-    epoch gives the same data.
+    left, "rotate" starts a fresh seeded permutation of all negatives (negatives of the block in
+    progress count as seen in it). `records(epoch)` is a pure function of the epoch, so resuming
+    at any epoch gives the same data.
     """
 
     def __init__(
@@ -534,9 +543,14 @@ class NegativeRotation:
         n_neg: int | None = None,
         every: int = 4,
         seed: int = 0,
+        strategy: str = "rotate",
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be at least 1 epoch, got {every}")
+        if strategy not in NEGATIVE_STRATEGIES:
+            raise ValueError(
+                f"negatives strategy {strategy!r}; choose one of {', '.join(NEGATIVE_STRATEGIES)}"
+            )
         self.positives = list(positives)
         self.negatives = list(negatives)
         ids = [r.image_id for r in self.negatives]
@@ -548,22 +562,29 @@ class NegativeRotation:
         self.n_neg = min(n, len(self.negatives))
         self.every = every
         self.seed = seed
+        self.strategy = strategy
         self._blocks: list[list[Record]] = [self.negatives[: self.n_neg]]
         self._state: tuple[int, list[Record]] = (
             0,
             sorted(self.negatives[self.n_neg :], key=lambda r: self._key(0, r)),
         )
+        # The first pass in order: what "grow" adds a block of at a time.
+        self._first_pass = self._blocks[0] + self._state[1]
 
     @classmethod
     def from_splits(
-        cls, splits: dict[str, list[Record]], every: int = 4, seed: int = 0
+        cls,
+        splits: dict[str, list[Record]],
+        every: int = 4,
+        seed: int = 0,
+        strategy: str = "rotate",
     ) -> NegativeRotation:
         """Rotation over a split: train positives, train negatives first, then the pool."""
         train = splits["train"]
         initial = [r for r in train if not r.label]
-        return cls(
-            [r for r in train if r.label], initial + list(splits["pool"]), len(initial), every, seed
-        )
+        positives = [r for r in train if r.label]
+        negatives = initial + list(splits["pool"])
+        return cls(positives, negatives, len(initial), every, seed, strategy)
 
     def _key(self, cycle: int, r: Record) -> tuple[bytes, str]:
         return _rank(self.seed, "rotation", cycle, r.image_id), r.image_id
@@ -591,14 +612,23 @@ class NegativeRotation:
             self._blocks.append(block)
         return list(self._blocks[index])
 
-    def records(self, epoch: int) -> list[Record]:
-        """Positives then this epoch's negatives (the DataLoader shuffles)."""
+    def epoch_negatives(self, epoch: int) -> list[Record]:
+        """The negatives trained on in `epoch`, by the strategy."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
-        return self.positives + self.block(epoch // self.every)
+        if self.strategy == "all":
+            return list(self.negatives)
+        if self.strategy == "grow":
+            return self._first_pass[: self.n_neg * (epoch // self.every + 1)]
+        return self.block(epoch // self.every)
+
+    def records(self, epoch: int) -> list[Record]:
+        """Positives then this epoch's negatives (the DataLoader shuffles)."""
+        return self.positives + self.epoch_negatives(epoch)
 
     def __len__(self) -> int:
-        return len(self.positives) + self.n_neg
+        """Images of the first epoch ("grow" has more later; `records` says exactly)."""
+        return len(self.records(0))
 
 
 # -------------------------------------------------------------------------------- torch dataset
@@ -680,6 +710,7 @@ class PTXDataset(torch.utils.data.Dataset):
 __all__ = [
     "CANDID_COLUMNS",
     "SIIM_COLUMNS",
+    "NEGATIVE_STRATEGIES",
     "SPLITS_COLUMNS",
     "SPLIT_NAMES",
     "DatasetError",
