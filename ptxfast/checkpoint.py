@@ -4,11 +4,17 @@ A checkpoint is a plain dict of tensors and Python containers:
 {"model", "optimizer", "epoch", "metric", "model_args", "recipe", "version"} plus the state a resumed
 run needs to continue exactly (GradScaler, RNG states, best-so-far, history, negative-rotation
 position). Nothing in it is an arbitrary Python object, so loading runs no code.
+
+What `ptxfast evaluate` learns about a checkpoint on validation data (the operating thresholds
+chosen for target recalls, the calibration temperature) is not part of the weights: it goes to
+`evaluation.json` beside `best.pt` (`write_evaluation`), naming the checkpoint by sha256, and
+`read_evaluation` returns it only while that checkpoint is unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import random
@@ -26,18 +32,57 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says which file and what to do."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to `path` atomically (a temporary file in the same folder, then os.replace),
-    so a run killed mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
+EVALUATION_JSON = "evaluation.json"
+
+
+def _atomic(path: Path, write) -> Path:
+    """Call `write(tmp)` on a temporary file in `path`'s folder, then os.replace it onto `path`,
+    so a process killed mid-write leaves the previous file intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(state, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` to `path` atomically (a temporary file in the same folder, then os.replace),
+    so a run killed mid-write leaves the previous checkpoint intact."""
+    return _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def evaluation_path(checkpoint: str | Path) -> Path:
+    """Where the evaluation results of `checkpoint` live: evaluation.json beside it."""
+    return Path(checkpoint).with_name(EVALUATION_JSON)
+
+
+def write_evaluation(checkpoint: str | Path, results: dict[str, Any]) -> Path:
+    """Write the evaluation results of `checkpoint` (JSON-safe dict: operating points,
+    temperature) beside it, atomically, stamped with the checkpoint's name and sha256."""
+    checkpoint = Path(checkpoint)
+    doc = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint), **results}
+    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    return _atomic(evaluation_path(checkpoint), lambda tmp: tmp.write_text(text))
+
+
+def read_evaluation(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The evaluation results written for `checkpoint`, or None when there are none or they
+    belong to other weights (the checkpoint was retrained since: evaluate it again)."""
+    path = evaluation_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not readable JSON ({err}); rerun `ptxfast evaluate` to rewrite it"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("sha256") != sha256_file(checkpoint):
+        return None
+    return doc
 
 
 def link_checkpoint(src: str | Path, dst: str | Path) -> Path:

@@ -333,8 +333,34 @@ def train_command(
     type=click.IntRange(min=0),
     help="Images per mask-overlay figure (segmenters and cascades); 0 for none.",
 )
+@click.option(
+    "--target-recall",
+    "target_recalls",
+    multiple=True,
+    metavar="R",
+    help="Operating point: the highest threshold whose validation recall is at least R, "
+    "applied to test (repeatable; 'none' for no operating points) [default: 0.9 and 0.95].",
+)
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(min=100),
+    help="Stratified bootstrap resamples behind each 95% CI.",
+)
 def evaluate_command(
-    runs, data, out, models, device, batch_size, workers, tune_cutoffs, overlays
+    runs,
+    data,
+    out,
+    models,
+    device,
+    batch_size,
+    workers,
+    tune_cutoffs,
+    overlays,
+    target_recalls,
+    n_boot,
 ) -> None:
     """Score the trained models on the test split the way the paper reports them.
 
@@ -342,8 +368,17 @@ def evaluate_command(
     Each model at the size it was trained at: F1, recall, precision, specificity, ROC-AUC,
     confusion matrix, and Dice for segmenters and cascades. Labels by the paper's cut-offs:
     p > 0.5 for classifiers and cascades; more than 375 pixels (at 512², scaled by area)
-    above 0.3 for segmenters. Writes metrics.json, metrics.csv, confusion.png, roc.png,
-    recall_f1.png and overlays_<model>.png.
+    above 0.3 for segmenters. Besides them, operating points for target recalls chosen on
+    the validation split, sensitivity, specificity, PPV, NPV, F1 and AUC with 95% bootstrap
+    CIs, and temperature scaling fitted on validation (ECE before and after). Writes
+    metrics.json, metrics.csv, confusion.png, roc.png, recall_f1.png, reliability.png and
+    overlays_<model>.png, and RUNS/<model>/evaluation.json (thresholds and temperature, read
+    by `ptxfast export --operating-point`).
+
+    \b
+    Examples:
+      ptxfast evaluate --runs runs --target-recall 0.9
+      ptxfast evaluate --target-recall 0.9 --target-recall 0.95 --tune-cutoffs
     """
     import math
     import warnings
@@ -356,6 +391,8 @@ def evaluate_command(
 
     def fmt(v, digits: int = 3) -> str:
         return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+    targets = _target_recalls(target_recalls)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", datasets.DatasetWarning)
@@ -371,6 +408,8 @@ def evaluate_command(
                 overlays=overlays,
                 workers=workers,
                 progress=lambda line: console.print(line, highlight=False),
+                target_recalls=targets,
+                n_boot=n_boot,
             )
         except (evaluation.EvalError, checkpoint.CheckpointError, datasets.DatasetError) as e:
             raise PtxfastError(str(e)) from None
@@ -432,11 +471,74 @@ def evaluate_command(
         for name in report.missing:
             table.add_row(name, "not trained", *[""] * (len(columns) - 2), style="dim")
     Console().print(table)
+    if any(r.operating_points for r in report.results):
+        Console().print(_operating_point_table(report, fmt))
     console.print(
         f"wrote {len(report.files)} files to {report.out} in {report.seconds:.1f} s: "
-        + ", ".join(sorted(p.name for p in report.files.values())),
+        + ", ".join(sorted({p.name for p in report.files.values()})),
         highlight=False,
     )
+
+
+def _target_recalls(values: tuple[str, ...]) -> tuple[float, ...]:
+    """--target-recall values: numbers in (0, 1], or 'none'; nothing given means the defaults."""
+    from ptxfast.evaluation import DEFAULT_TARGET_RECALLS
+
+    if not values:
+        return DEFAULT_TARGET_RECALLS
+    if [v.lower() for v in values] == ["none"]:
+        return ()
+    out = []
+    for v in values:
+        try:
+            r = float(v)
+        except ValueError:
+            r = -1.0
+        if not 0 < r <= 1:
+            raise PtxfastError(f"--target-recall {v}: give a recall in (0, 1], e.g. 0.9, or none")
+        out.append(r)
+    return tuple(out)
+
+
+def _operating_point_table(report, fmt):
+    """Test figures with 95% CIs at the thresholds chosen on validation, and calibration."""
+    from rich import box
+    from rich.table import Table
+
+    n_boot = report.n_boot
+    table = Table(
+        title="operating points: threshold chosen on validation, figures on test [95% CI]",
+        caption=f"CIs: stratified bootstrap, {n_boot} resamples; T: temperature fitted on "
+        "validation, ECE on test before → after",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+    )
+    columns = ("model", "target", "thr.", "sensitivity", "specificity", "PPV", "NPV", "F1", "AUC")
+    for name in columns:
+        table.add_column(name, justify="left" if name == "model" else "right")
+    table.add_column("T / ECE", justify="right")
+
+    def ci(c: dict) -> str:
+        return f"{fmt(c['value'], 2)} [{fmt(c['lo'], 2)}, {fmt(c['hi'], 2)}]"
+
+    for r in report.results:
+        cal = r.calibration
+        t_ece = (
+            f"{cal['temperature']:.2f} / {cal['ece_test_before']:.2f}→{cal['ece_test_after']:.2f}"
+            if cal
+            else "—"
+        )
+        for i, op in enumerate(r.operating_points):
+            c = op["ci"]
+            table.add_row(
+                r.name if i == 0 else "",
+                f"≥{op['target_recall']:g}" + ("" if op["reached"] else " (!)"),
+                f"{op['threshold']:.3g}",
+                *(ci(c[k]) for k in ("recall", "specificity", "precision", "npv", "f1")),
+                ci(c["auc"]) if i == 0 else "",
+                t_ece if i == 0 else "",
+            )
+    return table
 
 
 # ---------------------------------------------------------------- export

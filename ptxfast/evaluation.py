@@ -11,6 +11,16 @@ ranked for ROC-AUC by the k-th largest pixel probability (`models.segmenter_scor
 the same labels at 0.3. Dice is that of the mask the pipeline reports: the pixels above 0.3 of an
 image called positive, an empty mask otherwise (empty vs empty = 1); `dice` averages all test
 images, `dice_pos` the images with a pneumothorax (the figure SIIM papers usually quote).
+
+Besides the paper's cut-offs, each model gets operating points for target recalls (default 0.90
+and 0.95): the highest threshold whose recall on the validation split reaches the target
+(`metrics.threshold_for_recall`; segmenters on their k-th-pixel score, whose threshold is then
+also the mask's pixel threshold), applied unchanged to the test split. Every row reports
+sensitivity, specificity, PPV, NPV, F1 and ROC-AUC with 95% stratified-bootstrap CIs (Wilson
+intervals beside them). A temperature fitted on the validation logits calibrates each model
+(ECE before and after, `reliability.png`). The thresholds and the temperature are written to
+`<runs>/<model>/evaluation.json` beside best.pt (`checkpoint.write_evaluation`), where `ptxfast
+export --operating-point` reads them; the checkpoint itself is not touched.
 """
 
 from __future__ import annotations
@@ -30,11 +40,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ptxfast import MODEL_NAMES, plots
 from ptxfast import metrics as M
-from ptxfast.checkpoint import model_from_checkpoint, sha256_file
+from ptxfast.checkpoint import model_from_checkpoint, sha256_file, write_evaluation
 from ptxfast.models import PIXEL_THRESHOLD, kind_of, min_area, score_k, segmenter_score
 
 CLASSIFIER_THRESHOLD = 0.5  # image probability above which classifiers and cascades say positive
 DEFAULT_OVERLAYS = 8
+DEFAULT_TARGET_RECALLS = (0.90, 0.95)
+N_BOOT = 2000  # bootstrap resamples per confidence interval
 # Decoded splits are kept in memory (fp16 images, uint8 masks) up to this size, so the eight
 # models decode each DICOM once; larger splits are streamed from disk for every model.
 _CACHE_BYTES = 3 << 30
@@ -44,6 +56,7 @@ METRIC_KEYS = (
     "recall",
     "precision",
     "specificity",
+    "npv",
     "accuracy",
     "auc",
     "tn",
@@ -55,6 +68,8 @@ METRIC_KEYS = (
     "dice",
     "dice_pos",
 )
+# 95% CI columns of the CSV: <metric>_lo, <metric>_hi (bootstrap) for each of M.CI_METRICS.
+CI_COLUMNS = tuple(f"{k}_{end}" for k in M.CI_METRICS for end in ("lo", "hi"))
 CSV_COLUMNS = (
     "model",
     "kind",
@@ -62,13 +77,20 @@ CSV_COLUMNS = (
     "size",
     "threshold",
     "min_area",
+    "target_recall",
+    "val_recall",
+    "val_specificity",
     *METRIC_KEYS,
+    *CI_COLUMNS,
+    "temperature",
     "checkpoint",
 )
 
 __all__ = [
+    "CI_COLUMNS",
     "CLASSIFIER_THRESHOLD",
     "CSV_COLUMNS",
+    "DEFAULT_TARGET_RECALLS",
     "METRIC_KEYS",
     "EvalError",
     "EvalReport",
@@ -94,8 +116,9 @@ class ModelResult:
     data: Path  # the dataset whose test split was scored
     cutoffs: dict[str, float]  # {"threshold"} or {"pixel_threshold", "min_area"}
     metrics: dict[str, float]  # METRIC_KEYS at `cutoffs` (dice NaN for classifiers)
+    ci: dict[str, dict[str, float]]  # M.bootstrap_ci of `metrics`: {metric: {value, lo, hi, …}}
     # Segmenters with tune=True: {"pixel_threshold", "min_area", "val_f1"} chosen on the
-    # validation split and METRIC_KEYS on the test split at those cut-offs.
+    # validation split and METRIC_KEYS ("metrics") and CIs ("ci") on the test split at them.
     tuned: dict[str, Any] | None
     image_ids: list[str]
     labels: np.ndarray  # 0/1 per test image
@@ -103,6 +126,13 @@ class ModelResult:
     # The logit behind each score: the same order, without float32 sigmoid saturation (many
     # confident images share p = 1.0), so ROC-AUC and the ROC curve rank by it.
     ranks: np.ndarray
+    # Per target recall: {"target_recall", "threshold", "chosen_on": "val", "reached", "note",
+    # "val": CIs on validation, "metrics" and "ci" on test} (see `_operating_points`).
+    operating_points: list[dict[str, Any]] = field(default_factory=list)
+    # M.Calibration.as_dict() (temperature fitted on validation logits), or None when the
+    # validation split holds one class; then `notes` says why.
+    calibration: dict[str, float] | None = None
+    notes: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -115,8 +145,11 @@ class EvalReport:
     device: str
     results: list[ModelResult]  # in the paper's order: classifiers, segmenters, cascades
     missing: list[str]  # asked-for models without <runs>/<name>/best.pt
-    files: dict[str, Path]  # metrics_json, metrics_csv, confusion, roc, recall_f1, overlays_<m>
+    # metrics_json, metrics_csv, confusion, roc, recall_f1, reliability, overlays_<m>,
+    # evaluation_<m> (the evaluation.json beside each best.pt)
+    files: dict[str, Path]
     seconds: float = 0.0
+    n_boot: int = N_BOOT
 
 
 # ------------------------------------------------------------------------------------ data
@@ -266,11 +299,68 @@ def _figures(
     threshold: float,
     dice: M.DiceScores | None,
     ranks: np.ndarray,
-) -> dict[str, float]:
+    n_boot: int,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(METRIC_KEYS at `threshold`, their 95% CIs by `M.bootstrap_ci`)."""
     result = M.binary_metrics(labels, score, threshold, ranking=ranks)
     result["dice"] = dice.mean if dice is not None else math.nan
     result["dice_pos"] = dice.mean_positive if dice is not None else math.nan
-    return {k: result[k] for k in METRIC_KEYS}
+    ci = M.bootstrap_ci(labels, score, threshold, ranking=ranks, n_boot=n_boot)
+    return {k: result[k] for k in METRIC_KEYS}, ci
+
+
+def _choose_thresholds(
+    name: str, root: Path, val: _Outputs, targets: Sequence[float]
+) -> list[M.OperatingPoint]:
+    """The operating point of each target recall on the validation outputs."""
+    if targets and not val.labels.any():
+        raise EvalError(
+            f"{name}: the validation split of {root} holds no pneumothorax ({len(val.labels)} "
+            "images), so no threshold can be chosen for a target recall; remake the splits "
+            f"with `ptxfast split --data {root} --force` or pass --target-recall none"
+        )
+    return [M.threshold_for_recall(val.labels, val.scores, r) for r in targets]
+
+
+def _operating_points(
+    kind: str,
+    chosen: Sequence[M.OperatingPoint],
+    val: _Outputs,
+    test: _Outputs,
+    n_boot: int,
+) -> list[dict[str, Any]]:
+    """Each validation-chosen threshold applied to the test split: figures and CIs on both."""
+    points = []
+    for op in chosen:
+        t = op.threshold
+        called = test.scores > t
+        # Segmenters: the threshold is the pixel threshold of the k-th-pixel rule, so the mask
+        # reported is the pixels above it; cascades keep the paper's 0.3 for their masks.
+        pixel = t if kind == "segmenter" else PIXEL_THRESHOLD
+        dice = _reported_dice(test, pixel, called) if kind != "classifier" else None
+        metrics, ci = _figures(test.labels, test.scores, t, dice, test.ranks, n_boot)
+        val_ci = M.bootstrap_ci(val.labels, val.scores, t, ranking=val.ranks, n_boot=n_boot)
+        points.append(
+            {
+                "target_recall": op.target_recall,
+                "threshold": t,
+                "chosen_on": "val",
+                "reached": op.reached,
+                "note": op.note,
+                "val": {"n": op.n, "n_pos": op.n_pos, **val_ci},
+                "metrics": metrics,
+                "ci": ci,
+            }
+        )
+    return points
+
+
+def _calibration(val: _Outputs, test: _Outputs) -> tuple[dict[str, float] | None, str]:
+    """Temperature scaling on the validation logits (segmenters: the k-th pixel's logit)."""
+    if not (0 < val.labels.sum() < len(val.labels)):
+        return None, "not calibrated: the validation split holds one class only"
+    cal = M.calibrate(val.ranks, val.labels, test.ranks, test.labels)
+    return cal.as_dict(), ""
 
 
 # ------------------------------------------------------------------------------- overlays
@@ -375,6 +465,8 @@ def _evaluate_model(
     tune: bool,
     overlays: int,
     out: Path,
+    targets: Sequence[float] = DEFAULT_TARGET_RECALLS,
+    n_boot: int = N_BOOT,
 ) -> ModelResult:
     kind = kind_of(name)
     model, state = model_from_checkpoint(path)
@@ -394,11 +486,18 @@ def _evaluate_model(
     if not root.is_dir():
         raise EvalError(f"dataset folder {root} (of {name}) not found; pass --data DIR")
     seed = int(recipe.get("seed", 0))
+    top_k = max(M.area_grid(size)) + 1 if tune and kind == "segmenter" else 0
+    # Validation first: it chooses the operating thresholds, whose masks the test pass counts.
+    val_out = _infer(
+        model, kind, shared.loader(shared.dataset(root, seed, "val", size)), device, (), top_k
+    )
+    chosen = _choose_thresholds(name, root, val_out, targets)
     test = shared.dataset(root, seed, "test", size)
     records = shared.records(root, seed, "test")
-    top_k = max(M.area_grid(size)) + 1 if tune and kind == "segmenter" else 0
-    thresholds = M.THRESHOLD_GRID if top_k else (PIXEL_THRESHOLD,)
-    res = _infer(model, kind, shared.loader(test), device, thresholds, top_k)
+    thresholds = set(M.THRESHOLD_GRID if top_k else (PIXEL_THRESHOLD,))
+    if kind == "segmenter":
+        thresholds |= {op.threshold for op in chosen}
+    res = _infer(model, kind, shared.loader(test), device, sorted(thresholds), top_k)
 
     if kind == "classifier":
         cutoffs: dict[str, float] = {"threshold": CLASSIFIER_THRESHOLD}
@@ -413,6 +512,8 @@ def _evaluate_model(
         called = res.scores > CLASSIFIER_THRESHOLD
         dice = _reported_dice(res, PIXEL_THRESHOLD, called)
     threshold = cutoffs.get("threshold", PIXEL_THRESHOLD)
+    metrics, ci = _figures(res.labels, res.scores, threshold, dice, res.ranks, n_boot)
+    calibration, note = _calibration(val_out, res)
     result = ModelResult(
         name=name,
         kind=kind,
@@ -422,29 +523,34 @@ def _evaluate_model(
         size=size,
         data=root,
         cutoffs=cutoffs,
-        metrics=_figures(res.labels, res.scores, threshold, dice, res.ranks),
+        metrics=metrics,
+        ci=ci,
         tuned=None,
         image_ids=[r.image_id for r in records],
         labels=res.labels,
         scores=res.scores,
         ranks=res.ranks,
+        operating_points=_operating_points(kind, chosen, val_out, res, n_boot),
+        calibration=calibration,
+        notes=[note] if note else [],
     )
+    result.notes += [op.note for op in chosen if op.note]
 
     if top_k:
-        val = shared.dataset(root, seed, "val", size)
-        val_out = _infer(model, kind, shared.loader(val), device, (), top_k)
         cut = M.tune_cutoffs(val_out.top, val_out.labels, size)
         # The (A+1)-th largest pixel is the score of the tuned rule, as the k-th is the paper's.
         tuned_score = res.top[:, cut.min_area]
         tuned_rank = res.top_ranks[:, cut.min_area]
         tuned_called = tuned_score > cut.pixel_threshold
         tuned_dice = _reported_dice(res, cut.pixel_threshold, tuned_called)
+        tuned_metrics, tuned_ci = _figures(
+            res.labels, tuned_score, cut.pixel_threshold, tuned_dice, tuned_rank, n_boot
+        )
         result.tuned = {
             **cut.as_dict(),
             "n_val": int(len(val_out.labels)),
-            "metrics": _figures(
-                res.labels, tuned_score, cut.pixel_threshold, tuned_dice, tuned_rank
-            ),
+            "metrics": tuned_metrics,
+            "ci": tuned_ci,
         }
 
     if overlays and kind != "classifier":
@@ -503,16 +609,30 @@ def _write_json(report: EvalReport, path: Path) -> Path:
                 "data": r.data,
                 "cutoffs": r.cutoffs,
                 "metrics": r.metrics,
+                "ci": r.ci,
                 "tuned": r.tuned,
+                "operating_points": r.operating_points,
+                "calibration": r.calibration,
+                "notes": r.notes,
                 "files": r.files,
             }
             for r in report.results
         },
         "missing": report.missing,
+        "bootstrap": {"resamples": report.n_boot, "seed": 0, "level": 0.95, "stratified": True},
         "files": {**report.files, "metrics_json": path},
     }
     path.write_text(json.dumps(_clean(doc), indent=2) + "\n")
     return path
+
+
+def _ci_columns(ci: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{k}_{end}": ci[k][end] for k in M.CI_METRICS for end in ("lo", "hi")}
+
+
+def operating_point_name(target_recall: float) -> str:
+    """How an operating point is named in tables and files: "recall>=0.90"."""
+    return f"recall>={target_recall:.2f}"
 
 
 def _csv_rows(result: ModelResult) -> list[dict[str, Any]]:
@@ -521,14 +641,17 @@ def _csv_rows(result: ModelResult) -> list[dict[str, Any]]:
         "kind": result.kind,
         "size": result.size,
         "checkpoint": result.checkpoint,
+        "temperature": (result.calibration or {}).get("temperature", ""),
     }
+    min_area_paper = result.cutoffs.get("min_area", "")
     rows = [
         {
             **base,
             "cutoffs": "paper",
             "threshold": result.cutoffs.get("threshold", result.cutoffs.get("pixel_threshold")),
-            "min_area": result.cutoffs.get("min_area", ""),
+            "min_area": min_area_paper,
             **result.metrics,
+            **_ci_columns(result.ci),
         }
     ]
     if result.tuned:
@@ -540,9 +663,54 @@ def _csv_rows(result: ModelResult) -> list[dict[str, Any]]:
                 "threshold": t["pixel_threshold"],
                 "min_area": t["min_area"],
                 **t["metrics"],
+                **_ci_columns(t["ci"]),
+            }
+        )
+    for op in result.operating_points:
+        rows.append(
+            {
+                **base,
+                "cutoffs": operating_point_name(op["target_recall"]),
+                "threshold": op["threshold"],
+                "min_area": min_area_paper,
+                "target_recall": op["target_recall"],
+                "val_recall": op["val"]["recall"]["value"],
+                "val_specificity": op["val"]["specificity"]["value"],
+                **op["metrics"],
+                **_ci_columns(op["ci"]),
             }
         )
     return rows
+
+
+def _evaluation_results(result: ModelResult, n_boot: int) -> dict[str, Any]:
+    """What evaluation learnt about one checkpoint on validation data, for evaluation.json:
+    the operating points (validation figures only: the test split is for reporting) and the
+    temperature. `ptxfast export --operating-point` reads it."""
+    from ptxfast import __version__
+
+    def val_only(op: dict[str, Any]) -> dict[str, Any]:
+        keep = ("target_recall", "threshold", "chosen_on", "reached", "note")
+        return {
+            **{k: op[k] for k in keep},
+            "score": "k-th largest pixel probability" if result.kind == "segmenter" else "p",
+            "val": op["val"],
+        }
+
+    return _clean(
+        {
+            "ptxfast": __version__,
+            "model": result.name,
+            "kind": result.kind,
+            "size": result.size,
+            "epoch": result.epoch,
+            "data": result.data,
+            "bootstrap": {"resamples": n_boot, "seed": 0, "level": 0.95, "stratified": True},
+            "operating_points": [val_only(op) for op in result.operating_points],
+            "calibration": result.calibration,
+            "notes": result.notes,
+        }
+    )
 
 
 def _write_csv(results: Sequence[ModelResult], path: Path) -> Path:
@@ -608,7 +776,8 @@ def _write_index(report: EvalReport, path: Path) -> Path:
     links = " · ".join(
         f'<a href="{esc(p.name)}">{esc(p.name)}</a>'
         for p in report.files.values()
-        if p.suffix in (".json", ".csv")
+        # evaluation.json files live beside their checkpoints, not in this folder
+        if p.suffix in (".json", ".csv") and p.parent == report.out
     )
     missing = (
         f'<p class="muted">not trained: {esc(", ".join(report.missing))}</p>'
@@ -628,12 +797,23 @@ def _write_index(report: EvalReport, path: Path) -> Path:
 
 
 def _plot_all(results: Sequence[ModelResult], out: Path) -> dict[str, Path]:
+    marks = [
+        [
+            plots.RocMark(
+                1 - op["metrics"]["specificity"],
+                op["metrics"]["recall"],
+                f"recall ≥ {op['target_recall']:g} on val",
+            )
+            for op in r.operating_points
+        ]
+        for r in results
+    ]
     files = {
         "confusion": plots.confusion_matrices(
             [(r.name, r.metrics) for r in results], out / "confusion.png"
         ),
         "roc": plots.roc_curves(
-            [(r.name, r.kind, r.labels, r.ranks) for r in results], out / "roc.png"
+            [(r.name, r.kind, r.labels, r.ranks) for r in results], out / "roc.png", marks
         ),
     }
     points = [(r.name, r.kind, r.metrics["recall"], r.metrics["f1"]) for r in results]
@@ -642,7 +822,35 @@ def _plot_all(results: Sequence[ModelResult], out: Path) -> dict[str, Path]:
         for r in results
         if r.tuned
     ]
+    # The first target's operating points (more would crowd the figure; all are in the files).
+    points += [
+        (
+            f"{r.name} ({plots.OPERATING_POINT} {r.operating_points[0]['target_recall']:g})",
+            r.kind,
+            r.operating_points[0]["metrics"]["recall"],
+            r.operating_points[0]["metrics"]["f1"],
+        )
+        for r in results
+        if r.operating_points
+    ]
     files["recall_f1"] = plots.recall_f1(points, out / "recall_f1.png")
+    calibrated = [r for r in results if r.calibration]
+    if calibrated:
+        files["reliability"] = plots.reliability_diagrams(
+            [
+                plots.ReliabilityPanel(
+                    r.name,
+                    M.reliability_bins(r.labels, M.calibrated(r.ranks, 1.0)),
+                    M.reliability_bins(r.labels, M.calibrated(r.ranks, t)),
+                    r.calibration["ece_test_before"],
+                    r.calibration["ece_test_after"],
+                    t,
+                )
+                for r in calibrated
+                for t in [r.calibration["temperature"]]
+            ],
+            out / "reliability.png",
+        )
     return files
 
 
@@ -676,6 +884,8 @@ def evaluate_runs(
     overlays: int = DEFAULT_OVERLAYS,
     workers: int = 0,
     progress: Callable[[str], None] | None = None,
+    target_recalls: Sequence[float] = DEFAULT_TARGET_RECALLS,
+    n_boot: int = N_BOOT,
 ) -> EvalReport:
     """Evaluate every trained model under `runs` on its test split and write the report.
 
@@ -685,7 +895,9 @@ def evaluate_runs(
     models: names (list or comma-separated; default all eight, missing ones are listed, not an
     error); tune: also choose the segmenters' (pixel threshold, min area) on the validation split
     by F1 and report the test figures at them; overlays: images per overlay figure (0: none);
-    progress: called with one line per model.
+    progress: called with one line per model; target_recalls: the operating points chosen on
+    validation and reported on test (empty: none); n_boot: bootstrap resamples per CI.
+    Each model's operating thresholds and temperature also go to <runs>/<name>/evaluation.json.
     """
     start = time.perf_counter()
     runs = Path(runs)
@@ -695,6 +907,12 @@ def evaluate_runs(
         )
     if batch_size < 1:
         raise EvalError(f"batch size must be at least 1, got {batch_size}")
+    bad = [r for r in target_recalls if not 0 < r <= 1]
+    if bad:
+        raise EvalError(f"target recall {bad[0]} must be in (0, 1], e.g. --target-recall 0.9")
+    if n_boot < 100:
+        raise EvalError(f"{n_boot} bootstrap resamples are too few for a 95% CI; use 100 or more")
+    targets = sorted(set(float(r) for r in target_recalls))
     names = _names(models)
     present = [n for n in names if (runs / n / "best.pt").is_file()]
     missing = [n for n in names if n not in present]
@@ -711,15 +929,26 @@ def evaluate_runs(
     results = []
     for name in present:
         t0 = time.perf_counter()
-        r = _evaluate_model(name, runs / name / "best.pt", data, shared, dev, tune, overlays, out)
+        ckpt = runs / name / "best.pt"
+        r = _evaluate_model(
+            name, ckpt, data, shared, dev, tune, overlays, out, targets=targets, n_boot=n_boot
+        )
+        r.files["evaluation"] = write_evaluation(ckpt, _evaluation_results(r, n_boot))
+        ops = ", ".join(
+            f"t {op['threshold']:.3g} for recall ≥ {op['target_recall']:g}"
+            for op in r.operating_points
+        )
         say(
             f"{name}: {r.metrics['n']} test images at {r.size}² on {dev}, F1 "
-            f"{r.metrics['f1']:.3f} ({time.perf_counter() - t0:.1f} s)"
+            f"{r.metrics['f1']:.3f}{'; ' + ops if ops else ''} ({time.perf_counter() - t0:.1f} s)"
         )
+        for note in r.notes:
+            say(f"  {name}: {note}")
         results.append(r)
     files: dict[str, Path] = _plot_all(results, out)
-    files.update({f"overlays_{r.name}": r.files["overlays"] for r in results if r.files})
-    report = EvalReport(runs, out, str(dev), results, missing, files)
+    for r in results:
+        files.update({f"{k}_{r.name}": v for k, v in r.files.items()})
+    report = EvalReport(runs, out, str(dev), results, missing, files, n_boot=n_boot)
     files["metrics_csv"] = _write_csv(results, out / "metrics.csv")
     files["metrics_json"] = _write_json(report, out / "metrics.json")
     files["index"] = _write_index(report, out / "index.html")

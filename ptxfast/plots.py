@@ -1,6 +1,6 @@
-"""The paper's figures as PNG: mask overlays, confusion matrices, ROC curves, recall vs F1; and
-the figures of a scoring run (probability histogram) and of a benchmark (throughput and latency
-against batch size).
+"""The paper's figures as PNG: mask overlays, confusion matrices, ROC curves, recall vs F1,
+reliability diagrams of the calibration; and the figures of a scoring run (probability
+histogram) and of a benchmark (throughput and latency against batch size).
 
 Figures are built on `matplotlib.figure.Figure` objects and written by the Agg canvas, so nothing
 here touches pyplot's global state or needs a display. Inputs are plain arrays and numbers; the
@@ -22,16 +22,23 @@ KIND_LINES = {"classifier": "-", "segmenter": "--", "cascade": "-."}
 OUTCOME_COLORS = {"TP": "#1a9641", "TN": "#404040", "FP": "#e66101", "FN": "#d7191c"}
 TRUE_COLOR = "#00e5ff"  # true mask outline: cyan reads on gray and is apart from the prediction
 PRED_COLOR = "#ff2d95"  # predicted mask: magenta fill, distinct for red-green colour blindness
+# Recall-vs-F1 labels containing this word are operating points (drawn as diamonds).
+OPERATING_POINT = "recall ≥"
+_ROC_MARKERS = ("o", "s", "^", "D")  # one per operating point of a curve, in order
 _DPI = 110
 
 __all__ = [
     "KIND_COLORS",
+    "OPERATING_POINT",
     "OverlayTile",
+    "ReliabilityPanel",
+    "RocMark",
     "confusion_matrices",
     "latency_by_batch",
     "overlay_grid",
     "probability_histogram",
     "recall_f1",
+    "reliability_diagrams",
     "roc_curves",
     "throughput_by_batch",
 ]
@@ -162,9 +169,23 @@ def confusion_matrices(
     return _save(fig, path)
 
 
-def roc_curves(curves: Sequence[tuple[str, str, np.ndarray, np.ndarray]], path: str | Path) -> Path:
+@dataclass(frozen=True)
+class RocMark:
+    """An operating point on a ROC curve: where its threshold lands on the plotted split."""
+
+    fpr: float  # 1 − specificity
+    tpr: float  # recall
+    label: str  # e.g. "recall ≥ 0.9 on val"
+
+
+def roc_curves(
+    curves: Sequence[tuple[str, str, np.ndarray, np.ndarray]],
+    path: str | Path,
+    marks: Sequence[Sequence[RocMark]] | None = None,
+) -> Path:
     """ROC curves of (name, kind, labels, scores) on one plot, AUC in the legend; a model whose
-    labels hold one class has no curve and is listed as "AUC n/a"."""
+    labels hold one class has no curve and is listed as "AUC n/a". `marks` (one list per curve)
+    are operating points, drawn on the curve in its colour, one marker shape per position."""
     from matplotlib.lines import Line2D
     from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -172,6 +193,7 @@ def roc_curves(curves: Sequence[tuple[str, str, np.ndarray, np.ndarray]], path: 
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle=":", label="chance")
     palette = [f"C{i}" for i in range(10)]
+    mark_names: dict[int, str] = {}
     for i, (name, kind, labels, scores) in enumerate(curves):
         y = np.asarray(labels).astype(bool).ravel()
         s = np.asarray(scores, dtype=np.float64).ravel()
@@ -182,6 +204,32 @@ def roc_curves(curves: Sequence[tuple[str, str, np.ndarray, np.ndarray]], path: 
             ax.plot(fpr, tpr, label=f"{name} ({kind}) AUC {auc:.3f}", **style)
         else:
             ax.add_line(Line2D([], [], label=f"{name} ({kind}) AUC n/a", **style))
+        for j, m in enumerate((marks[i] if marks else ()) or ()):
+            shape = _ROC_MARKERS[j % len(_ROC_MARKERS)]
+            mark_names.setdefault(j, m.label)
+            ax.plot(
+                [m.fpr],
+                [m.tpr],
+                marker=shape,
+                markersize=7,
+                color=style["color"],
+                markerfacecolor="white",
+                markeredgewidth=1.6,
+                linestyle="",
+                zorder=4,
+            )
+    for j, label in mark_names.items():
+        ax.add_line(
+            Line2D(
+                [],
+                [],
+                marker=_ROC_MARKERS[j % len(_ROC_MARKERS)],
+                linestyle="",
+                color="gray",
+                markerfacecolor="white",
+                label=f"threshold for {label}",
+            )
+        )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -281,6 +329,7 @@ def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path)
     seen: dict[tuple[float, float], int] = {}
     for label, kind, recall, f1 in points:
         tuned = "tuned" in label
+        operating = OPERATING_POINT in label
         color = KIND_COLORS.get(kind, "black")
         # Models at the same place become concentric rings, so each colour stays visible; the
         # label starts outside the outermost ring.
@@ -292,7 +341,8 @@ def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path)
             [f1],
             [recall],
             s=70 * (1 + 1.3 * k) ** 2,
-            color="none" if k else "white" if tuned else color,
+            marker="D" if operating else "o",
+            color="none" if k else "white" if tuned or operating else color,
             edgecolors=color,
             linewidths=1.8,
             zorder=3 - 0.01 * k,
@@ -333,6 +383,18 @@ def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path)
                 markerfacecolor="white",
                 color="gray",
                 label="tuned cut-offs",
+            )
+        )
+    if any(OPERATING_POINT in p[0] for p in points):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="D",
+                linestyle="",
+                markerfacecolor="white",
+                color="gray",
+                label="threshold chosen on validation",
             )
         )
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
@@ -471,4 +533,48 @@ def latency_by_batch(series: Sequence[BatchSeries], path: str | Path, where: str
         Line2D([], [], color="gray", marker="v", linestyle="--", label="p99"),
     ]
     ax.legend(handles=handles, fontsize=8)
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class ReliabilityPanel:
+    """One model's reliability diagram: `metrics.reliability_bins` before and after scaling."""
+
+    name: str
+    before: dict[str, np.ndarray]
+    after: dict[str, np.ndarray]
+    ece_before: float
+    ece_after: float
+    temperature: float
+
+
+def reliability_diagrams(
+    panels: Sequence[ReliabilityPanel], path: str | Path, columns: int = 4
+) -> Path:
+    """Share of positives against mean predicted probability per bin, before (gray) and after
+    (blue) temperature scaling, one panel per model; marker area follows the bin's count."""
+    if not panels:
+        raise ValueError("no reliability diagrams to draw")
+    fig, axes = _grid(len(panels), columns, 3.1, 0.5)
+    for ax, p in zip(axes, panels, strict=True):
+        ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle=":")
+        for bins, color, what in ((p.before, "#7f7f7f", "raw"), (p.after, "#1f77b4", "scaled")):
+            full = bins["count"] > 0
+            size = 12 + 60 * bins["count"][full] / max(bins["count"].max(), 1)
+            x, y = bins["confidence"][full], bins["frequency"][full]
+            ax.plot(x, y, color=color, lw=1.2, label=what)
+            ax.scatter(x, y, s=size, color=color)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("mean predicted probability", fontsize=8)
+        ax.set_ylabel("share with pneumothorax", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(
+            f"{p.name}  T = {p.temperature:.2f}\nECE {p.ece_before:.3f} → {p.ece_after:.3f}",
+            fontsize=9,
+        )
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+        ax.grid(alpha=0.3)
+    fig.suptitle("reliability (test split), temperature fitted on validation", fontsize=11)
     return _save(fig, path)

@@ -22,7 +22,7 @@ from ptxfast.recipes import TrainConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 S = 64
 TRAINED = ("rn34", "rn34un", "rn34un+rn34")
-FIGURES = ("confusion.png", "roc.png", "recall_f1.png")
+FIGURES = ("confusion.png", "roc.png", "recall_f1.png", "reliability.png")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,9 @@ def report(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny split's quotas are scaled down, on purpose
-        return evaluate_runs(runs, out=out, device="cpu", batch_size=4, tune=True, overlays=4)
+        return evaluate_runs(
+            runs, out=out, device="cpu", batch_size=4, tune=True, overlays=4, n_boot=200
+        )
 
 
 def test_report_has_every_model_metric_and_file(report, runs):
@@ -90,13 +92,20 @@ def test_report_has_every_model_metric_and_file(report, runs):
     with open(report.out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS
+    ops = [("recall>=0.90",), ("recall>=0.95",)]
     assert [(r["model"], r["cutoffs"]) for r in rows] == [
         ("rn34", "paper"),
+        *[("rn34", *o) for o in ops],
         ("rn34un", "paper"),
         ("rn34un", "tuned"),
+        *[("rn34un", *o) for o in ops],
         ("rn34un+rn34", "paper"),
+        *[("rn34un+rn34", *o) for o in ops],
     ]
-    assert rows[1]["min_area"] == str(min_area(S)) and rows[0]["threshold"] == "0.5"
+    assert rows[3]["min_area"] == str(min_area(S)) and rows[0]["threshold"] == "0.5"
+    for row in rows:  # every row carries its 95% CIs
+        for k in ("recall", "specificity", "precision", "npv", "f1"):
+            assert float(row[f"{k}_lo"]) <= float(row[k]) <= float(row[f"{k}_hi"]), (row, k)
 
 
 def test_segmenter_figures_match_a_direct_computation(report, runs, phantoms):
@@ -134,6 +143,7 @@ def test_cli_evaluate_writes_every_file(runs, phantoms, tmp_path):
     result = CliRunner().invoke(cli, [*args, "--overlays", "2"])
     assert result.exit_code == 0, result.output
     assert "rn34un+rn34" in result.output and re.search(r"eb3 +not trained", result.output)
+    assert "operating points" in result.output
     for name in ("metrics.json", "metrics.csv", *FIGURES, "overlays_rn34un+rn34.png"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "metrics.json").read_text())
@@ -167,3 +177,76 @@ def test_index_shows_every_figure_and_file(report):
     assert report.files["index"] == report.out / "index.html"
     for r in report.results:
         assert f"<td>{r.name}</td>" in text and f"{r.metrics['f1']:.3f}" in text
+
+
+def test_operating_points_are_chosen_on_validation_and_applied_to_test(report, runs, phantoms):
+    from ptxfast.checkpoint import read_evaluation
+    from ptxfast.data.datasets import ensure_splits
+
+    n_val_pos = sum(r.label for r in ensure_splits(phantoms)["val"])
+    assert n_val_pos > 0
+    for r in report.results:
+        assert [op["target_recall"] for op in r.operating_points] == [0.9, 0.95]
+        for op in r.operating_points:
+            # The threshold reaches the target on validation, and a higher one would not.
+            assert op["chosen_on"] == "val"
+            if op["reached"]:
+                assert op["val"]["recall"]["value"] >= op["target_recall"]
+            # On test: exactly the figures of `score > threshold`.
+            expect = binary_metrics(r.labels, r.scores, op["threshold"], ranking=r.ranks)
+            for k in ("tp", "fp", "fn", "tn", "recall", "specificity", "npv"):
+                assert op["metrics"][k] == pytest.approx(expect[k]), (r.name, k)
+            for k in ("recall", "specificity", "precision", "npv", "f1", "auc"):
+                c = op["ci"][k]
+                assert c["lo"] <= c["value"] <= c["hi"]
+        # evaluation.json beside best.pt holds the same thresholds and the temperature.
+        saved = read_evaluation(runs / r.name / "best.pt")
+        assert saved is not None and saved["sha256"] == r.sha256
+        assert [p["threshold"] for p in saved["operating_points"]] == [
+            op["threshold"] for op in r.operating_points
+        ]
+        assert "test" not in json.dumps(saved["operating_points"])  # validation figures only
+        assert saved["calibration"]["temperature"] == r.calibration["temperature"] > 0
+        assert r.files["evaluation"] == runs / r.name / "evaluation.json"
+    seg = next(r for r in report.results if r.name == "rn34un")
+    # The segmenter's threshold is on its k-th-pixel score (its validation probabilities).
+    assert 0 <= seg.operating_points[0]["threshold"] < 1
+
+
+def test_evaluation_json_is_ignored_once_the_checkpoint_changes(runs, tmp_path):
+    import shutil
+
+    from ptxfast.checkpoint import read_evaluation, write_evaluation
+
+    ckpt = tmp_path / "best.pt"
+    shutil.copyfile(runs / "rn34" / "best.pt", ckpt)
+    write_evaluation(ckpt, {"operating_points": [{"threshold": 0.2}]})
+    assert read_evaluation(ckpt)["operating_points"][0]["threshold"] == 0.2
+    ckpt.write_bytes(ckpt.read_bytes() + b"0")  # retrained: other bytes
+    assert read_evaluation(ckpt) is None
+
+
+def test_target_recall_errors_and_none(runs, tmp_path):
+    from click.testing import CliRunner
+
+    from ptxfast.cli import cli
+
+    base = ["evaluate", "--runs", str(runs), "--models", "rn34", "--device", "cpu"]
+    bad = CliRunner().invoke(cli, [*base, "--target-recall", "1.5"])
+    assert bad.exit_code != 0 and "give a recall in (0, 1]" in bad.output
+    out = tmp_path / "e"
+    plain = CliRunner().invoke(
+        cli, [*base, "--target-recall", "none", "--out", str(out), "--bootstrap", "100"]
+    )
+    assert plain.exit_code == 0, plain.output
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["models"]["rn34"]["operating_points"] == []
+
+
+def test_all_negative_validation_is_a_clear_error(tmp_path):
+    from ptxfast.evaluation import _choose_thresholds, _Outputs
+
+    val = _Outputs(np.zeros(5, dtype=int), np.linspace(0.1, 0.9, 5), np.zeros(5))
+    with pytest.raises(EvalError, match="holds no pneumothorax .*--target-recall none"):
+        _choose_thresholds("rn34", tmp_path, val, (0.9,))
+    assert _choose_thresholds("rn34", tmp_path, val, ()) == []
