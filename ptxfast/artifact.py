@@ -1,7 +1,8 @@
 """Export artifacts on disk: one model file plus a JSON sidecar, written atomically, verified on load.
 
 `exports/<name>.<backend>-<precision>.<ext>` holds the model (`.ts` TorchScript, `.ep` exported
-program) and `exports/<name>.<backend>-<precision>.json` says what it is: input size and dtype,
+program, `.onnx` for ONNX Runtime as `<name>.onnx-fp32.onnx` and OpenVINO as
+`<name>.openvino-<precision>.onnx`) and `exports/<name>.<backend>-<precision>.json` says what it is: input size and dtype,
 thresholds, backend, precision, versions, the sha256 of the model file and of the checkpoints it
 came from, and the parity figures measured at export. The model file is written first and the
 sidecar last, each through a temporary file and `os.replace`, so a sidecar never names a file that
@@ -20,7 +21,10 @@ from ptxfast.checkpoint import sha256_file
 
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".json"
-EXTENSIONS = {"torchscript": "ts", "exported_program": "ep"}
+EXTENSIONS = {"torchscript": "ts", "exported_program": "ep", "onnx": "onnx"}
+# The backend part of a file name where it is not the backend's own name: the ONNX Runtime
+# artifact is the portable one, `<name>.onnx-fp32.onnx`.
+FILE_TAGS = {"onnxruntime": "onnx"}
 
 # Every sidecar carries these keys (tests and loaders rely on them).
 SIDECAR_FIELDS = (
@@ -72,9 +76,10 @@ class Sidecar(dict):
         )
 
 
-def stem(name: str, backend: str, precision: str) -> str:
-    """`eb3un+eb3.torchscript-fp32`: the file name of an artifact without its extension."""
-    return f"{name}.{backend}-{precision}"
+def file_stem(name: str, backend: str, precision: str) -> str:
+    """`eb3un+eb3.torchscript-fp32`, `eb3un+eb3.onnx-fp32`: an artifact's file name without its
+    extension."""
+    return f"{name}.{FILE_TAGS.get(backend, backend)}-{precision}"
 
 
 def _atomic_tmp(path: Path) -> Path:

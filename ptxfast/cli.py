@@ -568,12 +568,13 @@ def _operating_point_table(report, fmt):
     default="exports",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Artifacts go to OUT/<name>.<backend>-<precision>.{ts,ep,json}.",
+    help="Artifacts go to OUT/<name>.<backend>-<precision>.{ts,ep,onnx,json}.",
 )
 @click.option(
     "--backend",
-    type=click.Choice(["tensorrt", "torchscript"]),
-    help="[default: tensorrt where it can run, else torchscript]",
+    type=click.Choice(["tensorrt", "torchscript", "onnxruntime", "onnx", "openvino"]),
+    help="[default: on CUDA tensorrt where it can run, else torchscript; on a CPU the fastest "
+    "candidate that passes the gate] onnx = onnxruntime (the portable .onnx artifact).",
 )
 @click.option(
     "--precision",
@@ -629,22 +630,37 @@ def _operating_point_table(report, fmt):
     help="Largest |Δrecall| vs eager fp32 [default: reported, not gated].",
 )
 @click.option(
+    "--max-dauc",
+    type=click.FloatRange(min=0),
+    help="Largest |ΔROC-AUC| vs eager fp32 [default: 0.01; bf16 0.02].",
+)
+@click.option(
+    "--max-ddice",
+    type=click.FloatRange(min=0),
+    help="Largest |Δ mean Dice| of the masks vs eager fp32 [default: 0.01; bf16 0.02].",
+)
+@click.option(
     "--max-dprob",
     type=click.FloatRange(min=0),
     help="Largest |Δprobability| [default: fp32 1e-4, fp16 0.02, bf16 0.15].",
 )
 def export_command(
     cascade, model, runs, checkpoint, out, backend, precision, batch, size, device, data, profile,
-    return_mask, parity_n, seed, min_agreement, max_df1, max_drecall, max_dprob,
+    return_mask, parity_n, seed, min_agreement, max_df1, max_drecall, max_dprob, max_dauc,
+    max_ddice,
 ) -> None:  # fmt: skip
     """Fuse a trained model into one graph, compile it, gate it on parity, write an artifact.
 
     \b
-    The artifact (TorchScript .ts, or TensorRT as .ts / exported program .ep) comes with a
-    JSON sidecar: input size and dtype, thresholds, versions, sha256 of the artifact and of
-    its checkpoints, and the parity figures against eager fp32. An export outside the
-    tolerances fails and writes nothing.
+    The artifact (TorchScript .ts, TensorRT as .ts / exported program .ep, ONNX .onnx for
+    onnxruntime and openvino) comes with a JSON sidecar: input size and dtype, thresholds,
+    versions, sha256 of the artifact and of its checkpoints, and the parity figures against
+    eager fp32. An export outside the tolerances fails and writes nothing. On a CPU without
+    --backend, every CPU backend that runs here is built, gated and timed, and the fastest
+    that passes is written (the table is printed and kept in the sidecar).
       ptxfast export --cascade eb3un+eb3
+      ptxfast export --cascade eb3un+eb3 --backend onnx
+      ptxfast export --cascade eb3un+eb3 --backend openvino --precision bf16
       ptxfast export --cascade eb3un+eb3 --profile cpu-bf16
       ptxfast export --model eb3un --backend torchscript --precision fp32
     """
@@ -676,22 +692,20 @@ def export_command(
         table.add_column()
         table.add_row(
             "data",
-            f"{parity.get('source')} ({parity.get('n')} images, {parity.get('n_positive')} positive)",
+            f"{parity.get('source')} ({parity.get('n')} images, {parity.get('n_pos')} positive)",
         )
         table.add_row("label agreement", f"{parity['agreement']:.2%}")
+        for key, what in (("f1", "F1"), ("recall", "recall"), ("auc", "ROC-AUC"), ("dice", "Dice")):
+            if parity.get(key) is not None and parity.get(f"{key}_ref") is not None:
+                table.add_row(
+                    f"{what} eager → artifact",
+                    f"{parity[f'{key}_ref']:.4f} → {parity[key]:.4f} "
+                    f"(Δ {parity[key] - parity[f'{key}_ref']:+.4f})",
+                )
         table.add_row(
-            "F1 eager → artifact",
-            f"{parity['f1_reference']:.4f} → {parity['f1_artifact']:.4f} (Δ {parity['delta_f1']:+.4f})",
+            "max |Δprob|", f"{parity['max_abs_diff']:.3g} (mean {parity['mean_abs_diff']:.2g})"
         )
-        table.add_row(
-            "recall eager → artifact",
-            f"{parity['recall_reference']:.4f} → {parity['recall_artifact']:.4f} (Δ {parity['delta_recall']:+.4f})",
-        )
-        table.add_row(
-            "max |Δprob|",
-            f"{parity['max_abs_delta_prob']:.3g} (mean {parity['mean_abs_delta_prob']:.2g})",
-        )
-        if "max_abs_delta_area" in parity:
+        if parity.get("max_abs_delta_area") is not None:
             table.add_row("max |Δarea|", f"{parity['max_abs_delta_area']} px")
         tol = parity.get("tolerance", {})
         table.add_row("tolerance", ", ".join(f"{k} {v:g}" for k, v in tol.items() if v is not None))
@@ -703,7 +717,7 @@ def export_command(
             precision=precision, batch=parse_batch(batch) if batch else None, size=size,
             device=device, data=data, profile=profile, return_mask=return_mask,
             parity_n=parity_n, seed=seed, min_agreement=min_agreement, max_df1=max_df1,
-            max_drecall=max_drecall, max_dprob=max_dprob,
+            max_drecall=max_drecall, max_dprob=max_dprob, max_dauc=max_dauc, max_ddice=max_ddice,
         )  # fmt: skip
         result = export_model(
             cfg, say=lambda line: console.print(line, highlight=False, markup=False)
@@ -741,6 +755,28 @@ def export_command(
     table.add_row("time", f"{result.seconds:.1f} s")
     Console().print(table)
     Console().print(figures_table(s["parity"]))
+    if s.get("selection"):
+        Console().print(selection_table(s["selection"]))
+
+
+def selection_table(selection: dict):
+    """The CPU default choice: each candidate's speed and gate, the chosen one marked."""
+    from rich.table import Table
+
+    table = Table(title=f"CPU candidates ({selection['how']})")
+    for col in ("backend", "precision", "images/s", "max |Δprob|", "agreement", "gate"):
+        table.add_column(col, justify="right" if col in ("images/s", "max |Δprob|") else "left")
+    for c in selection["candidates"]:
+        gate = "passed" if c["passed"] else "failed: " + "; ".join(c["failed"])
+        table.add_row(
+            ("→ " if c["chosen"] else "") + c["backend"],
+            c["precision"],
+            f"{c['images_per_s']:.1f}" if c["images_per_s"] else "—",
+            f"{c['max_abs_diff']:.2g}" if c["max_abs_diff"] is not None else "—",
+            f"{c['agreement']:.2%}" if c["agreement"] is not None else "—",
+            gate,
+        )
+    return table
 
 
 # ---------------------------------------------------------------- score

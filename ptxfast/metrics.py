@@ -140,20 +140,38 @@ def binary_metrics(labels, scores, threshold: float, ranking=None) -> dict[str, 
     }
 
 
-def parity(ref_probs, probs, labels, threshold: float = 0.5) -> dict[str, float]:
-    """How far `probs` (e.g. an exported or fp16 model) is from `ref_probs` (eager fp32).
+def parity(
+    ref_probs,
+    probs,
+    labels,
+    threshold: float = 0.5,
+    *,
+    ref_areas=None,
+    areas=None,
+    ref_dice=None,
+    dice=None,
+) -> dict[str, float | int | None]:
+    """How far `probs` (an exported or lower-precision model) is from `ref_probs` (eager fp32).
 
-    agreement: share of images whose label (p > threshold) is the same; n_disagree: how many are
-    not; f1/recall of both and their differences (new − reference); max_abs_diff: max |Δp|.
+    The one parity measure: the export gate, the benchmark and the CPU default choice all report
+    these keys. Against the ground-truth `labels`: f1, recall and ROC-AUC of both and their
+    differences (new − reference); agreement: share of images whose label (p > threshold) is the
+    same, n_disagree how many are not; max / mean |Δp|. With mask areas (`ref_areas`, `areas`;
+    negative means no mask): max_abs_delta_area. With per-image Dice against the true masks
+    (`ref_dice`, `dice`, e.g. `dice_from_counts(...).per_image`): their means and delta_dice.
+    Figures that do not apply are None. Non-finite probabilities make max/mean |Δp| infinite.
     """
     ref, new = _flat(ref_probs), _flat(probs)
     if ref.shape != new.shape:
         raise ValueError(f"{ref.size} reference probabilities but {new.size} to compare")
     a = binary_metrics(labels, ref, threshold)
-    b = binary_metrics(labels, new, threshold)
+    finite = bool(np.isfinite(new.astype(np.float64)).all())
+    b = binary_metrics(labels, np.nan_to_num(new, nan=-1.0), threshold)
     same = (ref > threshold) == (new > threshold)
-    ref, new = ref.astype(np.float64), new.astype(np.float64)
-    return {
+    diff = np.abs(new.astype(np.float64) - ref.astype(np.float64))
+    out: dict[str, float | int | None] = {
+        "n": int(ref.size),
+        "n_pos": a["n_pos"],
         "agreement": float(same.mean()) if same.size else 1.0,
         "n_disagree": int((~same).sum()),
         "f1_ref": a["f1"],
@@ -162,9 +180,26 @@ def parity(ref_probs, probs, labels, threshold: float = 0.5) -> dict[str, float]
         "recall_ref": a["recall"],
         "recall": b["recall"],
         "delta_recall": b["recall"] - a["recall"],
-        "max_abs_diff": float(np.abs(new - ref).max()) if ref.size else 0.0,
-        "n": int(ref.size),
+        "auc_ref": None if math.isnan(a["auc"]) else a["auc"],
+        "auc": None if math.isnan(b["auc"]) else b["auc"],
+        "delta_auc": None if math.isnan(a["auc"]) else b["auc"] - a["auc"],
+        "max_abs_diff": (float(diff.max()) if ref.size else 0.0) if finite else math.inf,
+        "mean_abs_diff": (float(diff.mean()) if ref.size else 0.0) if finite else math.inf,
+        "max_abs_delta_area": None,
+        "dice_ref": None,
+        "dice": None,
+        "delta_dice": None,
     }
+    if ref_areas is not None and areas is not None:
+        ra, na = _flat(ref_areas).astype(np.int64), _flat(areas).astype(np.int64)
+        if ra.size and (ra >= 0).any():
+            out["max_abs_delta_area"] = int(np.abs(na - ra).max())
+    if ref_dice is not None and dice is not None:
+        rd, nd = _flat(ref_dice).astype(np.float64), _flat(dice).astype(np.float64)
+        if rd.size:
+            out["dice_ref"], out["dice"] = float(rd.mean()), float(nd.mean())
+            out["delta_dice"] = out["dice"] - out["dice_ref"]
+    return out
 
 
 # ------------------------------------------------------------------------------------- masks

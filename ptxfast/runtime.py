@@ -9,7 +9,8 @@ fused with `return_mask`. It moves and casts the input itself (non_blocking, cha
 - `build_predictor(backend, model)` makes one on the fly (benchmarks): `eager` (fp32, or autocast
   fp16 on CUDA / bf16), `torchscript` (traced, frozen, channels_last; fp32 / fp16 / bf16; on the
   CPU rewritten onto fused oneDNN convolutions, `ptxfast.fused.fuse_for_cpu`),
-  `tensorrt` (FP16 via Torch-TensorRT), `inductor` (`torch.compile`).
+  `tensorrt` (FP16 via Torch-TensorRT), `inductor` (`torch.compile`), `onnxruntime` and
+  `openvino` (the fused graph exported to ONNX, `ptxfast.onnx_graph`; OpenVINO fp32 or bf16).
 - `available_backends(device)` says which can run here and, for the others, what is missing.
 """
 
@@ -40,7 +41,8 @@ from ptxfast.fused import (
 )
 from ptxfast.models import kind_of
 
-BACKENDS = ("eager", "torchscript", "tensorrt", "inductor")
+BACKENDS = ("eager", "torchscript", "tensorrt", "inductor", "onnxruntime", "openvino")
+ONNX_BACKENDS = ("onnxruntime", "openvino")  # they run the ONNX file of the fused graph
 
 
 class PredictorError(ValueError):
@@ -91,14 +93,20 @@ def _inductor_reason(device: torch.device) -> str | None:
 
 def available_backends(device: str | torch.device | None = "auto") -> dict[str, str | None]:
     """{backend: None if it can run on `device`, else the reason it cannot}."""
-    from ptxfast import trt
+    from ptxfast import onnx_graph, trt
 
     dev = resolve_device(device)
+    openvino = onnx_graph.unavailable_reason("openvino")
+    if openvino is None and dev.type != "cpu":
+        openvino = f"the openvino backend runs on the CPU here, not {dev}; use --device cpu"
     return {
         "eager": None,
         "torchscript": None if hasattr(torch.jit, "trace") else "this torch has no torch.jit",
         "tensorrt": trt.unavailable_reason(dev),
         "inductor": _inductor_reason(dev),
+        "onnxruntime": onnx_graph.unavailable_reason("onnx")
+        or onnx_graph.unavailable_reason("onnxruntime"),
+        "openvino": onnx_graph.unavailable_reason("onnx") or openvino,
     }
 
 
@@ -121,6 +129,10 @@ def check_precision(backend: str, precision: str, device: torch.device) -> None:
         )
     if backend == "tensorrt" and precision == "bf16":
         raise PredictorError("the tensorrt backend exports fp16 or fp32; use --precision fp16")
+    if backend == "onnxruntime" and precision != "fp32":
+        raise PredictorError(
+            "the onnxruntime backend runs the fp32 ONNX graph; for bf16 use --backend openvino"
+        )
 
 
 class Predictor:
@@ -128,7 +140,9 @@ class Predictor:
 
     Attributes: name, kind, size, backend, precision, device, input_dtype, thresholds (label,
     pixel, min_area, score_k), batch ((min, opt, max) or None), return_mask, channels_last,
-    path (how it was made: trace, ts, dynamo, eager, inductor), sidecar (artifacts only).
+    path (how it was made: trace, ts, dynamo, eager, inductor, onnx:<exporter>), sidecar
+    (artifacts only), mask_output (the module returns a mask, whether or not `return_mask`
+    hands it to callers: ONNX graphs always carry it, so the parity gate measures Dice).
     """
 
     def __init__(
@@ -147,6 +161,7 @@ class Predictor:
         autocast_dtype: torch.dtype | None = None,
         path: str = "",
         sidecar: Sidecar | None = None,
+        mask_output: bool | None = None,
     ) -> None:
         self.module = module
         self.name = name
@@ -163,6 +178,7 @@ class Predictor:
         self.autocast_dtype = autocast_dtype
         self.path = path
         self.sidecar = sidecar
+        self.mask_output = return_mask if mask_output is None else mask_output
         # TensorRT engines hold a fixed batch range; other backends take any batch.
         self._strict_batch = backend == "tensorrt" and batch is not None
 
@@ -195,19 +211,24 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _run(self, x: torch.Tensor) -> Outputs:
+    def _run(self, x: torch.Tensor, with_mask: bool) -> Outputs:
         out = self.module(x)
         if isinstance(out, torch.Tensor):  # a bare module returns logits; predictors never do
             raise PredictorError(f"{self.name}: the module returned one tensor, not (prob, area)")
-        mask = out[2] if len(out) > 2 else None
+        mask = out[2] if len(out) > 2 and with_mask else None
         return Outputs(out[0].float(), out[1], mask)
 
-    def __call__(self, x: torch.Tensor) -> Outputs:
-        """Score a batch: x is N×1×S×S in [0, 1], float32 (or already `input_dtype`)."""
+    def __call__(self, x: torch.Tensor, with_mask: bool | None = None) -> Outputs:
+        """Score a batch: x is N×1×S×S in [0, 1], float32 (or already `input_dtype`).
+
+        `with_mask` (default `return_mask`) asks for the mask; True needs `mask_output`."""
+        with_mask = self.return_mask if with_mask is None else with_mask
+        if with_mask and not self.mask_output:
+            raise PredictorError(f"{self!r} returns no mask; export it with --return-mask")
         x = self._prepare(x)
         with torch.inference_mode(), self._autocast():
             if not self._strict_batch:
-                return self._run(x)
+                return self._run(x, with_mask)
             lo, _, hi = self.batch
             parts = []
             for chunk in x.split(hi):
@@ -215,7 +236,7 @@ class Predictor:
                 if n < lo:  # pad up to the engine's smallest batch, drop the padding after
                     pad = chunk.new_zeros((lo - n, *chunk.shape[1:]))
                     chunk = torch.cat([chunk, pad]).contiguous(memory_format=torch.channels_last)
-                out = self._run(chunk)
+                out = self._run(chunk, with_mask)
                 parts.append(Outputs(*(t[:n] if t is not None else None for t in out)))
             if len(parts) == 1:
                 return parts[0]
@@ -283,6 +304,10 @@ def load_predictor(
         reason = trt.unavailable_reason(dev)
         if reason is not None:
             raise PredictorError(f"{file} is a TensorRT artifact: {reason}")
+    elif backend in ONNX_BACKENDS:
+        reason = available_backends(dev)[backend]
+        if reason is not None:
+            raise PredictorError(f"{file} is an ONNX artifact for {backend}: {reason}")
     elif precision == "fp16" and dev.type != "cuda":
         raise PredictorError(
             f"{file} is an fp16 artifact for CUDA GPUs and this device is {dev}; run it on a GPU "
@@ -294,9 +319,13 @@ def load_predictor(
             from ptxfast import trt
 
             module = trt.load(file, sidecar["path"], dev)
+        elif backend in ONNX_BACKENDS:
+            module = _onnx_module(backend, file, precision, sidecar.get("runtime") or {}, dev)
         else:
             with quiet_jit():
                 module = torch.jit.load(str(file), map_location=dev).eval()
+    except PredictorError:
+        raise
     except (RuntimeError, ValueError, OSError) as err:
         raise ArtifactError(
             f"{file} could not be loaded ({_first_line(err)}); re-export it"
@@ -334,7 +363,24 @@ def load_predictor(
         channels_last=channels_last,
         path=sidecar["path"] + ("+optimized" if optimize and backend == "torchscript" else ""),
         sidecar=sidecar,
+        mask_output="mask" in (sidecar.get("onnx") or {}).get("outputs", ())
+        or bool(sidecar["return_mask"]),
     )
+
+
+def _onnx_module(
+    backend: str, file: Path, precision: str, runtime: dict[str, Any], device: torch.device
+):
+    """The runtime callable over an ONNX file (`ptxfast.onnx_graph`); errors as PredictorError."""
+    from ptxfast import onnx_graph
+
+    try:
+        if backend == "onnxruntime":
+            return onnx_graph.onnxruntime_module(file, device=device.type)
+        hint = str(runtime.get("performance_hint") or "THROUGHPUT")
+        return onnx_graph.openvino_module(file, precision=precision, hint=hint)
+    except onnx_graph.OnnxError as err:
+        raise PredictorError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------------- on the fly
@@ -407,6 +453,8 @@ def build_predictor(
         )
         amp = None if precision == "fp32" else PRECISIONS[precision]
         return Predictor(fused, autocast_dtype=amp, path="eager", **common)
+    if backend in ONNX_BACKENDS:
+        return _onnx_predictor(backend, model, name, size, precision, return_mask, common)
     fused = fuse(
         model,
         name,
@@ -436,8 +484,37 @@ def build_predictor(
     return Predictor(compiled, input_dtype=dtype, path="inductor", **common)
 
 
+def _onnx_predictor(
+    backend: str,
+    model: nn.Module,
+    name: str,
+    size: int,
+    precision: str,
+    return_mask: bool,
+    common: dict[str, Any],
+) -> Predictor:
+    """Export the fp32 fused graph to a temporary ONNX file and run it in `backend`."""
+    import tempfile
+
+    from ptxfast import onnx_graph
+
+    fused = fuse(model, name, size, device="cpu", return_mask=return_mask, channels_last=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ptxfast-onnx-") as tmp:
+            path = Path(tmp) / f"{name}.onnx"
+            info = onnx_graph.to_onnx(fused, path)
+            module = _onnx_module(backend, path, precision, {}, torch.device("cpu"))
+    except onnx_graph.OnnxError as err:
+        raise PredictorError(str(err)) from None
+    common = {**common, "channels_last": False, "device": torch.device("cpu")}
+    return Predictor(
+        module, path=f"onnx:{info['exporter']}", mask_output="mask" in info["outputs"], **common
+    )
+
+
 __all__ = [
     "BACKENDS",
+    "ONNX_BACKENDS",
     "DTYPE_NAMES",
     "Outputs",
     "Predictor",

@@ -237,7 +237,7 @@ def test_cli_export_writes_a_complete_sidecar(exported, runs):
     assert sources["segmenter_checkpoint"]["sha256"] == sha256_file(runs / "rn34un" / "best.pt")
     parity = sidecar["parity"]
     assert parity["passed"] and parity["n"] == 6 and parity["source"] == "synthetic phantoms"
-    assert parity["agreement"] == 1.0 and parity["max_abs_delta_prob"] <= 1e-4
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] <= 1e-4
     assert sidecar["recipe"]["size"] == S
     # Nothing but the artifact and its sidecar in the folder (no temporary files).
     assert sorted(p.name for p in exported.parent.iterdir()) == [
@@ -331,7 +331,7 @@ def test_parity_gate_fails_a_perturbed_artifact_and_writes_nothing(runs, tmp_pat
     monkeypatch.setattr(export_module, "to_torchscript", perturbed)
     out = tmp_path / "exports"
     args = ["export", "--model", "rn34", "--runs", str(runs), "--out", str(out)]
-    args += ["--device", "cpu", "--batch", "1:2:4", "--parity-n", "6"]
+    args += ["--device", "cpu", "--batch", "1:2:4", "--parity-n", "6", "--backend", "torchscript"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0
     assert "parity gate failed" in result.output and "max |Δprob|" in result.output
@@ -340,22 +340,28 @@ def test_parity_gate_fails_a_perturbed_artifact_and_writes_nothing(runs, tmp_pat
 
 
 def test_gate_checks_each_tolerance():
-    tol = Tolerance(min_agreement=0.995, max_df1=0.01, max_dprob=0.02, max_drecall=0.05)
-    good = {"agreement": 1.0, "delta_f1": 0.0, "delta_recall": 0.0, "max_abs_delta_prob": 0.01}
+    tol = Tolerance(0.995, max_df1=0.01, max_dprob=0.02, max_drecall=0.05, max_dauc=0.01,
+                    max_ddice=0.01)  # fmt: skip
+    good = {"agreement": 1.0, "delta_f1": 0.0, "delta_recall": 0.0, "delta_auc": 0.0,
+            "delta_dice": 0.0, "max_abs_diff": 0.01}  # fmt: skip
     assert gate(good, tol) == []
+    assert gate({**good, "delta_auc": None, "delta_dice": None}, tol) == []  # not measured
     for key, value in (
         ("agreement", 0.99),
         ("delta_f1", -0.02),
         ("delta_recall", 0.1),
-        ("max_abs_delta_prob", float("nan")),
+        ("delta_auc", -0.02),
+        ("delta_dice", 0.05),
+        ("max_abs_diff", float("nan")),
     ):
         assert len(gate({**good, key: value}, tol)) == 1, key
 
 
 def test_bf16_export_passes_its_gate(runs, tmp_path):
     cfg = ExportConfig(
-        "rn34", runs=runs, out=tmp_path, device="cpu", precision="bf16", batch=BATCH, parity_n=6
-    )
+        "rn34", runs=runs, out=tmp_path, device="cpu", backend="torchscript", precision="bf16",
+        batch=BATCH, parity_n=6,
+    )  # fmt: skip
     result = export_model(cfg)
     s = result.sidecar
     assert s["input"]["dtype"] == "bfloat16" and s["precision"]["actual"] == "bf16"
@@ -372,6 +378,7 @@ def test_bf16_export_passes_its_gate(runs, tmp_path):
 def test_segmenter_export_with_mask(runs, tmp_path):
     args = ["export", "--model", "rn34un", "--runs", str(runs), "--out", str(tmp_path)]
     args += ["--device", "cpu", "--batch", "2", "--parity-n", "4", "--return-mask"]
+    args += ["--backend", "torchscript"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     predictor = load_predictor(tmp_path / "rn34un.torchscript-fp32.ts")

@@ -154,8 +154,9 @@ def test_load_predictor_runs_the_artifact(tmp_path, x):
         tmp_path / "runs" / "rn34" / "best.pt",
     )
     cfg = ExportConfig(
-        "rn34", runs=tmp_path / "runs", out=tmp_path / "exports", device="cpu", parity_n=4
-    )
+        "rn34", runs=tmp_path / "runs", out=tmp_path / "exports", device="cpu", parity_n=4,
+        backend="torchscript",
+    )  # fmt: skip
     result = export_model(cfg)
     p = load_predictor(result.sidecar_path)
     assert (p.name, p.kind, p.size, p.backend, p.precision, p.path) == (
@@ -195,8 +196,9 @@ def test_unfused_cpu_artifact_is_fused_on_load(tmp_path, x, monkeypatch):
     plain = functools.partial(ptxfast.export.to_torchscript, cpu_fusion=False)
     monkeypatch.setattr(ptxfast.export, "to_torchscript", plain)
     cfg = ExportConfig(
-        "rn34", runs=tmp_path / "runs", out=tmp_path / "exports", device="cpu", parity_n=4
-    )
+        "rn34", runs=tmp_path / "runs", out=tmp_path / "exports", device="cpu", parity_n=4,
+        backend="torchscript",
+    )  # fmt: skip
     result = export_model(cfg)
     assert not is_cpu_fused(torch.jit.load(str(result.model_path)))
     loaded = load_predictor(result.sidecar_path, device="cpu")
