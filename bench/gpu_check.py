@@ -121,7 +121,9 @@ def _exports(work: Path) -> list[dict[str, Any]]:
                         "agreement",
                         "delta_f1",
                         "delta_recall",
-                        "max_abs_delta_prob",
+                        "delta_auc",
+                        "delta_dice",
+                        "max_abs_diff",
                         "passed",
                         "tolerance",
                     )
@@ -195,7 +197,7 @@ def summarize(out: Path, work: Path) -> str:
             lines.append(
                 f"| {e['sidecar']} | {e['backend']} ({e['path']}) | {e['precision']} "
                 f"({e['precision_measured']}) | {e['size']} | {_f(p.get('agreement'), '.2%')} | "
-                f"{_f(p.get('delta_f1'), '+.3f')} | {_f(p.get('max_abs_delta_prob'), '.2g')} |"
+                f"{_f(p.get('delta_f1'), '+.3f')} | {_f(p.get('max_abs_diff'), '.2g')} |"
             )
         lines.append("")
 

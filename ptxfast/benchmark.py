@@ -56,9 +56,15 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "inductor-bf16": ("inductor", "bf16"),
     "tensorrt": ("tensorrt", "fp16"),
     "tensorrt-fp32": ("tensorrt", "fp32"),
+    "onnxruntime": ("onnxruntime", "fp32"),
+    "openvino": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
 }
 DEFAULT_GPU = ("eager", "eager-fp16", "torchscript", "torchscript-fp16", "inductor", "tensorrt")
-DEFAULT_CPU = ("eager", "eager-bf16", "torchscript", "torchscript-bf16", "inductor", "tensorrt")
+DEFAULT_CPU = (
+    "eager", "eager-bf16", "torchscript", "torchscript-bf16", "onnxruntime", "openvino",
+    "openvino-bf16", "inductor", "tensorrt",
+)  # fmt: skip
 # Compiling a cascade with inductor on a few CPU cores takes many minutes (more than 7 at 128²
 # on 2 cores here), so the CPU default lists it as skipped instead of running it.
 CPU_INDUCTOR_SKIP = (
@@ -95,7 +101,7 @@ ROW_KEYS = (
 PARITY_KEYS = (
     "variant", "backend", "precision", "status", "error", "n", "n_pos", "agreement",
     "n_disagree", "f1_ref", "f1", "delta_f1", "recall_ref", "recall", "delta_recall",
-    "max_abs_diff", "threshold",
+    "auc_ref", "auc", "delta_auc", "max_abs_diff", "mean_abs_diff", "threshold",
 )  # fmt: skip
 STAGE_KEYS = (
     "variant", "status", "error", "batch", "files", "decode_errors", "decode_ms_per_image",
