@@ -533,6 +533,8 @@ class _Source:
     weights: str  # "checkpoint <path>", "random init", ...
     trained_on: Path | None
     no_model: str | None = None  # why on-the-fly variants cannot be built
+    # One ONNX export that the onnxruntime and openvino variants share (made by the first).
+    onnx_dir: Any = field(default=None, repr=False)
 
 
 def _load_checkpoint_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -696,10 +698,18 @@ def _build(variant: str, src: _Source, device: torch.device, batch_sizes, cfg: B
             device=device, input_dtype=PRECISIONS[precision],
             path=f"inductor:{cfg.inductor_mode or 'default'}",
         )  # fmt: skip
+    onnx_file = None
+    if backend in ("onnxruntime", "openvino"):
+        import tempfile
+
+        if src.onnx_dir is None:  # removed with the source at the end of the run
+            src.onnx_dir = tempfile.TemporaryDirectory(prefix="ptxfast-bench-onnx-")
+        onnx_file = Path(src.onnx_dir.name) / f"{src.name}.onnx"
     with quiet_jit():
         return build_predictor(
             backend, src.model, name=src.name, size=src.size, precision=precision,
             device=device, batch=(lo, opt, hi), check_trace=False, seed=cfg.seed,
+            onnx_file=onnx_file,
         )  # fmt: skip
 
 
@@ -1061,9 +1071,7 @@ def parity_row(
             probs = np.concatenate([predictor(x).prob.float().cpu().numpy() for x, _ in batches])
         threshold = float(predictor.thresholds["label"])
         fig = parity(ref_probs, probs, labels, threshold=threshold)
-        return _keyed(
-            PARITY_KEYS, **base, **fig, status="ok", n_pos=int(labels.sum()), threshold=threshold
-        )
+        return _keyed(PARITY_KEYS, **base, **fig, status="ok", threshold=threshold)
     except Exception as err:
         return _keyed(PARITY_KEYS, **base, status="failed", error=_first_line(err))
 

@@ -989,6 +989,13 @@ def score_command(
             + (f"; {per}" if per else "")
             + f"){ratio}",
         )
+    if s.shared_core_bound_images_per_s is not None:
+        share = f"; end to end = {s.bound_share:.0%} of it" if s.bound_share is not None else ""
+        table.add_row(
+            "shared-core bound",
+            f"{rate(s.shared_core_bound_images_per_s)} = 1 / (1/M + D/c): model only M, decoding "
+            f"D {s.decode_cpu_s_per_image * 1000:.1f} ms CPU per image, c {s.cores} cores{share}",
+        )
     lat = s.latency_ms
     table.add_row(
         "batch latency",

@@ -752,24 +752,23 @@ def _onnx_candidate(
     return _Candidate(backend, precision, predictor, tmp, "onnx", fields, seconds)
 
 
-def time_candidates(
-    candidates: list[_Candidate], batch: int, size: int, calls: int = SELECTION_CALLS
-) -> None:
-    """Images/s of each candidate at `batch` (median of `calls` timed calls after two warm-up
-    calls), the candidates interleaved call by call so load that comes and goes on a shared
-    machine falls on all of them alike."""
+def time_predictors(
+    predictors: list[Predictor], batch: int, size: int, calls: int = SELECTION_CALLS
+) -> list[float]:
+    """Images/s of each predictor at `batch` (median of `calls` timed calls after two warm-up
+    calls), interleaved call by call so load that comes and goes on a shared machine falls on
+    all of them alike."""
     x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0))
-    times: list[list[float]] = [[] for _ in candidates]
-    for c in candidates:
+    times: list[list[float]] = [[] for _ in predictors]
+    for predictor in predictors:
         for _ in range(2):
-            c.predictor(x)
+            predictor(x)
     for _ in range(calls):
-        for c, t in zip(candidates, times, strict=True):
+        for predictor, t in zip(predictors, times, strict=True):
             t0 = time.perf_counter()
-            c.predictor(x)
+            predictor(x)
             t.append(time.perf_counter() - t0)
-    for c, t in zip(candidates, times, strict=True):
-        c.images_per_s = batch / float(np.median(t))
+    return [batch / float(np.median(t)) for t in times]
 
 
 def choose_default(candidates: list[Any]) -> Any:
@@ -864,7 +863,9 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
         selection = None
         if choosing:
             say(f"{p.name}: timing {len(built)} candidates at batch {p.batch[1]}")
-            time_candidates(built, p.batch[1], size)
+            speeds = time_predictors([c.predictor for c in built], p.batch[1], size)
+            for c, ips in zip(built, speeds, strict=True):
+                c.images_per_s = ips
             chosen = choose_default(built)
             selection = {
                 "how": f"fastest that passes its gate; median of {SELECTION_CALLS} interleaved "
@@ -955,4 +956,5 @@ __all__ = [
     "parse_batch",
     "phantom_batches",
     "plan",
+    "time_predictors",
 ]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +183,22 @@ def to_onnx(
     }
 
 
+def describe(path: str | Path) -> dict[str, Any]:
+    """What `to_onnx` returned, read back from a file it wrote (its producer and outputs)."""
+    require("onnx")
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    producer = f"{model.producer_name} {model.producer_version}".strip()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {
+        "exporter": "file",  # the file does not say which torch.onnx exporter wrote it
+        "opset": opset,
+        "outputs": [o.name for o in model.graph.output],
+        "producer": producer,
+    }
+
+
 def _check_answers(graph: Fused, path: Path, batch: int) -> None:
     x = example_input(graph, batch, "cpu", channels_last=False)
     with torch.inference_mode():
@@ -276,6 +293,9 @@ class _OpenVino(_Session):
         self.queue = ov.AsyncInferQueue(self.compiled, self.requests)
         self._results: dict[int, list[np.ndarray]] = {}
         self.queue.set_callback(self._done)
+        # Scoring lanes may call from several threads; the requests already run in parallel,
+        # so one batch at a time keeps the queue and its results apart.
+        self._lock = threading.Lock()
         self.info = {
             "runtime": "openvino",
             "device": "CPU",
@@ -297,11 +317,12 @@ class _OpenVino(_Session):
     def _run(self, a: np.ndarray) -> list[np.ndarray]:
         # One slice of the batch per infer request: the requests run as parallel streams.
         parts = np.array_split(a, min(self.requests, len(a))) if len(a) else [a]
-        self._results.clear()
-        for i, part in enumerate(parts):
-            self.queue.start_async({0: np.ascontiguousarray(part)}, i)
-        self.queue.wait_all()
-        chunks = [self._results[i] for i in range(len(parts))]
+        with self._lock:
+            self._results.clear()
+            for i, part in enumerate(parts):
+                self.queue.start_async({0: np.ascontiguousarray(part)}, i)
+            self.queue.wait_all()
+            chunks = [self._results[i] for i in range(len(parts))]
         return [np.concatenate([c[j] for c in chunks]) for j in range(len(self.outputs))]
 
 
@@ -342,6 +363,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "RUNTIMES",
     "OnnxError",
+    "describe",
     "onnxruntime_module",
     "openvino_module",
     "ort_providers",

@@ -420,6 +420,7 @@ def build_predictor(
     optimize: bool = False,
     cpu_fusion: bool = True,
     seed: int = 0,
+    onnx_file: str | Path | None = None,
 ) -> Predictor:
     """Make a predictor on the fly from a model, a checkpoint path or a model name (random init).
 
@@ -428,7 +429,9 @@ def build_predictor(
     max-autotune-no-cudagraphs on GPU, the default on CPU). `size` defaults to the checkpoint's.
     `optimize`: torchscript only, `torch.jit.optimize_for_inference` on the frozen graph.
     `cpu_fusion`: torchscript on the CPU, rewrite the frozen graph onto fused oneDNN convolutions
-    (`ptxfast.fused.fuse_for_cpu`; off only to measure what it brings).
+    (`ptxfast.fused.fuse_for_cpu`; off only to measure what it brings). `onnx_file`
+    (onnxruntime / openvino): run this ONNX export of the same model when it exists, else
+    export there, so several runtimes share one export; None: a temporary file.
     """
     dev = resolve_device(device)
     require_backend(backend, dev)
@@ -454,7 +457,9 @@ def build_predictor(
         amp = None if precision == "fp32" else PRECISIONS[precision]
         return Predictor(fused, autocast_dtype=amp, path="eager", **common)
     if backend in ONNX_BACKENDS:
-        return _onnx_predictor(backend, model, name, size, precision, return_mask, common)
+        return _onnx_predictor(
+            backend, model, name, size, precision, return_mask, common, onnx_file
+        )
     fused = fuse(
         model,
         name,
@@ -492,8 +497,9 @@ def _onnx_predictor(
     precision: str,
     return_mask: bool,
     common: dict[str, Any],
+    onnx_file: str | Path | None = None,
 ) -> Predictor:
-    """Export the fp32 fused graph to a temporary ONNX file and run it in `backend`."""
+    """Export the fp32 fused graph to ONNX (or reuse `onnx_file`) and run it in `backend`."""
     import tempfile
 
     from ptxfast import onnx_graph
@@ -501,8 +507,11 @@ def _onnx_predictor(
     fused = fuse(model, name, size, device="cpu", return_mask=return_mask, channels_last=False)
     try:
         with tempfile.TemporaryDirectory(prefix="ptxfast-onnx-") as tmp:
-            path = Path(tmp) / f"{name}.onnx"
-            info = onnx_graph.to_onnx(fused, path)
+            path = Path(onnx_file) if onnx_file else Path(tmp) / f"{name}.onnx"
+            if path.is_file():
+                info = onnx_graph.describe(path)
+            else:
+                info = onnx_graph.to_onnx(fused, path)
             module = _onnx_module(backend, path, precision, {}, torch.device("cpu"))
     except onnx_graph.OnnxError as err:
         raise PredictorError(str(err)) from None

@@ -172,6 +172,13 @@ class ScoreSummary:
     # --engine ray: address, nodes, cpus, gpus, decoders, actors (asked for), actor_processes
     # (that returned rows: more than actors after a restart), duplicates_dropped
     cluster: dict[str, Any] | None = None
+    # What a CPU can reach when its decoders share the model's cores: 1 / (1/M + D/c), with M
+    # the model-only images/s, D the decoders' CPU seconds per image (process CPU time in the
+    # workers, not wall) and c the cores; and the end-to-end rate as a share of it.
+    decode_cpu_s_per_image: float | None = None
+    cores: int | None = None
+    shared_core_bound_images_per_s: float | None = None
+    bound_share: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as null)."""
@@ -452,6 +459,7 @@ class _Meta:
     rows: int = 0
     columns: int = 0
     dicom: bool = False
+    cpu_seconds: float = 0.0  # CPU time its decode took (the worker process's, or this thread's)
 
 
 class _Batch:
@@ -508,7 +516,10 @@ class _Files(Dataset):
         self.state[i] = os.getpid()
         path = self.root / self.paths[i]
         meta = _Meta(index=i)
-        t0 = time.perf_counter()
+        # In a worker process decoding is all that runs, so its process CPU time counts every
+        # thread a codec starts; in the scoring process (workers=0) only this thread's is ours.
+        cpu = time.process_time if torch.utils.data.get_worker_info() else time.thread_time
+        t0, c0 = time.perf_counter(), cpu()
         img = None
         try:
             if os.path.getsize(path) == 0:
@@ -526,6 +537,7 @@ class _Files(Dataset):
                 meta.error = "out of memory while decoding"
             meta.sop_instance_uid = _sop_of(path)
         secs = time.perf_counter() - t0
+        meta.cpu_seconds = cpu() - c0
         self.state[i] = -1
         return img, meta, secs
 
@@ -1154,6 +1166,7 @@ def _run(job: _Job) -> ScoreSummary:
         return now
 
     t_loop = time.perf_counter()
+    decode_cpu = [0.0, 0]  # CPU seconds, files
     with GpuSampler(dev) as sampler, pool or contextlib.nullcontext(), writer:
         while pending:
             window: deque[Future] = deque()
@@ -1166,6 +1179,8 @@ def _run(job: _Job) -> ScoreSummary:
                     t_got = time.perf_counter()
                     times["wait"] += t_got - t_prev
                     times["decode"] += batch.decode_seconds
+                    decode_cpu[0] += sum(m.cpu_seconds for m in batch.meta)
+                    decode_cpu[1] += len(batch.meta)
                     window.append(launch(batch, t_got))
                     while len(window) > lanes:
                         finish(window.popleft())
@@ -1218,6 +1233,8 @@ def _run(job: _Job) -> ScoreSummary:
         steady = summary.steady_images_per_s or summary.images_per_s
         if steady:
             summary.ratio = steady / summary.model_only_images_per_s
+        if dev.type == "cpu" and decode_cpu[1]:
+            _shared_core_bound(summary, decode_cpu[0] / decode_cpu[1], _cores(), steady)
     return summary
 
 
@@ -1232,6 +1249,19 @@ def _finish(job: _Job, summary: ScoreSummary) -> ScoreSummary:
                 raise ledger.write_failed(job.summary_json, err) from None
             raise
     return summary
+
+
+def _shared_core_bound(
+    summary: ScoreSummary, decode_cpu_s: float, cores: int, steady: float | None
+) -> None:
+    """Fill the bound 1 / (1/M + D/c) a CPU reaches when decoding (D CPU seconds per image)
+    and the model (M images/s alone on the c cores) take turns on the same cores."""
+    m = summary.model_only_images_per_s
+    summary.decode_cpu_s_per_image, summary.cores = decode_cpu_s, cores
+    if m:
+        summary.shared_core_bound_images_per_s = 1.0 / (1.0 / m + decode_cpu_s / cores)
+        if steady:
+            summary.bound_share = steady / summary.shared_core_bound_images_per_s
 
 
 def _load(sidecar, device: str):

@@ -33,6 +33,7 @@ from ptxfast.export import (
     ExportConfig,
     ExportError,
     Tolerance,
+    cpu_bf16,
     export_model,
     gate,
     load_profile,
@@ -396,7 +397,7 @@ def test_profiles_parse_and_resolve():
     assert {"cpu-fp32", "cpu-bf16", "gpu-fp16"} <= set(names)
     for name in names:
         values = load_profile(name)
-        assert values["backend"] in ("torchscript", "tensorrt")
+        assert values["backend"] in ("torchscript", "tensorrt", "onnxruntime", "openvino")
         assert values["precision"] in ("fp32", "bf16", "fp16")
         assert len(values["batch"]) == 3
     p = plan(ExportConfig("eb3un+eb3", profile="cpu-bf16"))
@@ -404,6 +405,13 @@ def test_profiles_parse_and_resolve():
     p = plan(ExportConfig("eb3un+eb3", profile="cpu-bf16", precision="fp32"))
     assert p.precision == "fp32"  # options win over the profile
     assert p.tolerance == DEFAULT_TOLERANCES["fp32"]
+    p = plan(ExportConfig("eb3un+eb3", profile="cpu-openvino-bf16"))
+    assert p.candidates == [("openvino", "bf16")] and p.tolerance == DEFAULT_TOLERANCES["bf16"]
+    p = plan(ExportConfig("eb3un+eb3", device="cpu", backend="onnx"))
+    assert p.candidates == [("onnxruntime", "fp32")]
+    p = plan(ExportConfig("eb3un+eb3", device="cpu"))  # the CPU default: every candidate here
+    assert ("torchscript", "fp32") in p.candidates and ("onnxruntime", "fp32") in p.candidates
+    assert len(p.candidates) == (5 if cpu_bf16() else 3)
 
 
 def test_batch_ranges():

@@ -177,7 +177,12 @@ def test_mixed_folder_one_row_per_file(scored, folder):
     assert (summary.scored, summary.failed) == (len(ok), len(ERRORS))
     assert summary.positives == sum(r["label"] == "1" for r in ok)
     assert summary.model_only_images_per_s > 0 and summary.ratio > 0
+    # Decoding shares the model's cores: the bound 1 / (1/M + D/c) is below M.
+    assert summary.decode_cpu_s_per_image > 0 and summary.cores >= 1
+    assert summary.shared_core_bound_images_per_s < summary.model_only_images_per_s
+    assert summary.bound_share > 0
     js = json.loads((out / "summary.json").read_text())
+    assert js["shared_core_bound_images_per_s"] == summary.shared_core_bound_images_per_s
     assert js["files"] == len(rows) and set(js["latency_ms"]) == {"p50", "p95", "p99"}
     assert js["gpu"] is None  # no GPU here: NVML fields are null, not an error
 
@@ -706,3 +711,12 @@ def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, m
     for r in rows:
         if r["label"] == "1":  # every row in the CSV has its outputs
             assert (copy / "m" / (r["path"] + ".mask.png")).exists(), r["path"]
+def test_shared_core_bound_from_model_and_decode_cost():
+    s = scoring.ScoreSummary(
+        root="r", out="o", model="m", artifact=None, backend="b", precision="fp32",
+        device="cpu", batch_size=8, workers=1, threads=1, shard=(1, 1),
+    )  # fmt: skip
+    s.model_only_images_per_s = 100.0  # 10 ms of the c cores per image
+    scoring._shared_core_bound(s, decode_cpu_s=0.02, cores=2, steady=45.0)  # + 10 ms decoding
+    assert s.shared_core_bound_images_per_s == pytest.approx(50.0)
+    assert s.bound_share == pytest.approx(0.9) and s.cores == 2
