@@ -286,7 +286,11 @@ def plan(cfg: ExportConfig) -> Plan:
         except PredictorError as err:
             raise ExportError(str(err)) from None
         if device.type == "cpu" and precision == "bf16" and not bf16:
-            notes.append("this CPU has no bf16 units: the bf16 artifact runs emulated (slow)")
+            notes.append(
+                "this CPU has no bf16 units: OpenVINO computes this artifact in f32 here"
+                if backend == "openvino"
+                else "this CPU has no bf16 units: the bf16 artifact runs emulated (slow)"
+            )
     kind = kind_of(cfg.name)
     return_mask = bool(cfg.return_mask)
     if return_mask and kind == "classifier":
