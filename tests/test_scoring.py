@@ -711,6 +711,8 @@ def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, m
     for r in rows:
         if r["label"] == "1":  # every row in the CSV has its outputs
             assert (copy / "m" / (r["path"] + ".mask.png")).exists(), r["path"]
+
+
 def test_shared_core_bound_from_model_and_decode_cost():
     s = scoring.ScoreSummary(
         root="r", out="o", model="m", artifact=None, backend="b", precision="fp32",
