@@ -10,6 +10,11 @@ on request, the mask — is a single forward with no Python between the parts:
   `probability > 0.3` is exactly the paper's "more than min_area pixels above 0.3"; area = count;
 - classifier: probability = sigmoid(logit), area = -1 (no mask).
 
+With `tta="hflip"` the graph runs the model once on the batch and its left-right mirror stacked
+(2N images) and averages: image probabilities, and masks after mirroring the mirror's mask back,
+so area and the segmenter's k-th pixel come from the averaged mask. An image and its mirror then
+get the same probability (the same two terms, summed in the other order).
+
 Outputs are float32 probabilities and int32 areas whatever the compute dtype, so every backend
 and precision answers in the same types. `to_torchscript` traces it (checked at a second batch
 size, so no batch dimension is baked in), freezes it and keeps channels_last weights; for the
@@ -29,6 +34,8 @@ from torch import nn
 
 from ptxfast.models import PIXEL_THRESHOLD, kind_of, min_area, score_k, segmenter_score
 from ptxfast.training import CLASSIFIER_THRESHOLD
+
+TTAS = ("none", "hflip")  # test-time augmentation inside the graph
 
 PRECISIONS: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -74,29 +81,46 @@ class Fused(nn.Module):
         size: int,
         dtype: torch.dtype = torch.float32,
         return_mask: bool = False,
+        tta: str = "none",
     ) -> None:
         super().__init__()
         if kind == "classifier" and return_mask:
             raise FusedError("a classifier has no mask; export it without --return-mask")
+        if tta not in TTAS:
+            raise FusedError(f"test-time augmentation {tta!r}; choose one of {', '.join(TTAS)}")
         self.model = model
         self.kind = kind
         self.size = size
         self.dtype = dtype
         self.return_mask = return_mask
+        self.tta = tta
         self.k = score_k(size)
+
+    def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch and its left-right mirror, stacked: 2N images, one model call."""
+        return torch.cat([x, x.flip(-1)]) if self.tta == "hflip" else x
+
+    def _average(self, t: torch.Tensor, n: int, image: bool = False) -> torch.Tensor:
+        """Mean over an image and its mirror (a mirrored mask flipped back first)."""
+        if self.tta != "hflip":
+            return t
+        a, b = t[:n], t[n:]
+        return (a + (b.flip(-1) if image else b)) * 0.5
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = x.to(self.dtype)
+        n = x.shape[0]
+        x = self._mirrored(x)
         if self.kind == "cascade":
             logits, mask = self.model.forward_with_mask(x)
-            prob = torch.sigmoid(logits.float())[:, 0]
-            mask = mask.float()
+            prob = self._average(torch.sigmoid(logits.float())[:, 0], n)
+            mask = self._average(mask.float(), n, image=True)
         elif self.kind == "segmenter":
             # Sigmoid and top-k in float32: the k-th largest pixel decides the label at 0.3.
-            mask = torch.sigmoid(self.model(x).float())
+            mask = self._average(torch.sigmoid(self.model(x).float()), n, image=True)
             prob = segmenter_score(mask, self.k)
         else:
-            prob = torch.sigmoid(self.model(x).float())[:, 0]
+            prob = self._average(torch.sigmoid(self.model(x).float())[:, 0], n)
             # -1 marks "no mask"; full_like keeps the batch dimension symbolic in the trace.
             return prob, torch.full_like(prob, -1, dtype=torch.int32)
         area = (mask > PIXEL_THRESHOLD).flatten(1).sum(1, dtype=torch.int32)
@@ -115,11 +139,13 @@ def fuse(
     return_mask: bool = False,
     channels_last: bool = True,
     copy_model: bool = True,
+    tta: str = "none",
 ) -> Fused:
     """The fused module of `model` (one of the eight, by `name`) at `precision` on `device`.
 
     The model is copied first (unless `copy_model=False`), so the caller's fp32 model stays the
     reference for parity checks. Weights go to `device`, the dtype and (with `channels_last`) NHWC.
+    `tta="hflip"` averages each image with its mirror inside the graph (see the module notes).
     """
     if size < 32 or (kind_of(name) != "classifier" and size % 32):
         raise FusedError(f"size {size} must be a multiple of 32 (U-Net strides), at least 32")
@@ -130,7 +156,7 @@ def fuse(
     fmt = torch.channels_last if channels_last else torch.preserve_format
     model = model.eval().to(device=device, dtype=dtype, memory_format=fmt)
     model.requires_grad_(False)
-    return Fused(model, kind_of(name), size, dtype, return_mask).eval()
+    return Fused(model, kind_of(name), size, dtype, return_mask, tta).eval()
 
 
 def example_input(
