@@ -39,6 +39,7 @@ from ptxfast.artifact import EXTENSIONS, file_stem, utc_now, write_artifact
 from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from ptxfast.fused import (
     PRECISIONS,
+    TTAS,
     FusedError,
     fuse,
     graph_precision,
@@ -48,6 +49,8 @@ from ptxfast.fused import (
 )
 from ptxfast.metrics import dice_from_counts, parity
 from ptxfast.models import PIXEL_THRESHOLD, build, cascade_parts, kind_of
+from ptxfast.operating import LabelRule, OperatingPointError, describe, label_rule
+from ptxfast.operating import resolve as resolve_operating_point
 from ptxfast.runtime import (
     ONNX_BACKENDS,
     Predictor,
@@ -141,6 +144,11 @@ class ExportConfig:
     max_drecall: float | None = None
     max_dauc: float | None = None
     max_ddice: float | None = None
+    # How the artifact labels: "recall=0.95" (the threshold `ptxfast evaluate` chose on
+    # validation), "threshold=0.37", "calibrated"; None: the model's default rule.
+    operating_point: str | None = None
+    tta: str = "none"  # "hflip": average each image with its mirror inside the graph
+    n_boot: int = 2000  # bootstrap resamples behind the operating point's validation CIs
 
 
 @dataclass
@@ -238,6 +246,8 @@ class Plan:
     notes: list[str]
     candidates: list[tuple[str, str]] = field(default_factory=list)
     tolerances: dict[str, Tolerance] = field(default_factory=dict)  # by precision
+    tta: str = "none"  # test-time augmentation inside the graph (fused.TTAS)
+    rule: LabelRule | None = None  # how the artifact labels (its operating point)
 
 
 def plan(cfg: ExportConfig) -> Plan:
@@ -298,9 +308,11 @@ def plan(cfg: ExportConfig) -> Plan:
     tolerances = {prec: _tolerance(cfg, prec) for _, prec in candidates}
     batch = cfg.batch or DEFAULT_BATCH
     backend, precision = candidates[0]
+    if cfg.tta not in TTAS:
+        raise ExportError(f"--tta {cfg.tta!r}: choose one of {', '.join(TTAS)}")
     return Plan(
         cfg.name, kind, device, backend, precision, batch, return_mask, tolerances[precision],
-        notes, candidates, tolerances,
+        notes, candidates, tolerances, cfg.tta,
     )  # fmt: skip
 
 
@@ -647,18 +659,19 @@ def _build_candidate(
     """Build, save and load back one artifact; `onnx_file` caches the ONNX export that the
     ONNX Runtime and OpenVINO candidates share."""
     start = time.perf_counter()
-    tmp = out / f".{file_stem(p.name, backend, precision)}.{os.getpid()}.tmp"
+    tmp = out / f".{_stem(p, backend, precision)}.{os.getpid()}.tmp"
     dtype = PRECISIONS[precision]
     common = dict(
         name=p.name, size=size, backend=backend, precision=precision, batch=p.batch,
-        return_mask=p.return_mask,
+        return_mask=p.return_mask, rule=p.rule,
     )  # fmt: skip
     try:
         if backend in ONNX_BACKENDS:
             return _onnx_candidate(backend, precision, model, p, size, out, onnx_file, common)
         candidate = fuse(
-            model, p.name, size, precision=precision, device=p.device, return_mask=p.return_mask
-        )
+            model, p.name, size, precision=precision, device=p.device,
+            return_mask=p.return_mask, tta=p.tta,
+        )  # fmt: skip
     except FusedError as err:
         raise ExportError(str(err)) from None
     ext = EXTENSIONS["torchscript"]
@@ -719,8 +732,9 @@ def _onnx_candidate(
     if "path" not in onnx_file:
         tmp = out / f".{p.name}.onnx.{os.getpid()}.tmp"
         fused = fuse(
-            model, p.name, size, device="cpu", return_mask=p.return_mask, channels_last=False
-        )
+            model, p.name, size, device="cpu", return_mask=p.return_mask, channels_last=False,
+            tta=p.tta,
+        )  # fmt: skip
         try:
             onnx_file["info"] = onnx_graph.to_onnx(fused, tmp)
         except onnx_graph.OnnxError as err:
@@ -803,6 +817,46 @@ def _selection_row(c: _Candidate, chosen: _Candidate) -> dict[str, Any]:
     }
 
 
+def _stem(p: Plan, backend: str, precision: str) -> str:
+    """The artifact's file name without extension; a TTA graph is named apart from the plain one."""
+    return file_stem(p.name, backend, precision) + ("" if p.tta == "none" else f"-{p.tta}")
+
+
+def _probability(operating: dict[str, Any] | None) -> dict[str, Any]:
+    """Which probability the graph returns and which one a predictor reports."""
+    temp = (operating or {}).get("temperature")
+    out: dict[str, Any] = {"graph": "raw", "reported": "calibrated" if temp else "raw"}
+    if temp:
+        out["calibrated"] = {
+            "temperature": temp,
+            "formula": "sigmoid(logit(p) / temperature) of the graph's raw p",
+            # Outside the graph, so every backend returns the same outputs; exact in float64.
+            "computed_by": "the predictor (ptxfast.operating.LabelRule)",
+        }
+    return out
+
+
+def _validation_figures(
+    reference: Predictor, ref: dict[str, Any], source: dict[str, Any], n_boot: int
+) -> dict[str, Any]:
+    """Sensitivity and specificity (with 95% bootstrap CIs) at the operating point on the
+    export's labelled data (the validation split, or phantoms when there is none), from the
+    eager fp32 outputs the parity gate already collected."""
+    from ptxfast.metrics import bootstrap_ci
+
+    reported = reference.reported(torch.from_numpy(ref["prob"])).numpy()
+    ci = bootstrap_ci(ref["labels"], reported, reference.rule.threshold, n_boot=n_boot)
+    split = "val" if source["source"] == "validation split" else source["source"]
+    return {
+        "split": split,
+        "data": source.get("data"),
+        "n": int(len(ref["labels"])),
+        "n_pos": int(ref["labels"].sum()),
+        "recall": ci["recall"],
+        "specificity": ci["specificity"],
+    }
+
+
 def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None) -> ExportResult:
     """Export one model per `cfg`; returns where the artifact and its sidecar are.
 
@@ -820,11 +874,18 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
     if not size:
         raise ExportError(f"{ckpt} records no training size; pass --size")
     masks = p.kind != "classifier"  # the reference returns masks, for Dice
+    operating = None
+    if cfg.operating_point:
+        try:
+            operating = resolve_operating_point(cfg.operating_point, ckpt, p.kind)
+        except OperatingPointError as err:
+            raise ExportError(str(err)) from None
+    p.rule = label_rule({"operating_point": operating, "thresholds": thresholds(p.kind, size)})
     try:
         reference = Predictor(
-            fuse(model, p.name, size, device=p.device, return_mask=masks),
+            fuse(model, p.name, size, device=p.device, return_mask=masks, tta=p.tta),
             name=p.name, size=size, backend="eager", precision="fp32", device=p.device,
-            path="eager", return_mask=masks,
+            path="eager", return_mask=masks, rule=p.rule,
         )  # fmt: skip
     except FusedError as err:
         raise ExportError(str(err)) from None
@@ -840,6 +901,9 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
             f"{p.name}: parity against eager fp32 on {source['source']} ({source['n_planned']} images)"
         )
         ref = collect_outputs(reference, batches)
+        if operating is not None:
+            operating["val"] = _validation_figures(reference, ref, source, cfg.n_boot)
+            say(f"{p.name}: labels {describe({'operating_point': operating})}")
         for backend, precision in p.candidates:
             verb = "compiling" if backend == "tensorrt" else "building"
             say(f"{p.name}: {verb} {backend} {precision} at {size}² on {p.device}")
@@ -878,10 +942,10 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
             }
         else:
             chosen = built[0]
-        sidecar = _sidecar(p, chosen, size, ckpt, state, cfg, source)
+        sidecar = _sidecar(p, chosen, size, ckpt, state, cfg, source, operating)
         if selection is not None:
             sidecar["selection"] = selection
-        final = out / f"{file_stem(p.name, chosen.backend, chosen.precision)}.{chosen.ext}"
+        final = out / f"{_stem(p, chosen.backend, chosen.precision)}.{chosen.ext}"
         side = write_artifact(chosen.tmp, final, sidecar)
     finally:
         for c in built:
@@ -907,6 +971,7 @@ def _sidecar(
     state: dict[str, Any],
     cfg: ExportConfig,
     source: dict[str, Any],
+    operating: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     fields = dict(c.fields)
     sidecar = {
@@ -920,11 +985,15 @@ def _sidecar(
             "channels_last": fields.pop("channels_last"),
         },
         "batch": dict(zip(("min", "opt", "max"), p.batch, strict=True)),
-        "thresholds": thresholds(p.kind, size),
+        # label: the cut on the raw probability, the operating point's when there is one.
+        "thresholds": {**thresholds(p.kind, size), "label": p.rule.raw_threshold},
         "backend": c.backend,
         "path": fields.pop("path"),
         "precision": fields.pop("precision"),
         "return_mask": p.return_mask,
+        "tta": p.tta,
+        "operating_point": operating,
+        "probability": _probability(operating),
         "outputs": _outputs(p.kind, size, p.return_mask),
         "device": c.predictor.device.type,
         "versions": _versions(p.device),

@@ -40,6 +40,7 @@ from ptxfast.fused import (
     to_torchscript,
 )
 from ptxfast.models import kind_of
+from ptxfast.operating import LabelRule, label_rule
 
 BACKENDS = ("eager", "torchscript", "tensorrt", "inductor", "onnxruntime", "openvino")
 ONNX_BACKENDS = ("onnxruntime", "openvino")  # they run the ONNX file of the fused graph
@@ -142,7 +143,9 @@ class Predictor:
     pixel, min_area, score_k), batch ((min, opt, max) or None), return_mask, channels_last,
     path (how it was made: trace, ts, dynamo, eager, inductor, onnx:<exporter>), sidecar
     (artifacts only), mask_output (the module returns a mask, whether or not `return_mask`
-    hands it to callers: ONNX graphs always carry it, so the parity gate measures Dice).
+    hands it to callers: ONNX graphs always carry it, so the parity gate measures Dice), rule
+    (`operating.LabelRule`: the artifact's operating point, else the model's default threshold;
+    `label` and `reported` apply it).
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class Predictor:
         path: str = "",
         sidecar: Sidecar | None = None,
         mask_output: bool | None = None,
+        rule: LabelRule | None = None,
     ) -> None:
         self.module = module
         self.name = name
@@ -172,6 +176,9 @@ class Predictor:
         self.device = device
         self.input_dtype = input_dtype
         self.thresholds = thresholds(self.kind, size)
+        self.rule = rule or LabelRule(float(self.thresholds["label"]))
+        # The cut on the raw probability (the operating point's, when there is one).
+        self.thresholds["label"] = self.rule.raw_threshold
         self.batch = batch
         self.return_mask = return_mask
         self.channels_last = channels_last
@@ -189,8 +196,13 @@ class Predictor:
         )
 
     def label(self, prob: torch.Tensor) -> torch.Tensor:
-        """The image label (bool) of probabilities, by the model's rule."""
-        return prob > self.thresholds["label"]
+        """The image label (bool) of the raw probabilities the model returns, by its rule."""
+        return self.rule.label(prob)
+
+    def reported(self, prob: torch.Tensor) -> torch.Tensor:
+        """The probability to report for raw ones: temperature-scaled when the artifact's
+        operating point is calibrated, else unchanged."""
+        return self.rule.reported(prob)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -363,6 +375,7 @@ def load_predictor(
         channels_last=channels_last,
         path=sidecar["path"] + ("+optimized" if optimize and backend == "torchscript" else ""),
         sidecar=sidecar,
+        rule=label_rule(sidecar),
         mask_output="mask" in (sidecar.get("onnx") or {}).get("outputs", ())
         or bool(sidecar["return_mask"]),
     )

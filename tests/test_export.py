@@ -521,3 +521,110 @@ def test_cuda_fp16_torchscript_export(runs, tmp_path):
     assert predictor.device.type == "cuda" and predictor.input_dtype == torch.float16
     out = predictor(torch.rand(3, 1, S, S))  # float32 on the CPU in, cast and moved inside
     assert out.prob.dtype == torch.float32 and out.prob.device.type == "cuda"
+
+
+# --------------------------------------------------------------- operating points and TTA
+
+
+def _segmenter_probs(runs: Path, x: torch.Tensor) -> torch.Tensor:
+    model = build("rn34un", weights=None)
+    model.load_state_dict(torch.load(runs / "rn34un" / "best.pt", weights_only=True)["model"])
+    with torch.inference_mode():
+        return fuse(model.eval(), "rn34un", S)(x)[0]
+
+
+def test_operating_point_and_hflip_tta_artifact(runs, tmp_path):
+    from ptxfast.checkpoint import write_evaluation
+    from ptxfast.operating import describe
+
+    x = torch.rand(6, 1, S, S, generator=torch.Generator().manual_seed(11))
+    raw = _segmenter_probs(runs, x)
+    chosen = float(raw.median())  # splits these images: some above, some not
+    write_evaluation(
+        runs / "rn34un" / "best.pt",
+        {
+            "operating_points": [
+                {"target_recall": 0.95, "threshold": chosen, "chosen_on": "val",
+                 "reached": True, "note": ""}
+            ],
+            "calibration": {"temperature": 2.0},
+        },
+    )  # fmt: skip
+    out = tmp_path / "exports"
+    args = ["export", "--model", "rn34un", "--runs", str(runs), "--out", str(out)]
+    args += ["--backend", "torchscript", "--precision", "fp32", "--device", "cpu"]
+    args += ["--batch", "1:2:4", "--parity-n", "6", "--operating-point", "recall=0.95"]
+    result = CliRunner().invoke(cli, [*args, "--tta", "hflip"])
+    assert result.exit_code == 0, result.output
+    assert "recall >= 0.95 on val" in result.output
+    side = read_sidecar(out / "rn34un.torchscript-fp32-hflip.json")
+    op = side["operating_point"]
+    assert op["threshold"] == chosen and op["method"] == "target_recall" and op["split"] == "val"
+    assert op["val"]["split"] == "synthetic phantoms" and op["val"]["n"] == 6
+    for k in ("recall", "specificity"):
+        assert op["val"][k]["lo"] <= op["val"][k]["value"] <= op["val"][k]["hi"]
+    assert side["thresholds"]["label"] == chosen and side["tta"] == "hflip"
+    assert side["probability"] == {"graph": "raw", "reported": "raw"}
+    assert "recall >= 0.95 on val" in describe(side)
+
+    predictor = load_predictor(side, "cpu")
+    prob = predictor(x).prob
+    # The artifact labels exactly `prob > threshold`, computed by hand.
+    assert predictor.label(prob).tolist() == (prob > chosen).tolist()
+    # A mirrored image gets the same probability (|Δ| ≤ 1e-5 in fp32), and the TTA graph is
+    # not the plain one.
+    mirrored = predictor(x.flip(-1)).prob
+    assert (mirrored - prob).abs().max() <= 1e-5
+    assert not torch.allclose(prob, raw, atol=1e-6)
+
+
+def test_operating_point_errors_name_the_fix(runs, tmp_path):
+    from ptxfast.checkpoint import evaluation_path
+
+    evaluation_path(runs / "rn34" / "best.pt").unlink(missing_ok=True)
+    cfg = ExportConfig(
+        name="rn34", runs=runs, out=tmp_path, backend="torchscript", precision="fp32",
+        device="cpu", parity_n=2, operating_point="recall=0.9",
+    )  # fmt: skip
+    with pytest.raises(ExportError, match="run `ptxfast evaluate --runs"):
+        export_model(cfg)
+    with pytest.raises(ExportError, match="use recall=R"):
+        export_model(replace(cfg, operating_point="sensitivity=0.9"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_label_rule_of_old_and_calibrated_sidecars():
+    from ptxfast.metrics import calibrated
+    from ptxfast.operating import LabelRule, label_rule
+
+    # An artifact made before operating points labels at its recorded threshold.
+    old = label_rule({"thresholds": {"label": 0.3, "pixel": 0.3}})
+    assert old == LabelRule(0.3) and old.raw_threshold == 0.3
+    p = torch.tensor([0.05, 0.2, 0.45, 0.55, 0.8, 0.999])
+    cal = label_rule({"operating_point": {"threshold": 0.5, "temperature": 3.0}})
+    reported = cal.reported(p)
+    logit = torch.logit(p.double())
+    torch.testing.assert_close(reported.double(), torch.from_numpy(calibrated(logit.numpy(), 3.0)))
+    # Temperature keeps the order: the calibrated label equals the raw one at the mapped cut.
+    assert cal.label(p).tolist() == (p > cal.raw_threshold).tolist()
+    high = LabelRule(0.7, 2.0)
+    assert high.label(p).tolist() == (p > high.raw_threshold).tolist()
+    assert high.raw_threshold == pytest.approx(torch.sigmoid(2 * torch.logit(torch.tensor(0.7))))
+
+
+def test_hflip_tta_cascade_is_mirror_invariant():
+    torch.manual_seed(5)
+    model = build("rn34un+rn34", weights=None).eval()
+    torch.nn.init.normal_(model.classifier.net.fc.weight, std=0.5)  # a head that says something
+    x = torch.rand(3, 1, S, S, generator=torch.Generator().manual_seed(2))
+    plain, tta = fuse(model, "rn34un+rn34", S), fuse(model, "rn34un+rn34", S, tta="hflip")
+    with torch.inference_mode():
+        p, area = tta(x)
+        q, area_m = tta(x.flip(-1))
+        plain_p = plain(x)[0]
+    assert (p - q).abs().max() <= 1e-5 and (area - area_m).abs().max() <= 1
+    assert not torch.allclose(p, plain_p)
+    # The average of the two plain passes, by hand.
+    with torch.inference_mode():
+        expect = (plain(x)[0] + plain(x.flip(-1))[0]) / 2
+    torch.testing.assert_close(p, expect, atol=1e-5, rtol=0)
