@@ -644,10 +644,24 @@ def _operating_point_table(report, fmt):
     type=click.FloatRange(min=0),
     help="Largest |Δprobability| [default: fp32 1e-4, fp16 0.02, bf16 0.15].",
 )
+@click.option(
+    "--operating-point",
+    metavar="recall=R|threshold=T|calibrated",
+    help="How the artifact labels: the threshold `ptxfast evaluate` chose on validation for "
+    "recall R, a given threshold T, or calibrated probabilities above 0.5 [default: the "
+    "model's rule, p > 0.5; segmenters 0.3].",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "hflip"]),
+    default="none",
+    show_default=True,
+    help="hflip: average each image with its left-right mirror inside the graph (2x compute).",
+)
 def export_command(
     cascade, model, runs, checkpoint, out, backend, precision, batch, size, device, data, profile,
     return_mask, parity_n, seed, min_agreement, max_df1, max_drecall, max_dprob, max_dauc,
-    max_ddice,
+    max_ddice, operating_point, tta,
 ) -> None:  # fmt: skip
     """Fuse a trained model into one graph, compile it, gate it on parity, write an artifact.
 
@@ -663,6 +677,7 @@ def export_command(
       ptxfast export --cascade eb3un+eb3 --backend openvino --precision bf16
       ptxfast export --cascade eb3un+eb3 --profile cpu-bf16
       ptxfast export --model eb3un --backend torchscript --precision fp32
+      ptxfast export --cascade eb3un+eb3 --operating-point recall=0.95 --tta hflip
     """
     from rich.table import Table
 
@@ -718,6 +733,7 @@ def export_command(
             device=device, data=data, profile=profile, return_mask=return_mask,
             parity_n=parity_n, seed=seed, min_agreement=min_agreement, max_df1=max_df1,
             max_drecall=max_drecall, max_dprob=max_dprob, max_dauc=max_dauc, max_ddice=max_ddice,
+            operating_point=operating_point, tta=tta,
         )  # fmt: skip
         result = export_model(
             cfg, say=lambda line: console.print(line, highlight=False, markup=False)
@@ -751,6 +767,11 @@ def export_command(
         f"; area = pixels > {th['pixel']}" if th["pixel"] is not None else ""
     )
     table.add_row("label rule", rule + ("; returns the mask" if s["return_mask"] else ""))
+    from ptxfast.operating import describe
+
+    table.add_row("operating point", describe(s))
+    if s.get("tta", "none") != "none":
+        table.add_row("test-time aug.", f"{s['tta']}: the image and its mirror, averaged")
     table.add_row("sha256", s["sha256"])
     table.add_row("time", f"{result.seconds:.1f} s")
     Console().print(table)
@@ -885,10 +906,19 @@ def selection_table(selection: dict):
     type=click.IntRange(min=1),
     help="--engine ray: model actors [default: one per GPU, or one per CPU without GPUs].",
 )
+@click.option(
+    "--eligibility",
+    type=click.Choice(["strict", "default", "off"]),
+    default="default",
+    show_default=True,
+    help="Label chest radiographs only, read from each DICOM header before decoding: default "
+    "refuses other modalities (CT, MR, US, SR...), lateral views and other body parts; strict "
+    "also files whose header says nothing (PNG/JPEG); off scores every decodable image.",
+)
 def score_command(
     folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
     shard, masks_dir, seg_dir, sr_dir, json_path, model_only_iters, engine, address, decoders,
-    actors,
+    actors, eligibility,
 ) -> None:  # fmt: skip
     """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
 
@@ -928,6 +958,7 @@ def score_command(
                 seg_dir=seg_dir, sr_dir=sr_dir, overwrite=overwrite, summary_json=json_path,
                 exports_dir=exports, lanes=lanes, threads=threads,
                 model_only_iters=model_only_iters, engine=engine, ray=ray_options,
+                eligibility=eligibility,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
     except (scoring.ScoreError, ledger.LedgerError) as e:
@@ -944,12 +975,26 @@ def score_command(
     table.add_column(justify="right", style="bold")
     table.add_column()
     table.add_row("model", f"{s.model} ({s.backend} {s.precision}) on {s.device}")
+    table.add_row("operating point", s.operating_point)
     shard_note = f", shard {s.shard[0]}/{s.shard[1]}" if s.shard[1] > 1 else ""
     table.add_row(
         "files",
         f"{s.files} inputs{shard_note}: {s.scored} scored, {s.failed} failed"
+        + (f", {s.not_eligible} not eligible" if s.not_eligible else "")
         + (f", {s.already} already in the CSV" if s.already else "")
         + f"; {s.skipped} other files skipped",
+    )
+    el = s.eligibility
+    reasons = ", ".join(f"{n} {r}" for r, n in el.get("reasons", {}).items())
+    table.add_row(
+        "eligibility",
+        f"{el.get('rule')}: {s.not_eligible} not chest radiographs"
+        + (f" ({reasons})" if reasons else "")
+        + (
+            f"; {el['unchecked']} scored unchecked (no header to say)"
+            if el.get("unchecked")
+            else ""
+        ),
     )
     table.add_row("positives", str(s.positives))
     if s.cluster is None:

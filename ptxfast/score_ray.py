@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import ledger, scoring
+from ptxfast import ledger, operating, scoring
 from ptxfast.scoring import CSV_COLUMNS, ScoreError, ScoreSummary
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"
@@ -107,7 +107,7 @@ class _ChildDied(Exception):
     """The decoding process died (or hung and was killed) before it answered."""
 
 
-def _child_main(conn, root: Path, size: int) -> None:
+def _child_main(conn, root: Path, size: int, eligibility: str) -> None:
     scoring._worker_init(0)
     while True:
         try:
@@ -115,15 +115,16 @@ def _child_main(conn, root: Path, size: int) -> None:
         except EOFError:  # the actor went away
             return
         state = torch.zeros(len(paths), dtype=torch.int64)
-        files = scoring._Files(root, paths, size, state)
+        files = scoring._Files(root, paths, size, state, eligibility)
         conn.send([files[i] for i in range(len(paths))])
 
 
 class _Child:
     """One forked process that decodes for a decoder actor, started again after it dies."""
 
-    def __init__(self, root: Path, size: int, timeout: float) -> None:
+    def __init__(self, root: Path, size: int, timeout: float, eligibility: str) -> None:
         self.root, self.size, self.timeout = root, size, timeout
+        self.eligibility = eligibility
         self.proc = None
         self.conn = None
         self.started = 0
@@ -149,7 +150,9 @@ class _Child:
         # fork: the child starts at once with ptxfast already imported, as DataLoader workers do.
         ctx = multiprocessing.get_context("fork")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_child_main, args=(child, self.root, self.size), daemon=True)
+        self.proc = ctx.Process(
+            target=_child_main, args=(child, self.root, self.size, self.eligibility), daemon=True
+        )
         self.proc.start()
         child.close()
         self.started += 1
@@ -169,9 +172,10 @@ class _Decoder:
     Never raises for a file: a decoder failure is the file's `error`, and a file that kills
     the decoding process is isolated (see the module docstring)."""
 
-    def __init__(self, root: str, size: int, timeout: float) -> None:
+    def __init__(self, root: str, size: int, timeout: float, eligibility: str) -> None:
         self.size = size
-        self.child = _Child(Path(root), size, timeout)
+        # The rule runs in the decoding process, on the header it parses (as locally).
+        self.child = _Child(Path(root), size, timeout, eligibility)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
@@ -449,6 +453,9 @@ def _summary(ray, job, sidecar, plan: _Plan, resources, found, todo) -> ScoreSum
         skipped=len(found.skipped),
         skipped_examples=found.skipped[:5],
         torn_line_dropped=job.preds.torn,
+        eligibility={"rule": job.eligibility},  # files scored unchecked: counted locally only
+        operating_point=operating.describe(sidecar),
+        operating_point_detail=sidecar.get("operating_point"),
         setup_seconds=time.perf_counter() - job.t_start,
         time_s=dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0),
         engine="ray",
@@ -492,7 +499,7 @@ def _dataset(ray, job: scoring._Job, sidecar, plan: _Plan, todo: list[tuple[int,
             _Decoder,
             fn_constructor_kwargs={
                 "root": str(job.root), "size": int(sidecar["input"]["size"]),
-                "timeout": job.decode_timeout,
+                "timeout": job.decode_timeout, "eligibility": job.eligibility,
             },
             compute=ActorPoolStrategy(size=plan.decoders),
             num_cpus=plan.decoder_cpus,

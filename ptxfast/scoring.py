@@ -6,10 +6,19 @@ worker processes while the main process runs the model, and appends one row per 
     path,sop_instance_uid,probability,label,mask_area,error
 
 - path: relative to `root`, with "/" separators (so shard CSVs and resumed runs agree);
-- probability: the artifact's image probability; label: 1 when it exceeds the sidecar's label
-  threshold; mask_area: pixels above the pixel threshold at the model's S×S input (empty for
-  classifiers); error: one line when the file could not be scored (then probability, label
-  and mask_area are empty).
+- probability: the artifact's image probability (temperature-scaled when its operating point
+  is calibrated); label: 1 when it exceeds the artifact's operating threshold (its sidecar's
+  `operating_point`, else its recorded label threshold; `Predictor.label`); mask_area: pixels
+  above the pixel threshold at the model's S×S input (empty for classifiers); error: one line
+  when the file could not be scored (then probability, label and mask_area are empty).
+
+Eligibility. Only chest radiographs get a label (`ptxfast.data.eligibility`): the decoding
+worker checks the header it has just parsed — Modality, ViewPosition, BodyPartExamined —
+before any pixel is decoded, and a file the rule refuses gets a row with an empty probability
+and an error `not eligible: Modality CT (chest radiographs only; --eligibility off to score
+anyway)`. Such rows are counted apart from failures (`not_eligible` in the summary, with the
+rule and the reasons). `eligibility="strict"` also refuses files whose header says nothing,
+"off" scores every decodable image.
 
 Inputs. The tree is walked recursively (names starting with "." are ignored, symlinked folders
 are not followed) and the files are sorted by relative path. A file is an input when its bytes
@@ -92,7 +101,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptxfast import ledger
-from ptxfast.data.dicom import ImageReadError, is_dicom, load_image, read_dataset
+from ptxfast.data.dicom import ImageReadError, NotEligible, is_dicom, load_image, read_dataset
+from ptxfast.data.eligibility import DEFAULT_RULE, RULES, reason_of
 
 CSV_COLUMNS = ("path", "sop_instance_uid", "probability", "label", "mask_area", "error")
 CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
@@ -136,6 +146,14 @@ class ScoreSummary:
     failed: int = 0
     skipped: int = 0  # files that are not images (and do not claim to be)
     positives: int = 0
+    # Rows refused by the eligibility rule (not chest radiographs), counted apart from
+    # `failed`; `eligibility` holds the rule, these counts by reason, and the files scored on
+    # no evidence this run (PNG/JPEG, silent headers).
+    not_eligible: int = 0
+    eligibility: dict[str, Any] = field(default_factory=dict)
+    # How the artifact labels (`operating.describe`) and its sidecar's operating point.
+    operating_point: str = ""
+    operating_point_detail: dict[str, Any] | None = None
     torn_line_dropped: bool = False
     masks_written: int = 0
     segs_written: int = 0
@@ -460,6 +478,7 @@ class _Meta:
     columns: int = 0
     dicom: bool = False
     cpu_seconds: float = 0.0  # CPU time its decode took (the worker process's, or this thread's)
+    unchecked: bool = False  # eligible on no evidence (PNG/JPEG, a header that says nothing)
 
 
 class _Batch:
@@ -503,11 +522,19 @@ class _Files(Dataset):
     decoded, -1 once done, so the file that killed a worker can be named.
     """
 
-    def __init__(self, root: Path, paths: Sequence[str], size: int, state: torch.Tensor):
+    def __init__(
+        self,
+        root: Path,
+        paths: Sequence[str],
+        size: int,
+        state: torch.Tensor,
+        eligibility: str = DEFAULT_RULE,
+    ):
         self.root = root
         self.paths = paths
         self.size = size
         self.state = state
+        self.eligibility = eligibility
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -527,10 +554,15 @@ class _Files(Dataset):
             with warnings.catch_warnings():
                 # e.g. "N frames; using the first": the row is the place for results.
                 warnings.simplefilter("ignore")
-                img, info = load_image(path, self.size)
+                # The rule reads the header this decode parses, before its pixels.
+                img, info = load_image(path, self.size, eligibility=self.eligibility)
             meta.sop_instance_uid = info.sop_instance_uid
             meta.rows, meta.columns = info.rows, info.columns
             meta.dicom = info.transfer_syntax_uid is not None
+            meta.unchecked = info.eligibility_note is not None
+        except NotEligible as err:
+            meta.error = _one_line(err, path)
+            meta.sop_instance_uid = _sop_of(path)
         except Exception as err:  # any decoder failure is this file's error, not the run's
             meta.error = _one_line(err, path)
             if isinstance(err, MemoryError):
@@ -863,6 +895,7 @@ class _Job:
     decode_timeout: float
     progress: Callable[[int, int], None] | None
     t_start: float
+    eligibility: str = DEFAULT_RULE
 
 
 def score_folder(
@@ -889,6 +922,7 @@ def score_folder(
     progress: Callable[[int, int], None] | None = None,
     engine: str = "local",
     ray: Any = None,
+    eligibility: str = DEFAULT_RULE,
 ) -> ScoreSummary:
     """Score every image under `root` into the CSV `out`; returns what happened and how fast.
 
@@ -901,7 +935,8 @@ def score_folder(
     a DICOM SR for every scored DICOM (any artifact). model_only_iters: batches timed for the
     model-only throughput (0 skips it). engine: "local" (this machine) or "ray" (a Ray
     cluster, `ray` a `score_ray.RayOptions`; see ptxfast.score_ray). Output paths are checked
-    before any work; see the module docstring for inputs, resume and shards.
+    before any work; see the module docstring for inputs, resume and shards. eligibility:
+    "default", "strict" or "off" (see the module docstring, "Eligibility").
     """
     from ptxfast import artifact, runtime
 
@@ -916,6 +951,8 @@ def score_folder(
     for value, option in ((lanes, "--lanes"), (threads, "--threads")):
         if value is not None and value < 1:
             raise ScoreError(f"{option} must be at least 1")
+    if eligibility not in RULES:
+        raise ScoreError(f"--eligibility {eligibility!r}: choose one of {', '.join(RULES)}")
     k, n = shard
     if not 1 <= k <= n:
         raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
@@ -988,7 +1025,7 @@ def score_folder(
     job = _Job(
         root, out, preds, predictor, batch_size, workers, (k, n), masks_dir, seg_dir, sr_dir,
         summary_json, threads, lanes, prefetch_factor, model_only_iters, decode_timeout,
-        progress, t_start,
+        progress, t_start, eligibility,
     )  # fmt: skip
     try:
         if engine == "ray":
@@ -1054,7 +1091,7 @@ def _run(job: _Job) -> ScoreSummary:
 
     # The decoding workers start first and fill their prefetch queues while the model warms.
     state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
-    dataset = _Files(job.root, found.inputs, predictor.size, state)
+    dataset = _Files(job.root, found.inputs, predictor.size, state, job.eligibility)
     pin = dev.type == "cuda"
     it = _make_loader(dataset, todo, job, workers, pin) if todo else iter(())
     all_threads = torch.get_num_threads()
@@ -1093,7 +1130,10 @@ def _run(job: _Job) -> ScoreSummary:
         skipped=len(found.skipped),
         skipped_examples=found.skipped[:5],
         torn_line_dropped=job.preds.torn,
+        operating_point=_operating_point(predictor),
+        operating_point_detail=(side or {}).get("operating_point"),
     )
+    summary.eligibility = {"rule": job.eligibility, "unchecked": 0}
     writer = _Writer(
         job.root,
         found.inputs,
@@ -1181,6 +1221,7 @@ def _run(job: _Job) -> ScoreSummary:
                     times["decode"] += batch.decode_seconds
                     decode_cpu[0] += sum(m.cpu_seconds for m in batch.meta)
                     decode_cpu[1] += len(batch.meta)
+                    summary.eligibility["unchecked"] += sum(m.unchecked for m in batch.meta)
                     window.append(launch(batch, t_got))
                     while len(window) > lanes:
                         finish(window.popleft())
@@ -1264,6 +1305,15 @@ def _shared_core_bound(
             summary.bound_share = steady / summary.shared_core_bound_images_per_s
 
 
+def _operating_point(predictor) -> str:
+    """How the predictor labels, in one line (the sidecar's operating point when it has one)."""
+    from ptxfast.operating import describe
+
+    if predictor.sidecar is not None:
+        return describe(predictor.sidecar)
+    return f"p > {predictor.rule.threshold:g} ({predictor.name}'s default rule)"
+
+
 def _load(sidecar, device: str):
     """The artifact's predictor on `device`; its refusals as ScoreError."""
     from ptxfast import runtime
@@ -1345,7 +1395,8 @@ def _results(f: _InFlight, predictor, times: dict[str, float]) -> tuple | None:
         times["transfer"] += f.seconds[0]
         times["compute"] += f.seconds[1]
     prob_t, area_t, mask_t = f.host
-    label, prob, area = predictor.label(prob_t).numpy(), prob_t.numpy(), area_t.numpy()
+    label, area = predictor.label(prob_t).numpy(), area_t.numpy()
+    prob = predictor.reported(prob_t).numpy()
     masks: dict[int, np.ndarray] = {}
     if mask_t is not None and label.any():
         masks = {int(j): mask_t[j, 0].float().numpy() for j in np.flatnonzero(label)}
@@ -1353,8 +1404,10 @@ def _results(f: _InFlight, predictor, times: dict[str, float]) -> tuple | None:
 
 
 def _count(summary: ScoreSummary, csv_path: Path, paths: set[str]) -> None:
-    """Scored / failed / positives of this run's files, read back from the CSV (the record)."""
-    summary.scored = summary.failed = summary.positives = 0
+    """Scored / failed / not eligible / positives of this run's files, read back from the CSV
+    (the record)."""
+    summary.scored = summary.failed = summary.positives = summary.not_eligible = 0
+    reasons: dict[str, int] = {}
     with open(csv_path, newline="", **_ENCODING) as f:
         reader = csv.reader(f)
         next(reader, None)
@@ -1364,8 +1417,15 @@ def _count(summary: ScoreSummary, csv_path: Path, paths: set[str]) -> None:
             if row[2]:
                 summary.scored += 1
                 summary.positives += row[3] == "1"
+            elif (reason := reason_of(row[5])) is not None:
+                summary.not_eligible += 1
+                reasons[reason] = reasons.get(reason, 0) + 1
             else:
                 summary.failed += 1
+    summary.eligibility.update(
+        not_eligible=summary.not_eligible, eligible=summary.scored + summary.failed
+    )
+    summary.eligibility["reasons"] = dict(sorted(reasons.items()))
 
 
 def _steady(marks: list[tuple[float, int]], t0: float, ahead: int, lanes: int = 1) -> float | None:

@@ -35,7 +35,7 @@ from ptxfast.data import synth
 SIZE = 64
 HEADER = "path,sop_instance_uid,probability,label,mask_area,error"
 ERRORS = {  # input → a phrase its error must contain
-    "report.dcm": "without pixel data",
+    "report.dcm": "not eligible: Modality SR (chest radiographs only; --eligibility off",
     "trunc.dcm": "truncated",
     "notes.dcm": "neither DICOM nor an image",
     "fake.png": "neither DICOM nor an image",
@@ -174,7 +174,13 @@ def test_mixed_folder_one_row_per_file(scored, folder):
         assert by_path[name]["sop_instance_uid"].startswith("1.2.")
     assert by_path["photo.png"]["sop_instance_uid"] == ""
     assert summary.files == len(rows) and summary.skipped == len(SKIPPED)
-    assert (summary.scored, summary.failed) == (len(ok), len(ERRORS))
+    # The SR is refused by the eligibility rule, counted apart from the failures.
+    assert (summary.scored, summary.failed) == (len(ok), len(ERRORS) - 1)
+    assert summary.not_eligible == 1 and summary.eligibility["reasons"] == {"Modality SR": 1}
+    assert summary.eligibility["rule"] == "default"
+    # The two PNG/JPEG inputs have no header to check: scored, and counted as unchecked.
+    assert summary.eligibility["unchecked"] == 2
+    assert summary.operating_point == "p > 0.3 (the model's default rule)"
     assert summary.positives == sum(r["label"] == "1" for r in ok)
     assert summary.model_only_images_per_s > 0 and summary.ratio > 0
     # Decoding shares the model's cores: the bound 1 / (1/M + D/c) is below M.
@@ -722,3 +728,102 @@ def test_shared_core_bound_from_model_and_decode_cost():
     scoring._shared_core_bound(s, decode_cpu_s=0.02, cores=2, steady=45.0)  # + 10 ms decoding
     assert s.shared_core_bound_images_per_s == pytest.approx(50.0)
     assert s.bound_share == pytest.approx(0.9) and s.cores == 2
+
+
+# ------------------------------------------------------------------ eligibility, operating point
+
+
+def _retagged(src: Path, dst: Path, **tags) -> Path:
+    import pydicom
+
+    ds = pydicom.dcmread(src)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.SOPInstanceUID = uid.generate_uid()
+    ds.save_as(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def radiology(tmp_path_factory) -> Path:
+    """A CT, an MR, an ultrasound, a structured report, a phantom re-tagged as a lateral view,
+    and four chest radiographs (two CR, two DX phantoms)."""
+    root = tmp_path_factory.mktemp("radiology")
+    synth.write_dataset(root / "ph", 5, seed=3, size=SIZE, positive_rate=0.4, workers=1)
+    phantoms = sorted((root / "ph").glob("**/*.dcm"))
+    assert len(phantoms) == 5
+    for i, p in enumerate(phantoms[:4]):
+        _retagged(p, root / f"chest_{i}.dcm", Modality="CR" if i < 2 else "DX")
+    _retagged(phantoms[4], root / "lateral.dcm", ViewPosition="LL")
+    shutil.rmtree(root / "ph")
+    px = F.gray_pixels(48, 48, bits=12)
+    for modality in ("CT", "MR", "US"):
+        ds = F.image_dataset(px, bits_stored=12)
+        ds.Modality = modality
+        F.save(ds, root / f"{modality.lower()}.dcm")
+    F.structured_report(root / "report.dcm")
+    return root
+
+
+def test_only_chest_radiographs_get_probabilities(radiology, predictor, tmp_path):
+    summary = scoring.score_folder(
+        radiology, tmp_path / "p.csv", model=predictor, device="cpu", batch_size=2, workers=1,
+        summary_json=tmp_path / "s.json", model_only_iters=0,
+    )  # fmt: skip
+    rows = by(_rows(tmp_path / "p.csv"))
+    chest = {f"chest_{i}.dcm" for i in range(4)}
+    assert {p for p, r in rows.items() if r["probability"]} == chest
+    expect = {
+        "ct.dcm": "Modality CT",
+        "mr.dcm": "Modality MR",
+        "us.dcm": "Modality US",
+        "report.dcm": "Modality SR",
+        "lateral.dcm": "ViewPosition LL (lateral)",
+    }
+    for name, reason in expect.items():
+        assert rows[name]["error"] == (
+            f"not eligible: {reason} (chest radiographs only; --eligibility off to score anyway)"
+        )
+        assert rows[name]["label"] == rows[name]["mask_area"] == ""
+    assert (summary.scored, summary.failed, summary.not_eligible) == (4, 0, 5)
+    js = json.loads((tmp_path / "s.json").read_text())
+    assert js["eligibility"]["rule"] == "default" and js["not_eligible"] == 5
+    assert js["eligibility"]["reasons"]["Modality CT"] == 1
+    # off: every decodable image is scored; the SR has no pixels and fails as before.
+    off = scoring.score_folder(
+        radiology, tmp_path / "off.csv", model=predictor, device="cpu", batch_size=2,
+        workers=0, model_only_iters=0, eligibility="off",
+    )  # fmt: skip
+    rows = by(_rows(tmp_path / "off.csv"))
+    assert {p for p, r in rows.items() if r["probability"]} == set(rows) - {"report.dcm"}
+    assert "without pixel data" in rows["report.dcm"]["error"]
+    assert (off.scored, off.failed, off.not_eligible) == (8, 1, 0)
+    with pytest.raises(scoring.ScoreError, match="choose one of strict, default, off"):
+        scoring.score_folder(radiology, tmp_path / "x.csv", model=predictor, eligibility="no")
+
+
+def test_score_labels_at_the_artifacts_operating_point(artifact, folder, tmp_path):
+    from ptxfast.artifact import read_sidecar
+    from ptxfast.export import ExportConfig, export_model
+
+    side = read_sidecar(artifact)
+    ckpt = Path(side["sources"]["checkpoint"]["path"])
+    threshold = 0.45
+    cfg = ExportConfig(
+        name="rn34un", runs=ckpt.parent.parent, out=tmp_path / "exports", checkpoint=ckpt,
+        backend="torchscript", precision="fp32", device="cpu", parity_n=4, batch=(1, 2, 2),
+        operating_point=f"threshold={threshold}",
+    )  # fmt: skip
+    op_artifact = export_model(cfg).sidecar_path
+    result = CliRunner().invoke(
+        cli,
+        ["score", str(folder), "--out", str(tmp_path / "p.csv"), "--model", str(op_artifact),
+         "--device", "cpu", "--json", str(tmp_path / "s.json"), "--model-only-iters", "0"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "given: threshold=0.45" in result.output
+    rows = [r for r in _rows(tmp_path / "p.csv") if r["probability"]]
+    assert rows and all(r["label"] == str(int(float(r["probability"]) > threshold)) for r in rows)
+    js = json.loads((tmp_path / "s.json").read_text())
+    assert js["operating_point_detail"]["threshold"] == threshold
+    assert "p > 0.45 (given: threshold=0.45" in js["operating_point"]

@@ -75,6 +75,7 @@ __all__ = [
     "MAX_PIXELS",
     "ImageInfo",
     "ImageReadError",
+    "NotEligible",
     "is_dicom",
     "load_image",
     "read_dataset",
@@ -131,6 +132,17 @@ class ImageReadError(ValueError):
     """An input that cannot be read as an image; the message names the file and the reason."""
 
 
+class NotEligible(ImageReadError):
+    """An image the eligibility rule refuses (not a chest radiograph), found from its header
+    before any pixel is decoded; `reason` is the rule's phrase ("Modality CT")."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        from ptxfast.data.eligibility import not_eligible_message
+
+        super().__init__(f"{path}: {not_eligible_message(reason)}")
+        self.reason = reason
+
+
 @dataclass
 class ImageInfo:
     """What a reader learned about a file besides its pixels (DICOM identifiers and geometry).
@@ -150,6 +162,8 @@ class ImageInfo:
     transfer_syntax_uid: str | None
     modality: str | None
     n_frames: int | None
+    # Eligible on no evidence (no header, no Modality): the eligibility rule's note, else None.
+    eligibility_note: str | None = None
 
 
 def _error(path: str | os.PathLike, reason: str) -> ImageReadError:
@@ -361,20 +375,32 @@ def read_image(path: str | os.PathLike, *, fast: bool = True) -> np.ndarray:
 
 
 def load_image(
-    path: str | os.PathLike, size: int | None = None, *, fast: bool = True
+    path: str | os.PathLike,
+    size: int | None = None,
+    *,
+    fast: bool = True,
+    eligibility: str = "off",
 ) -> tuple[np.ndarray, ImageInfo]:
     """Read an image (see `read_image`) and, if `size` is given, area-resize it to size x size.
 
     Returns the float32 image in [0, 1] and the file's `ImageInfo`. This is the path the
     datasets and the scorer use; the stored size is in `info.rows` / `info.columns`.
+    `eligibility` ("default", "strict" or "off", see `ptxfast.data.eligibility`) is checked on
+    the header before the pixels are decoded; a refused file raises `NotEligible`.
     """
+    from ptxfast.data.eligibility import check
+
     path = Path(path)
     with _open(path) as f:
         head = f.read(_SNIFF_BYTES)
         f.seek(0)
         if _looks_dicom(head):
-            return _load_dicom(f, path, fast, size)
+            return _load_dicom(f, path, fast, size, eligibility)
+        verdict = check(None, dicom=False, rule=eligibility)
+        if not verdict.eligible:
+            raise NotEligible(path, verdict.reason)
         img, info = _load_pillow(f, path)
+        info.eligibility_note = verdict.note
     if size is not None:
         img = resize(img, size)
     return img, info
@@ -515,12 +541,25 @@ def _dicom_info(ds: Dataset, path: Path, rows: int, columns: int, frames: int) -
 
 
 def _load_dicom(
-    f: BinaryIO, path: Path, fast: bool, size: int | None
+    f: BinaryIO, path: Path, fast: bool, size: int | None, eligibility: str = "off"
 ) -> tuple[np.ndarray, ImageInfo]:
+    from ptxfast.data.eligibility import check
+
     # Parse the header with the pixel data left on disk, so size checks come first.
     ds = _parse_dicom(f, path, defer_size=_DEFER_BYTES)
+    # What the file is comes before whether it decodes: a structured report is "not
+    # eligible", not "no pixel data".
+    verdict = check(
+        _text(ds, "Modality"),
+        _text(ds, "ViewPosition"),
+        _text(ds, "BodyPartExamined"),
+        rule=eligibility,
+    )
+    if not verdict.eligible:
+        raise NotEligible(path, verdict.reason)
     rows, columns, frames = _check_header(ds, path)
     info = _dicom_info(ds, path, rows, columns, frames)
+    info.eligibility_note = verdict.note
     if frames > 1:
         warnings.warn(f"{path}: {frames} frames; using the first", stacklevel=3)
     _prepare(ds, path)
