@@ -44,10 +44,11 @@ def environment(device: str) -> dict[str, Any]:
     """Versions, the device, and which backends can run there (with the reasons)."""
     import torch
 
-    from ptxfast import benchmark, runtime, trt
+    from ptxfast import runtime, trt
+    from ptxfast.environment import versions
 
     dev = runtime.resolve_device(device)
-    env = benchmark.environment(dev)
+    env = versions(dev)
     env["backends"] = runtime.available_backends(dev)
     env["tensorrt_reason"] = trt.unavailable_reason(dev)
     env["cuda_available"] = torch.cuda.is_available()

@@ -25,21 +25,20 @@ import gc
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ptxfast import MODEL_NAMES, __version__
+from ptxfast import MODEL_NAMES
+from ptxfast.environment import cpu_bf16, sync, versions
 
 SCHEMA_VERSION = 1
 
@@ -191,12 +190,25 @@ def _clean(value: Any) -> Any:
 # ------------------------------------------------------------------------------- arithmetic
 
 
-def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
-    """{"p50": ..., ...} of `values` (linear interpolation between samples, numpy's default)."""
+LATENCY_PERCENTILES = (50, 90, 95, 99)  # the one set every latency report gives
+
+
+def percentiles(
+    values: Sequence[float], qs: Sequence[int] = LATENCY_PERCENTILES
+) -> dict[str, float]:
+    """{"p50": ..., "p90": ..., "p95": ..., "p99": ...} of `values` (linear interpolation
+    between samples, numpy's default)."""
     if len(values) == 0:
         raise ValueError("percentiles of no values")
     arr = np.asarray(values, dtype=np.float64)
     return {f"p{q}": float(np.percentile(arr, q)) for q in qs}
+
+
+def latency_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    """`percentiles` of latencies given in seconds, in milliseconds; None each when empty."""
+    if len(seconds) == 0:
+        return dict.fromkeys((f"p{q}" for q in LATENCY_PERCENTILES), None)
+    return percentiles([t * 1000.0 for t in seconds])
 
 
 def summarize_times(times: Sequence[Sequence[float]], batch: int) -> dict[str, float | int]:
@@ -287,11 +299,6 @@ def _first_line(err: BaseException) -> str:
 # ------------------------------------------------------------------------------- measuring
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class _PeakMemory:
     """Peak memory over a block: CUDA max_memory_allocated, or on a CPU the process's peak RSS
     (VmHWM reset through /proc/self/clear_refs; else the lifetime peak from getrusage)."""
@@ -304,7 +311,7 @@ class _PeakMemory:
 
     def __enter__(self) -> _PeakMemory:
         if self.device.type == "cuda":
-            _sync(self.device)
+            sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.resident_mib = torch.cuda.memory_allocated(self.device) / 2**20
             self.source = "cuda_max_memory_allocated"
@@ -321,7 +328,7 @@ class _PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
-            _sync(self.device)
+            sync(self.device)
             self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
             return
         hwm = _status_kib("VmHWM") if self.source == "process_rss_peak" else None
@@ -370,14 +377,14 @@ def time_predictor(
     """
     dev = predictor.device
     xs = _buffers(predictor, batch, seed)
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     predictor(xs[0])
-    _sync(dev)
+    sync(dev)
     first = time.perf_counter() - t0
     for i in range(1, max(1, warmup)):
         predictor(xs[i % len(xs)])
-    _sync(dev)
+    sync(dev)
     times: list[list[float]] = []
     k = 0
     with sampler if sampler is not None else contextlib.nullcontext():
@@ -386,10 +393,10 @@ def time_predictor(
             for _ in range(iters):
                 x = xs[k % len(xs)]
                 k += 1
-                _sync(dev)
+                sync(dev)
                 t0 = time.perf_counter()
                 predictor(x)
-                _sync(dev)
+                sync(dev)
                 rep.append(time.perf_counter() - t0)
             times.append(rep)
     return times, first
@@ -446,76 +453,6 @@ def measure(
 
 
 # ------------------------------------------------------------------------------ environment
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _driver() -> str | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            v = pynvml.nvmlSystemGetDriverVersion()
-        finally:
-            pynvml.nvmlShutdown()
-        return v.decode() if isinstance(v, bytes) else str(v)
-    except Exception:
-        return None
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Where and with what the figures were measured (versions, hardware, load)."""
-    from ptxfast import trt
-    from ptxfast.export import cpu_bf16
-
-    cuda = device.type == "cuda"
-    env: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "ptxfast": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": _version("timm"),
-        "segmentation_models_pytorch": _version("segmentation-models-pytorch"),
-        "pydicom": _version("pydicom"),
-        "numpy": np.__version__,
-        **trt.versions(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if cuda else None,
-        "driver": _driver() if cuda else None,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "cpu": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": cpu_bf16(),
-        "platform": platform.platform(),
-    }
-    with contextlib.suppress(OSError):
-        env["load_before"] = [round(v, 2) for v in os.getloadavg()]
-    return env
 
 
 # ------------------------------------------------------------------------------ the model
@@ -636,7 +573,6 @@ def plan_variants(
     cannot run here stays in the list with its reason (status "unavailable"), and what runs but
     is left out of a default on purpose is "skipped".
     """
-    from ptxfast.export import cpu_bf16
     from ptxfast.runtime import PredictorError, available_backends, check_precision
 
     gpu = device.type == "cuda"
@@ -808,15 +744,15 @@ def measure_stages(
     if cuda:  # pinned as the scorer's DataLoader pins them, off the timed path
         chunks = [c.pin_memory() for c in chunks]
         predictor(chunks[0].to(dev))  # the first copy from a new pinned buffer is slower
-        _sync(dev)
+        sync(dev)
     h2d = compute = d2h = 0.0
     for chunk in chunks:
         t0 = time.perf_counter()
         x = chunk.to(dev, non_blocking=True)
-        _sync(dev)
+        sync(dev)
         t1 = time.perf_counter()
         out = predictor(x)
-        _sync(dev)
+        sync(dev)
         t2 = time.perf_counter()
         for t in out:
             if t is not None:
@@ -875,12 +811,12 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda _: None) -> 
     Raises BenchError for what cannot start (a bad option, a missing checkpoint); anything that
     fails later is recorded in the report and the run goes on.
     """
-    from ptxfast.runtime import PredictorError, resolve_device
+    from ptxfast.environment import DeviceError, resolve_device
 
     start = time.perf_counter()
     try:
         dev = resolve_device(cfg.device)
-    except PredictorError as err:
+    except DeviceError as err:
         raise BenchError(str(err)) from None
     gpu = dev.type == "cuda"
     r = _resolve(cfg, gpu)
@@ -893,7 +829,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda _: None) -> 
             raise BenchError(f"size {src.size} must be a multiple of 32 (U-Net strides)")
         plan = plan_variants(cfg.backends, dev, has_artifact=src.sidecar is not None)
         report = BenchReport(
-            environment=environment(dev),
+            environment=versions(dev),
             config={
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()},
                 "variants": [v for v, _, _ in plan],
@@ -1302,7 +1238,6 @@ __all__ = [
     "BenchError",
     "BenchReport",
     "energy_per_image",
-    "environment",
     "measure",
     "measure_stages",
     "parity_row",

@@ -23,7 +23,6 @@ inference-precision hint) over the same fp32 bytes, gated as bf16.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,9 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import MODEL_NAMES, __version__, read_toml, shipped_dir, shipped_toml
+from ptxfast import MODEL_NAMES, read_toml, shipped_dir, shipped_toml
 from ptxfast.artifact import EXTENSIONS, file_stem, utc_now, write_artifact
 from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
+from ptxfast.environment import DeviceError, cpu_bf16, resolve_device, versions
 from ptxfast.fused import (
     PRECISIONS,
     TTAS,
@@ -57,7 +57,6 @@ from ptxfast.runtime import (
     PredictorError,
     available_backends,
     check_precision,
-    resolve_device,
 )
 
 PROFILE_DIR = shipped_dir("export")
@@ -214,21 +213,6 @@ def parse_batch(text: str) -> tuple[int, int, int]:
 # ------------------------------------------------------------------------------------ the plan
 
 
-def cpu_bf16() -> str | None:
-    """The CPU's native bf16 support (e.g. "avx512_bf16, amx_bf16"), or None without it."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags.update(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    found = [f for f in ("avx512_bf16", "amx_bf16", "bf16") if f in flags]
-    return ", ".join(found) or None
-
-
 @dataclass
 class Plan:
     """The resolved choices of one export. `candidates` lists the (backend, precision) pairs to
@@ -262,7 +246,7 @@ def plan(cfg: ExportConfig) -> Plan:
     notes: list[str] = []
     try:
         device = resolve_device(cfg.device or "auto")
-    except PredictorError as err:
+    except DeviceError as err:
         raise ExportError(str(err)) from None
     precision = cfg.precision or ("fp16" if device.type == "cuda" else "fp32")
     backend = BACKEND_ALIASES.get(cfg.backend, cfg.backend) if cfg.backend else None
@@ -592,24 +576,6 @@ def _recipe_summary(state: dict[str, Any]) -> dict[str, Any]:
         checkpoint_version=state.get("version"),
     )
     return {k: v for k, v in out.items() if v is not None}
-
-
-def _versions(device: torch.device) -> dict[str, Any]:
-    from ptxfast import onnx_graph, trt
-
-    cuda = device.type == "cuda"
-    return {
-        "ptxfast": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        **trt.versions(),
-        **onnx_graph.versions(),
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "gpu": torch.cuda.get_device_name(device) if cuda else None,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": cpu_bf16(),
-    }
 
 
 def _outputs(kind: str, size: int, return_mask: bool) -> list[dict[str, Any]]:
@@ -996,7 +962,7 @@ def _sidecar(
         "probability": _probability(operating),
         "outputs": _outputs(p.kind, size, p.return_mask),
         "device": c.predictor.device.type,
-        "versions": _versions(p.device),
+        "versions": versions(p.device),
         "created": utc_now(),
         "sources": _sources(ckpt, state, p.name, Path(cfg.runs)),
         "recipe": _recipe_summary(state),

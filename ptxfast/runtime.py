@@ -28,6 +28,7 @@ from torch import nn
 
 from ptxfast import MODEL_NAMES
 from ptxfast.artifact import ArtifactError, Sidecar, read_sidecar, verify
+from ptxfast.environment import DeviceError, resolve_device
 from ptxfast.fused import (
     DTYPE_NAMES,
     PRECISIONS,
@@ -58,18 +59,15 @@ class Outputs(NamedTuple):
     mask: torch.Tensor | None = None  # float32 N×1×S×S mask probability (return_mask only)
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """ "auto" → the first CUDA GPU when there is one, else the CPU; a CUDA device that is not
-    there is an error naming what to use instead."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictorError(
-            f"device {device} asked for but CUDA is not available "
-            "(torch.cuda.is_available() is False); use --device cpu"
-        )
-    return device
+def pad_batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`x` (N×…) grown to `n` rows by repeating its last image (a real image, so padded rows
+    take the same path through every kernel); `x` itself when it has `n` rows or more.
+    Compiled graphs and engines specialise on batch shapes: padding a short last batch up to
+    the run's batch size avoids a recompile (a TorchScript fuser spent seconds on a last batch
+    of 16 after 32s) and meets an engine's smallest batch."""
+    if x.shape[0] >= n:
+        return x
+    return torch.cat([x, x[-1:].expand(n - x.shape[0], *x.shape[1:])])
 
 
 def _inductor_reason(device: torch.device) -> str | None:
@@ -246,8 +244,7 @@ class Predictor:
             for chunk in x.split(hi):
                 n = chunk.shape[0]
                 if n < lo:  # pad up to the engine's smallest batch, drop the padding after
-                    pad = chunk.new_zeros((lo - n, *chunk.shape[1:]))
-                    chunk = torch.cat([chunk, pad]).contiguous(memory_format=torch.channels_last)
+                    chunk = pad_batch(chunk, lo).contiguous(memory_format=torch.channels_last)
                 out = self._run(chunk, with_mask)
                 parts.append(Outputs(*(t[:n] if t is not None else None for t in out)))
             if len(parts) == 1:
@@ -336,7 +333,7 @@ def load_predictor(
         else:
             with quiet_jit():
                 module = torch.jit.load(str(file), map_location=dev).eval()
-    except PredictorError:
+    except (PredictorError, DeviceError):
         raise
     except (RuntimeError, ValueError, OSError) as err:
         raise ArtifactError(

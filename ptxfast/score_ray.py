@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from ptxfast import ledger, operating, scoring
+from ptxfast.benchmark import latency_ms
 from ptxfast.scoring import CSV_COLUMNS, ScoreError, ScoreSummary
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"
@@ -564,7 +565,7 @@ def _drain(ray, ds, job: scoring._Job, summary: ScoreSummary, t_loop: float, tot
         if isinstance(cause, ScoreError | ledger.LedgerError):
             raise cause from None
         raise ScoreError(_first_line(err)) from None
-    summary.latency_ms = scoring._percentiles(latencies)
+    summary.latency_ms = latency_ms(latencies)
     summary.cluster["actor_processes"] = len(actors)
     # The first actors timed the model at the same moment (their start), so their sum is the
     # cluster's; a restarted actor timed its own while the others scored, and is left out.

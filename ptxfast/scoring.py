@@ -101,8 +101,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptxfast import ledger
+from ptxfast.benchmark import latency_ms
 from ptxfast.data.dicom import ImageReadError, NotEligible, is_dicom, load_image, read_dataset
 from ptxfast.data.eligibility import DEFAULT_RULE, RULES, reason_of
+from ptxfast.environment import sync
+from ptxfast.runtime import pad_batch
 
 CSV_COLUMNS = ("path", "sop_instance_uid", "probability", "label", "mask_area", "error")
 CSV_HEADER = ",".join(CSV_COLUMNS) + "\n"
@@ -174,7 +177,7 @@ class ScoreSummary:
     # Throughput once the pipeline is full: batches decoded ahead during setup are left out;
     # None for runs too short to time that way (images_per_s then stands for it).
     steady_images_per_s: float | None = None
-    # p50/p95/p99 per batch, from the decoded batch reaching the scorer to its rows written
+    # p50/p90/p95/p99 per batch, from the decoded batch reaching the scorer to its rows written
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     time_s: dict[str, float] = field(default_factory=dict)  # decode/wait/transfer/compute/write
     gpu: dict[str, Any] | None = None
@@ -596,18 +599,6 @@ def _worker_init(_: int) -> None:
 # --------------------------------------------------------------------------------- the run
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    ms = np.asarray(values) * 1000.0
-    return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}
-
-
 def _check_masks(kind: str, return_mask: bool, what: str, export_command: str | None) -> None:
     if kind == "classifier":
         raise ScoreError(
@@ -639,14 +630,14 @@ def _model_only(
     try:
         x = x.to(predictor.device)
         predictor(x)  # warm (a partial last batch may be a new shape)
-        _sync(predictor.device)
+        sync(predictor.device)
         t0 = time.perf_counter()
 
         def lane() -> int:
             done = 0
             while done < iters and (done == 0 or time.perf_counter() - t0 < budget_s):
                 predictor(x)
-                _sync(predictor.device)
+                sync(predictor.device)
                 done += 1
             return done
 
@@ -1252,7 +1243,7 @@ def _run(job: _Job) -> ScoreSummary:
     summary.loop_seconds = loop
     summary.batches = len(marks)
     summary.time_s = times
-    summary.latency_ms = _percentiles(latencies)
+    summary.latency_ms = latency_ms(latencies)
     if summary.scored and loop > 0:
         summary.images_per_s = summary.scored / loop
     summary.steady_images_per_s = _steady(marks, t_loop, workers * job.prefetch_factor, lanes)
@@ -1260,8 +1251,7 @@ def _run(job: _Job) -> ScoreSummary:
         summary.gpu = sampler.stats.as_dict()
     if job.model_only_iters > 0 and last_x is not None:
         x = last_x
-        if x.shape[0] < job.batch_size:  # time the batch size the run used
-            x = x.repeat(math.ceil(job.batch_size / x.shape[0]), 1, 1, 1)[: job.batch_size]
+        x = pad_batch(x, job.batch_size)  # time the batch size the run used
         configs = [(lanes, threads)]
         if dev.type == "cpu":
             configs.append((1, min(all_threads, _cores())))  # one batch on every core
@@ -1358,11 +1348,7 @@ def _launch(
     t1 = time.perf_counter()
     if cuda:
         f.events[1].record()
-        if n < batch_size:
-            # Compiled GPU graphs specialise on shapes (a TorchScript fuser recompiled for
-            # seconds on a last batch of 16 after 32s): repeat the last image up to the run's
-            # batch size.
-            x = torch.cat([x, x[-1:].expand(batch_size - n, *x.shape[1:])])
+        x = pad_batch(x, batch_size)  # compiled GPU graphs specialise on batch shapes
     o = predictor(x)
     if cuda:
         f.events[2].record()

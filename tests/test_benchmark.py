@@ -42,8 +42,8 @@ S = 64
 def test_percentiles_interpolate_linearly():
     ms = list(range(1, 101))  # 1..100
     p = percentiles(ms)
-    assert p == pytest.approx({"p50": 50.5, "p90": 90.1, "p99": 99.01})
-    assert percentiles([7.0]) == {"p50": 7.0, "p90": 7.0, "p99": 7.0}
+    assert p == pytest.approx({"p50": 50.5, "p90": 90.1, "p95": 95.05, "p99": 99.01})
+    assert percentiles([7.0]) == {"p50": 7.0, "p90": 7.0, "p95": 7.0, "p99": 7.0}
     with pytest.raises(ValueError):
         percentiles([])
 
