@@ -431,6 +431,8 @@ def build_predictor(
     cpu_fusion: bool = True,
     seed: int = 0,
     onnx_file: str | Path | None = None,
+    inductor_mode: str | None = None,
+    dynamic: bool | None = False,
 ) -> Predictor:
     """Make a predictor on the fly from a model, a checkpoint path or a model name (random init).
 
@@ -442,6 +444,9 @@ def build_predictor(
     (`ptxfast.fused.fuse_for_cpu`; off only to measure what it brings). `onnx_file`
     (onnxruntime / openvino): run this ONNX export of the same model when it exists, else
     export there, so several runtimes share one export; None: a temporary file.
+    `inductor_mode` (inductor): a torch.compile mode ("default", "max-autotune", ...) instead of
+    the choice above; `dynamic`: torch.compile's (None: automatic dynamic shapes, so several
+    batch sizes share one graph).
     """
     dev = resolve_device(device)
     require_backend(backend, dev)
@@ -494,9 +499,10 @@ def build_predictor(
 
         compiled = trt.compile_fused(fused, size=size, batch=batch, device=dev, dtype=dtype)
         return Predictor(compiled.module, input_dtype=dtype, path=compiled.path, **common)
-    mode = "max-autotune-no-cudagraphs" if dev.type == "cuda" else None
-    compiled = torch.compile(fused, mode=mode, dynamic=False)
-    return Predictor(compiled, input_dtype=dtype, path="inductor", **common)
+    mode = inductor_mode or ("max-autotune-no-cudagraphs" if dev.type == "cuda" else None)
+    compiled = torch.compile(fused, mode=mode, dynamic=dynamic)
+    path = f"inductor:{inductor_mode}" if inductor_mode else "inductor"
+    return Predictor(compiled, input_dtype=dtype, path=path, **common)
 
 
 def _onnx_predictor(
