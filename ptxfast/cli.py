@@ -1273,11 +1273,9 @@ def bench_command(
       ptxfast bench --json bench.json --markdown bench.md --plots bench-plots/
       ptxfast bench --cascade eb3un+eb3 --runs runs --backends eager,torchscript-fp16,tensorrt
     """
-    from rich.table import Table
+    from ptxfast.benchmarking import BenchConfig, BenchError, render, run_bench
 
-    from ptxfast import benchmark
-
-    cfg = benchmark.BenchConfig(
+    cfg = BenchConfig(
         model=model, name=name, runs=runs, exports=exports,
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
         batch_sizes=_int_list("--batch-sizes", batch_sizes), size=size, data=data,
@@ -1286,57 +1284,10 @@ def bench_command(
         json_out=json_out, markdown_out=markdown_out,
     )  # fmt: skip
     try:
-        report = benchmark.run_bench(cfg, say=lambda line: console.print(line, highlight=False))
-    except benchmark.BenchError as e:
+        report = run_bench(cfg, say=lambda line: console.print(line, highlight=False))
+    except BenchError as e:
         raise PtxfastError(str(e)) from None
-    rep = report.as_dict()
-
-    out = Console()
-    table = Table(title=benchmark.title(rep))
-    header, cells = benchmark.throughput_table(rep["rows"])
-    for col in header:
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for row in cells:
-        table.add_row(*row)
-    out.print(table)
-    for r in rep["rows"]:
-        if r["status"] != "ok":
-            where = f" (batch {r['batch']})" if r["batch"] is not None else ""
-            console.print(f"[yellow]{r['variant']}{where}:[/] {r['status']} — {r['error']}")
-    if any(p["status"] == "ok" for p in rep["parity"]):
-        d = rep["data"]
-        table = Table(
-            title=f"parity against eager fp32 on {d.get('source')} "
-            f"({d.get('n')} images, {d.get('n_pos')} positive)"
-        )
-        for col in benchmark.PARITY_HEADER:
-            table.add_column(col, justify="left" if col == "variant" else "right")
-        for p in rep["parity"]:
-            if p["status"] in ("ok", "failed"):
-                table.add_row(*benchmark.parity_cells(p))
-        out.print(table)
-    if rep["stages"]:
-        table = Table(
-            title=f"stages of scoring: ms per image (images/s that stage alone allows); "
-            f"{rep['data'].get('stage_files')}"
-        )
-        for col in benchmark.STAGE_HEADER:
-            table.add_column(col, justify="left" if col == "variant" else "right")
-        for s in rep["stages"]:
-            table.add_row(*benchmark.stage_cells(s))
-        out.print(table)
-    for note in rep["notes"]:
-        console.print(f"note: {note}", highlight=False)
-    written = [str(p) for p in (json_out, markdown_out) if p]
-    if plots_dir is not None:
-        try:
-            written += [str(p) for p in benchmark.write_plots(rep, plots_dir)]
-        except benchmark.BenchError as e:
-            console.print(f"[yellow]no plots:[/] {e}", highlight=False)
-    console.print(
-        f"{rep['seconds']:.0f} s" + (f"; wrote {', '.join(written)}" if written else ""),
-        highlight=False,
-    )
+    render.print_report(report.as_dict(), Console(), console, plots_dir, (json_out, markdown_out))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from ptxfast import ledger, operating, scoring
-from ptxfast.benchmark import latency_ms
+from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.scoring import CSV_COLUMNS, ScoreError, ScoreSummary
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"

@@ -101,7 +101,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptxfast import ledger
-from ptxfast.benchmark import latency_ms
+from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.data.dicom import ImageReadError, NotEligible, is_dicom, load_image, read_dataset
 from ptxfast.data.eligibility import DEFAULT_RULE, RULES, reason_of
 from ptxfast.environment import sync

@@ -15,8 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ptxfast import benchmark
-from ptxfast.benchmark import (
+from ptxfast import benchmarking as benchmark
+from ptxfast.benchmarking import (
     PARITY_KEYS,
     ROW_KEYS,
     STAGE_KEYS,
@@ -28,6 +28,7 @@ from ptxfast.benchmark import (
     stage_figures,
     summarize_times,
 )
+from ptxfast.benchmarking import run as bench_run
 from ptxfast.cli import cli
 from ptxfast.runtime import Outputs
 
@@ -153,7 +154,7 @@ def test_backends_that_cannot_run_are_listed_with_their_reason(monkeypatch):
 
 
 def test_a_backend_that_fails_at_run_time_is_reported_and_the_rest_go_on(monkeypatch):
-    real_build = benchmark._build
+    real_build = bench_run.build_variant
 
     class Broken:
         device = torch.device("cpu")
@@ -165,7 +166,7 @@ def test_a_backend_that_fails_at_run_time_is_reported_and_the_rest_go_on(monkeyp
     def build(variant, *args, **kwargs):
         return Broken() if variant == "torchscript" else real_build(variant, *args, **kwargs)
 
-    monkeypatch.setattr(benchmark, "_build", build)
+    monkeypatch.setattr(bench_run, "build_variant", build)
     cfg = BenchConfig(
         name=NAME, size=S, backends=("torchscript", "eager"), batch_sizes=(1,), device="cpu",
         warmup=1, iters=1, repeats=1, parity_n=0, stage_n=0,
@@ -200,7 +201,7 @@ def cli_run(tmp_path_factory):
 def test_cli_plots_throughput_and_latency_against_batch_size(cli_run, tmp_path_factory):
     from PIL import Image
 
-    from ptxfast.benchmark import BenchError, write_plots
+    from ptxfast.benchmarking import BenchError, write_plots
 
     result, doc, _ = cli_run
     (folder,) = tmp_path_factory.getbasetemp().glob("bench[0-9]*/plots")
@@ -311,7 +312,7 @@ def test_partial_report_is_written_before_measuring(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(benchmark, "_labelled_set", interrupted)
+    monkeypatch.setattr(bench_run, "labelled_set", interrupted)
     cfg = BenchConfig(
         name=NAME, size=S, backends=("eager", "tensorrt"), device="cpu",
         json_out=tmp_path / "b.json", markdown_out=tmp_path / "b.md",
