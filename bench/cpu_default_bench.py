@@ -17,7 +17,6 @@ The markdown table goes to stdout (and `--markdown FILE`, appended).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,15 +27,16 @@ from pathlib import Path
 import torch
 
 from ptxfast.artifact import latest_artifact
+from ptxfast.environment import versions
 from ptxfast.export import (
     ExportConfig,
     collect_outputs,
     compare_outputs,
-    cpu_bf16,
     dataset_batches,
     export_model,
     time_predictors,
 )
+from ptxfast.files import write_json
 from ptxfast.fused import fuse
 from ptxfast.onnx_graph import openvino_module, to_onnx
 from ptxfast.runtime import Predictor, build_predictor, load_predictor
@@ -120,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 "max_abs_diff": parity[k]["max_abs_diff"],
             }
         )
+    env = versions("cpu")
     head = (
         f"### {args.name} at {size}², batch {args.batch}, {args.threads} threads"
         f"{' (random init)' if args.random_init else ''}\n\n"
-        f"- {platform.processor() or platform.machine()}, bf16 units: {cpu_bf16() or 'none'}; "
-        f"torch {torch.__version__}; load average {load_before[0]:.1f} before, "
+        f"- {env['cpu'] or platform.machine()}, bf16 units: {env['cpu_bf16'] or 'none'}; "
+        f"torch {env['torch']}; load average {load_before[0]:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after; {wall:.0f} s\n"
         f"- default artifact: {side.name} (chosen at export: "
         f"{', '.join(_choices(default))})\n"
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.markdown, "a") as f:
             f.write("\n" + text)
     if args.json:
-        args.json.write_text(json.dumps({"size": size, "rows": rows}, indent=2) + "\n")
+        write_json(args.json, {"size": size, "rows": rows})
     return 0
 
 

@@ -7,7 +7,8 @@ plus, on request, eager bf16 autocast, the frozen graphs without the CPU rewrite
 only"), `optimize_for_inference` and inductor. All variants are built and warmed up first, then
 timed interleaved — one call of each in turn, `--iters` rounds — so load that comes and goes on
 a shared machine falls on every variant alike; the table gives the median and the best call.
-Parity is measured against eager fp32 on synthetic phantoms (max |Δprob|, label agreement).
+Parity is measured against eager fp32 on synthetic phantoms by `ptxfast.metrics.parity` (its
+keys: max_abs_diff, agreement, f1 / f1_ref, ...).
 
     python bench/export_bench.py                       # eb3un+eb3, random init, batch 8, 256²
     python bench/export_bench.py --runs runs --json bench/results/export_cpu.json
@@ -19,16 +20,21 @@ taken under load are slower and noisier than the machine can do.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ptxfast.export import cpu_bf16, phantom_batches
+from ptxfast.benchmarking.parity import probabilities
+from ptxfast.benchmarking.timing import timed_calls
+from ptxfast.environment import resolve_device, versions
+from ptxfast.export import phantom_batches
+from ptxfast.files import write_json
+from ptxfast.metrics import parity
 from ptxfast.runtime import Predictor, build_predictor
 
 VARIANTS = {
@@ -62,30 +68,20 @@ def time_interleaved(
     times: list[list[float]] = [[] for _ in predictors]
     for _ in range(iters):
         for predictor, own in zip(predictors, times, strict=True):
-            if predictor.device.type == "cuda":
-                torch.cuda.synchronize(predictor.device)
-            start = time.perf_counter()
-            predictor(x)
-            if predictor.device.type == "cuda":
-                torch.cuda.synchronize(predictor.device)
-            own.append(time.perf_counter() - start)
+            own += timed_calls(lambda p=predictor: p(x), predictor.device, 1)
     return [
         {"median_s": statistics.median(t), "mean_s": statistics.fmean(t), "min_s": min(t)}
         for t in times
     ]
 
 
-def parity(
-    predictor: Predictor, reference: Predictor, data: list[tuple[torch.Tensor, torch.Tensor]]
-) -> dict[str, float]:
-    """max |Δprob| and label agreement of `predictor` against `reference` on `data`."""
-    dp, agree, n = 0.0, 0, 0
-    for x, _ in data:
-        a, b = predictor(x).prob, reference(x).prob
-        dp = max(dp, float((a - b).abs().max()))
-        agree += int((predictor.label(a) == reference.label(b)).sum())
-        n += len(a)
-    return {"max_abs_delta_prob": dp, "agreement": agree / max(n, 1)}
+def parity_figures(
+    predictor: Predictor, ref_probs: np.ndarray, data: list[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, float | int | None]:
+    """`metrics.parity` of `predictor` against the baseline's probabilities on `data`."""
+    labels = np.concatenate([y.numpy() for _, y in data])
+    threshold = float(predictor.thresholds["label"])
+    return parity(ref_probs, probabilities(predictor, data), labels, threshold=threshold)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -97,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
             sys.exit(f"no checkpoint {source}; train it or leave out --runs (random init)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     batch = (1, args.batch, max(args.batch, 32))
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 1, args.size, args.size, generator=g)
@@ -122,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
         built.append((name, predictor, time.perf_counter() - start))
         print(f"built {name} in {built[-1][2]:.1f} s", flush=True)
     timings = time_interleaved([p for _, p, _ in built], x, args.warmup, args.iters)
-    reference = built[0][1]  # the first variant (eager fp32) is the baseline
+    ref_probs = probabilities(built[0][1], data)  # the first variant (eager fp32) is the baseline
     rows = []
     for (name, predictor, build_s), timing in zip(built, timings, strict=True):
         backend, precision, channels_last, optimize, cpu_fusion = VARIANTS[name]
@@ -137,27 +133,28 @@ def run(args: argparse.Namespace) -> dict:
             "build_s": build_s,
             **timing,
             "images_per_s": args.batch / timing["median_s"],
-            **parity(predictor, reference, data),
+            **parity_figures(predictor, ref_probs, data),
         }
         rows.append(row)
         print(
             f"{name:30s} {timing['median_s'] * 1e3:9.1f} ms/batch (best {timing['min_s'] * 1e3:.1f})"
-            f"  {row['images_per_s']:7.2f} img/s  max|Δp| {row['max_abs_delta_prob']:.2g}",
+            f"  {row['images_per_s']:7.2f} img/s  max|Δp| {row['max_abs_diff']:.2g}",
             flush=True,
         )
     base, base_best = rows[0]["median_s"], rows[0]["min_s"]
     for row in rows:
         row["speedup"] = base / row["median_s"]
         row["speedup_best"] = base_best / row["min_s"]
+    env = versions(device)
     return {
         "model": args.name,
         "weights": str(source) if args.runs else "random init",
         "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": cpu_bf16(),
-        "cpus": os.cpu_count(),
+        "torch": env["torch"],
+        "threads": env["torch_threads"],
+        "cpu_capability": env["cpu_capability"],
+        "cpu_bf16": env["cpu_bf16"],
+        "cpus": env["cpus"],
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "iters": args.iters,
@@ -191,7 +188,7 @@ def render(result: dict) -> None:
             f"{r['images_per_s']:.2f}",
             f"{r['speedup']:.2f}×",
             f"{r['speedup_best']:.2f}×",
-            f"{r['max_abs_delta_prob']:.2g}",
+            f"{r['max_abs_diff']:.2g}",
             f"{r['agreement']:.1%}",
             f"{r['build_s']:.1f}",
         )
@@ -221,8 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args)
     render(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

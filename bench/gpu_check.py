@@ -45,9 +45,9 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     from ptxfast import runtime, trt
-    from ptxfast.environment import versions
+    from ptxfast.environment import resolve_device, versions
 
-    dev = runtime.resolve_device(device)
+    dev = resolve_device(device)
     env = versions(dev)
     env["backends"] = runtime.available_backends(dev)
     env["tensorrt_reason"] = trt.unavailable_reason(dev)
@@ -153,7 +153,9 @@ def summarize(out: Path, work: Path) -> str:
     smi = work / "nvidia-smi.txt"
     if smi.is_file():
         check["nvidia_smi"] = smi.read_text().strip().splitlines()
-    (out / "check.json").write_text(json.dumps(check, indent=2) + "\n")
+    from ptxfast.files import write_json  # numpy only: no torch import here
+
+    write_json(out / "check.json", check)
 
     device = env.get("gpu") or env.get("cpu") or "unknown device"
     lines = [f"# ptxfast GPU check: {device}", ""]
@@ -267,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         env = environment(args.device)
         doc = _read_json(args.out) or {}
         doc["environment"] = env
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        from ptxfast.files import write_json
+
+        write_json(args.out, doc)
         print(json.dumps(env, indent=1))
     else:
         summarize(args.out, args.work)

@@ -12,26 +12,21 @@ there is bf16 autocast + channels_last, which pays off only on CPUs with bf16 un
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import statistics
 import sys
-import time
 from typing import Any
 
 import torch
 
-from ptxfast import MODEL_NAMES, __version__
+from ptxfast import MODEL_NAMES
+from ptxfast.benchmarking.timing import timed_calls
+from ptxfast.environment import resolve_device, versions
+from ptxfast.files import write_json
 from ptxfast.models import build, kind_of
 from ptxfast.training import Step, train_step
 
 MODES = ("paper", "fast")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _batch(name: str, size: int, batch: int, device: torch.device):
@@ -69,13 +64,13 @@ def bench_one(
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         train_step(model, data, optimizer, step, scaler)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t0 = time.perf_counter()
-        loss, _ = train_step(model, data, optimizer, step, scaler)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    last = {}
+
+    def one_step() -> None:
+        last["loss"], _ = train_step(model, data, optimizer, step, scaler)
+
+    times = timed_calls(one_step, device, steps)
+    loss = last["loss"]
     median = statistics.median(times)
     return {
         "arch": name,
@@ -97,14 +92,11 @@ def bench_one(
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
-    env = {
-        "ptxfast": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-    }
+    found = versions(device)
+    env = {k: found[k] for k in ("ptxfast", "torch", "python")}
+    env["cpu_threads"] = found["torch_threads"]
     if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
+        env["gpu"] = found["gpu"]
     return env
 
 
@@ -152,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.getLogger("ptxfast.models").setLevel(logging.ERROR)  # random init is fine here
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     amp = args.amp or ("fp16" if device.type == "cuda" else "bf16")
     archs = [a.strip() for a in args.arch.split(",") if a.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -168,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     _table(rows)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": _environment(device), "rows": rows}, f, indent=2)
-            f.write("\n")
+        write_json(args.json, {"environment": _environment(device), "rows": rows})
     return 0
 
 
