@@ -25,8 +25,8 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_encoder
 
-from ptxfast.data import dicom
-from ptxfast.data.dicom import ImageReadError, is_dicom, load_image, read_image, resize
+from ptxfast.data import dicom, scratch
+from ptxfast.data.dicom import ImageReadError, is_dicom, load_image, native, read_image, resize
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -83,14 +83,14 @@ def test_jpeg2000_shrinks_at_a_reduced_resolution_under_a_window(
 ) -> None:
     _needs_encoder(uid.JPEG2000Lossless)
     levels = []
-    real = dicom._j2k_reduced
+    real = native._j2k_reduced
 
     def recording(*args):
         result = real(*args)
         levels.append(result is not None)
         return result
 
-    monkeypatch.setattr(dicom, "_j2k_reduced", recording)
+    monkeypatch.setattr(native, "_j2k_reduced", recording)
     pixels = gray_pixels(512, 512)
     ds = image_dataset(pixels, bits_stored=12, window=(1800, 2501))
     reference = read_image(save(ds, tmp_path / "ref.dcm"), fast=False)
@@ -406,7 +406,7 @@ def test_fast_path_resize_output_is_not_a_shared_buffer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_buffers: bool
 ) -> None:
     if not keep_buffers:  # as for images too big to keep scratch buffers for
-        monkeypatch.setattr(dicom, "_SCRATCH_MAX_BYTES", 0)
+        monkeypatch.setattr(scratch, "_SCRATCH_MAX_BYTES", 0)
     for window in (None, (2000.3, 1000.3)):  # the integer and the float variants
         first = save(
             image_dataset(gray_pixels(64, 64, seed=1), bits_stored=12, window=window),
