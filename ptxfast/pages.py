@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ptxfast.files import write_text
+
 # Nothing but this page's own inline style and script, and images from data: URIs (and, for
 # pages that link files beside them, from the same place); no fetches, no frames, no forms.
 _CSP = (
@@ -91,14 +93,6 @@ def page(
 
 
 def write_page(path: str | os.PathLike, document: str) -> Path:
-    """Write `document` to `path` (UTF-8) through a temporary name, so a reader never opens
-    half a page; the folder is created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(document, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write `document` to `path` (UTF-8) atomically (`files.write_text`), so a reader never
+    opens half a page; the folder is created."""
+    return write_text(path, document)

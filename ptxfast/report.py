@@ -38,14 +38,12 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptxfast import pages
-from ptxfast.pages import esc
+from ptxfast import pages, report_page
 
 DEFAULT_TOP = 48  # positives shown as cards with images
 DEFAULT_PAGE = 200  # rows per page of a list
@@ -90,6 +88,16 @@ class ReportResult:
     bytes: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    masks: bool = False  # the run's masks were given (cards carry overlays)
+
+    def lines(self) -> list[str]:
+        """What the command prints: the notes, then one line of counts, size and time."""
+        overlays = f", {self.overlays} with overlays" if self.masks else ""
+        return [f"note: {note}" for note in self.notes] + [
+            f"{self.rows:,} rows: {self.positives:,} positive, {self.failed:,} failed, "
+            f"{self.negatives:,} negative; {self.thumbnails} of {self.cards} cards with "
+            f"thumbnails{overlays}; {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s"
+        ]
 
 
 # ----------------------------------------------------------------------------- reading
@@ -160,7 +168,7 @@ def _read_summary(path: Path | None) -> dict[str, Any]:
 
 
 @dataclass
-class _Model:
+class Model:
     """What the report says about the model: from the score summary and its sidecar."""
 
     name: str | None = None
@@ -174,10 +182,10 @@ class _Model:
     note: str = ""
 
 
-def _model(summary: dict[str, Any]) -> _Model:
+def _model(summary: dict[str, Any]) -> Model:
     from ptxfast import artifact
 
-    m = _Model(name=summary.get("model"), artifact=summary.get("artifact"))
+    m = Model(name=summary.get("model"), artifact=summary.get("artifact"))
     parts = [summary.get(k) for k in ("backend", "precision")]
     if any(parts):
         m.detail = " ".join(str(p) for p in parts if p)
@@ -241,16 +249,13 @@ def _jpeg(rgb_or_gray: np.ndarray) -> str:
 
 
 def _shrink(image: np.ndarray, size: int) -> np.ndarray:
-    """A float [0, 1] image scaled (area average) so its longer side is at most `size`."""
-    from PIL import Image
+    """A float [0, 1] image scaled (`resize`, the area average) so its longer side is at most
+    `size`."""
+    from ptxfast.data.resize import resize
 
     h, w = image.shape
     scale = min(1.0, size / max(h, w))
-    shape = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if shape == (w, h):
-        return image.astype(np.float32)
-    small = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F")
-    return np.asarray(small.resize(shape, Image.Resampling.BOX), dtype=np.float32)
+    return resize(image, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
 def _reason(err: BaseException) -> str:
@@ -259,7 +264,7 @@ def _reason(err: BaseException) -> str:
 
 
 @dataclass
-class _Card:
+class Card:
     row: Row
     rank: int
     study: str | None = None
@@ -269,16 +274,15 @@ class _Card:
     overlay_reason: str = ""
 
 
-def _card(
-    row: Row, rank: int, root: Path | None, root_reason: str, masks_dir: Path | None
-) -> _Card:
+def _card(row: Row, rank: int, root: Path | None, root_reason: str, masks_dir: Path | None) -> Card:
     """A positive's images: the radiograph shrunk to THUMB, and its mask outlined on it."""
     from PIL import Image
 
     from ptxfast.data.dicom import load_image
+    from ptxfast.data.resize import resize
     from ptxfast.outputs import overlay_rgb
 
-    card = _Card(row, rank)
+    card = Card(row, rank)
     thumb = None
     source = _inside(root, row.path) if root is not None else None
     if root is None:
@@ -313,7 +317,7 @@ def _card(
         h, w = thumb.shape
         # A pixel of the thumbnail is in the mask when a quarter of what it covers is: thin
         # masks stay visible at a quarter of the source's size.
-        small = np.asarray(mask_img.resize((w, h), Image.Resampling.BOX)) > 63
+        small = resize(np.asarray(mask_img, dtype=np.float32), (h, w)) >= 63.5
         card.overlay = _jpeg(overlay_rgb(thumb, small, fill=0.3))
     except Exception as err:
         card.overlay_reason = f"mask not read: {_reason(err)}"
@@ -344,233 +348,72 @@ def _histogram(rows: Sequence[Row], threshold: float | None) -> str | None:
         return pages.data_uri(path.read_bytes(), "image/png")
 
 
-# ------------------------------------------------------------------------------- HTML
+@dataclass
+class _Worklist:
+    """The rows of a run in the page's order: positives and negatives by probability, highest
+    first, and the failures in the CSV's order."""
 
+    positives: list[Row]
+    negatives: list[Row]
+    failures: list[Row]
 
-def _num(n: int) -> str:
-    return f"{n:,}"
-
-
-def _uid(value: str | None, missing: str = "—") -> str:
-    return f"<code>{esc(value)}</code>" if value else f'<span class="muted">{esc(missing)}</span>'
-
-
-def _summary_html(
-    model: _Model, summary: dict[str, Any], counts: dict[str, int], preds: Path, notes: list[str]
-) -> str:
-    rate = summary.get("steady_images_per_s") or summary.get("images_per_s")
-    items = [
-        (
-            "model",
-            esc(model.name or "unknown (no --json)")
-            + (f' <span class="muted">{esc(model.detail)}</span>' if model.detail else ""),
-        ),
-        ("artifact", _uid(model.artifact, "unknown")),
-        ("artifact sha256", _uid(model.sha256, "unknown")),
-        ("operating point", esc(model.rule or "unknown (no sidecar)")),
-    ]
-    if model.operating_point:
-        op = ", ".join(
-            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in model.operating_point.items()
-            if isinstance(v, str | int | float) and not isinstance(v, bool)
+    @classmethod
+    def of(cls, rows: Sequence[Row]) -> _Worklist:
+        scored = sorted((r for r in rows if not r.failed), key=lambda r: (-r.prob, r.path))
+        return cls(
+            positives=[r for r in scored if r.label == "1"],
+            negatives=[r for r in scored if r.label != "1"],
+            failures=[r for r in rows if r.failed],
         )
-        items.append(("chosen as", esc(op)))
-    scored = counts["scored"]
-    share = f" ({100 * counts['positives'] / scored:.1f}% of scored)" if scored else ""
-    items += [
-        ("files", f"{_num(counts['rows'])} rows in <code>{esc(preds)}</code>"),
-        ("scored", _num(scored)),
-        ("failed", _num(counts["failed"])),
-        ("positives", f"<strong>{_num(counts['positives'])}</strong>{share}"),
-        (
-            "images/s",
-            f"{rate:.1f} end to end" if rate else '<span class="muted">— (no --json)</span>',
-        ),
-    ]
-    if summary.get("root"):
-        items.append(("scored folder", f"<code>{esc(summary['root'])}</code>"))
-    if model.note:
-        notes = [*notes, model.note]
-    body = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in items)
-    note_html = "".join(f'<p class="muted">note: {esc(n)}</p>' for n in notes)
-    return f'<section id="summary"><table class="summary">{body}</table>{note_html}</section>'
+
+    def counts(self) -> dict[str, int]:
+        return dict(
+            rows=len(self.positives) + len(self.negatives) + len(self.failures),
+            scored=len(self.positives) + len(self.negatives),
+            failed=len(self.failures),
+            positives=len(self.positives),
+        )
 
 
-def _card_html(card: _Card, masks: bool, size: int | None) -> str:
-    r = card.row
+def _scored_folder(
+    root: str | os.PathLike | None, summary: dict[str, Any]
+) -> tuple[Path | None, str]:
+    """The folder the radiographs are read from (the given one, else the summary's), and why
+    there is none ("" when there is)."""
+    if root is None and summary.get("root"):
+        root = summary["root"]
+    if root is None:
+        return None, "scored folder unknown (give --json or --root)"
+    if not Path(root).is_dir():
+        return None, f"scored folder {Path(root)} not found"
+    return Path(root), ""
 
-    def figure(uri: str | None, alt: str, reason: str) -> str:
-        if uri:
-            return f'<img src="{uri}" alt="{esc(alt)}">'
-        return f'<div class="noimg">no {esc(alt)}<br><span>{esc(reason)}</span></div>'
 
-    area = ""
-    if r.area is not None:
-        at = f" at the model's {size}×{size} input" if size else ""
-        area = f"<div>mask area <strong>{_num(r.area)}</strong> px{esc(at)}</div>"
-    images = figure(card.image, "thumbnail", card.image_reason)
-    if masks:
-        images += figure(card.overlay, "overlay", card.overlay_reason)
-    search = " ".join((r.path, r.sop, card.study or "")).lower()
-    return (
-        f'<article class="card" data-path="{esc(r.path)}" data-search="{esc(search)}">'
-        f'<div class="imgs">{images}</div><div class="facts">'
-        f'<div class="rank">#{card.rank} <span class="prob">p = {r.prob:.3f}</span></div>{area}'
-        f"<dl><dt>file</dt><dd><code>{esc(r.path)}</code></dd>"
-        f"<dt>SOPInstanceUID</dt><dd>{_uid(r.sop)}</dd>"
-        f"<dt>StudyInstanceUID</dt><dd>{_uid(card.study, 'not read')}</dd></dl></div></article>"
+def _list_rows(
+    work: _Worklist, top: int, root: Path | None, page_size: int
+) -> tuple[list[list[Any]], list[list[Any]], list[list[Any]]]:
+    """The rows of the three lists (positives after the cards, failures, negatives) as the
+    page's script reads them, with the StudyInstanceUID of each list's first page."""
+
+    def scored(part: list[Row]) -> list[list[Any]]:
+        return [[r.path, r.sop, None, round(r.prob, 6), r.area] for r in part]
+
+    lists = (
+        scored(work.positives[top:]),
+        [[r.path, r.sop, None, r.error] for r in work.failures],
+        scored(work.negatives),
     )
-
-
-_SCORED_COLUMNS = ("#", "file", "SOPInstanceUID", "StudyInstanceUID", "probability", "mask area")
-_FAILED_COLUMNS = ("#", "file", "SOPInstanceUID", "StudyInstanceUID", "error")
-
-
-def _list_html(
-    list_id: str, kind: str, rows: list[list[Any]], start: int, page: int, sortable: bool
-) -> str:
-    """A paginated list: its data as JSON, its first page as HTML, and the pager's buttons.
-    Row data: [file, SOP UID, Study UID or null, probability, area or null] for scored rows,
-    [file, SOP UID, Study UID or null, error] for failures; `start` numbers the first row."""
-    columns = _SCORED_COLUMNS if kind == "scored" else _FAILED_COLUMNS
-    head = "".join(
-        f'<th class="sort" title="reverse the order">{c} ⇅</th>'
-        if sortable and c == "probability"
-        else f"<th>{c}</th>"
-        for c in columns
-    )
-    body = []
-    for i, r in enumerate(rows[:page]):
-        cells = [f'<td class="num">{start + i}</td>', f"<td><code>{esc(r[0])}</code></td>"]
-        cells.append(f"<td>{_uid(r[1])}</td><td>{_uid(r[2], 'not read')}</td>")
-        if kind == "scored":
-            area = "—" if r[4] is None else _num(r[4])
-            cells.append(f'<td class="num">{r[3]:.4f}</td><td class="num">{area}</td>')
-        else:
-            cells.append(f'<td class="err">{esc(r[3])}</td>')
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    pages_n = max(1, -(-len(rows) // page))
-    info = (
-        f"rows {start}–{start + min(page, len(rows)) - 1} of {_num(len(rows))}, page 1 of {pages_n}"
-    )
-    controls = (
-        '<div class="pager"><button type="button" class="prev">◀ previous</button>'
-        f' <span class="pageinfo">{info}</span> '
-        '<button type="button" class="next">next ▶</button></div>'
-    )
-    return (
-        f'<div class="list" data-list="{list_id}" data-kind="{kind}" data-page="{page}" '
-        f'data-start="{start}">{controls}<table><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>{pages.json_script(list_id, rows)}</div>"
-    )
-
-
-_STYLE = """
-.top { display: flex; flex-wrap: wrap; gap: 16px 24px; align-items: flex-start; }
-.summary th { width: 9.5em; }
-#histogram img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-.tools { position: sticky; top: 0; background: #fff; padding: 8px 0; z-index: 2;
-  border-bottom: 1px solid var(--line); }
-.tools input { font: inherit; padding: 4px 8px; width: 28em; max-width: 100%; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }
-.card { display: flex; gap: 12px; border: 1px solid var(--line); border-radius: 6px; padding: 8px; }
-.card .imgs { display: flex; gap: 6px; flex: none; }
-.card img, .noimg { width: 170px; height: 170px; object-fit: contain; background: #000; border-radius: 3px; }
-.noimg { background: var(--bg); color: var(--muted); display: flex; flex-direction: column;
-  align-items: center; justify-content: center; text-align: center; font-size: 12px; padding: 6px; }
-.noimg span { font-size: 11px; overflow-wrap: anywhere; }
-.facts { min-width: 0; } .rank { font-size: 16px; font-weight: 600; }
-.prob { color: var(--pos); } dl { margin: 6px 0 0; } dt { color: var(--muted); font-size: 12px; }
-dd { margin: 0 0 4px; }
-.list table { width: 100%; } .err { color: var(--pos); overflow-wrap: anywhere; }
-.pager { margin: 6px 0; } .pager button { font: inherit; }
-th.sort { cursor: pointer; }
-details > summary { cursor: pointer; font-weight: 600; font-size: 16px; margin: 24px 0 8px; }
-[hidden] { display: none !important; }
-"""
-
-# Pagination, filtering and reversing the order of the lists; rows are written with
-# textContent only (their values come from the archive).
-_SCRIPT = """
-"use strict";
-(function () {
-  function cell(tr, value, cls, code) {
-    var td = document.createElement("td");
-    if (cls) td.className = cls;
-    if (code && value) {
-      var c = document.createElement("code");
-      c.textContent = value;
-      td.appendChild(c);
-    } else if (code) {
-      var s = document.createElement("span");
-      s.className = "muted";
-      s.textContent = code;
-      td.appendChild(s);
-    } else {
-      td.textContent = value;
-    }
-    tr.appendChild(td);
-  }
-  var lists = [];
-  document.querySelectorAll("[data-list]").forEach(function (box) {
-    var rows = JSON.parse(document.getElementById(box.dataset.list).textContent);
-    var scored = box.dataset.kind === "scored";
-    var size = +box.dataset.page, start = +box.dataset.start;
-    var tbody = box.querySelector("tbody"), info = box.querySelector(".pageinfo");
-    var order = rows.map(function (r, i) { return i; }), shown = order, page = 0;
-    var reversed = false, needle = "";
-    function render() {
-      var pages = Math.max(1, Math.ceil(shown.length / size));
-      page = Math.min(Math.max(page, 0), pages - 1);
-      var part = shown.slice(page * size, (page + 1) * size);
-      tbody.replaceChildren();
-      part.forEach(function (i) {
-        var r = rows[i], tr = document.createElement("tr");
-        cell(tr, String(start + i), "num");
-        cell(tr, r[0], "", "—");
-        cell(tr, r[1], "", "—");
-        cell(tr, r[2], "", "not read");
-        if (scored) {
-          cell(tr, r[3].toFixed(4), "num");
-          cell(tr, r[4] === null ? "—" : r[4].toLocaleString("en"), "num");
-        } else {
-          cell(tr, r[3], "err");
-        }
-        tbody.appendChild(tr);
-      });
-      info.textContent = shown.length
-        ? "rows " + (page * size + 1) + "–" + (page * size + part.length) + " of " +
-          shown.length.toLocaleString("en") + (needle ? " matching" : "") +
-          ", page " + (page + 1) + " of " + pages
-        : "no rows" + (needle ? " match" : "");
-    }
-    function refresh() {
-      shown = needle ? order.filter(function (i) {
-        var r = rows[i];
-        return (r[0] + " " + r[1] + " " + (r[2] || "")).toLowerCase().indexOf(needle) >= 0;
-      }) : order.slice();
-      if (reversed) shown.reverse();
-      page = 0;
-      render();
-    }
-    box.querySelector(".prev").addEventListener("click", function () { page--; render(); });
-    box.querySelector(".next").addEventListener("click", function () { page++; render(); });
-    var sort = box.querySelector("th.sort");
-    if (sort) sort.addEventListener("click", function () { reversed = !reversed; refresh(); });
-    lists.push(function (text) { needle = text; refresh(); });
-    render();
-  });
-  var filter = document.getElementById("filter");
-  if (filter) filter.addEventListener("input", function () {
-    var text = filter.value.trim().toLowerCase();
-    document.querySelectorAll(".card").forEach(function (c) {
-      c.hidden = text !== "" && c.dataset.search.indexOf(text) < 0;
-    });
-    lists.forEach(function (f) { f(text); });
-  });
-})();
-"""
+    for data in lists:
+        for entry in data[:page_size]:  # the first page only: the rest say "not read"
+            entry[2] = _study(root, entry[0])
+    # Display text from here on: file names that are not UTF-8 show with U+FFFD.
+    for data in lists:
+        for entry in data:
+            for j in (0, 1, 2):
+                entry[j] = pages.text(entry[j]) if entry[j] is not None else None
+            if len(entry) == 4:
+                entry[3] = pages.text(entry[3])
+    return lists
 
 
 def build_report(
@@ -603,125 +446,42 @@ def build_report(
     rows, notes = read_predictions(preds)
     summary = _read_summary(Path(summary_json) if summary_json is not None else None)
     model = _model(summary)
-    if root is None and summary.get("root"):
-        root = summary["root"]
-    root_path = Path(root) if root is not None else None
-    root_reason = ""
-    if root_path is None:
-        root_reason = "scored folder unknown (give --json or --root)"
-    elif not root_path.is_dir():
-        root_reason = f"scored folder {root_path} not found"
-        root_path = None
-
-    positives = sorted(
-        (r for r in rows if r.label == "1" and not r.failed), key=lambda r: (-r.prob, r.path)
-    )
-    negatives = sorted(
-        (r for r in rows if r.label != "1" and not r.failed), key=lambda r: (-r.prob, r.path)
-    )
-    failures = [r for r in rows if r.failed]
-    counts = dict(
-        rows=len(rows),
-        scored=len(positives) + len(negatives),
-        failed=len(failures),
-        positives=len(positives),
-    )
-
-    cards = [_card(r, i + 1, root_path, root_reason, masks) for i, r in enumerate(positives[:top])]
-    rest = positives[top:]
-
-    def scored_data(part: list[Row]) -> list[list[Any]]:
-        return [[r.path, r.sop, None, round(r.prob, 6), r.area] for r in part]
-
-    def read_studies(data: list[list[Any]]) -> None:
-        for entry in data[:page_size]:  # the first page only: the rest say "not read"
-            entry[2] = _study(root_path, entry[0])
-
-    rest_data, neg_data = scored_data(rest), scored_data(negatives)
-    fail_data = [[r.path, r.sop, None, r.error] for r in failures]
-    for data in (rest_data, fail_data, neg_data):
-        read_studies(data)
-    # Display text from here on: file names that are not UTF-8 show with U+FFFD.
-    for data in (rest_data, fail_data, neg_data):
-        for entry in data:
-            for j in (0, 1, 2):
-                entry[j] = pages.text(entry[j]) if entry[j] is not None else None
-            if len(entry) == 4:
-                entry[3] = pages.text(entry[3])
-
-    hist = _histogram(rows, model.threshold)
-    made = sum(c.image is not None for c in cards)
-    overlays = sum(c.overlay is not None for c in cards)
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    name = title or f"ptxfast worklist: {preds.name}"
-
-    from ptxfast import __version__
-
-    parts = [
-        f"<h1>{esc(name)}</h1>",
-        f'<p class="muted">Written {generated} by ptxfast {__version__} from '
-        f"<code>{esc(preds)}</code>. Every row of the CSV appears once below.</p>",
-        '<div class="top">',
-        _summary_html(model, summary, counts, preds, notes),
+    root_path, root_reason = _scored_folder(root, summary)
+    work = _Worklist.of(rows)
+    cards = [
+        _card(r, i + 1, root_path, root_reason, masks) for i, r in enumerate(work.positives[:top])
     ]
-    if hist:
-        parts.append(
-            f'<section id="histogram"><img src="{hist}" '
-            'alt="histogram of probabilities with the threshold marked"></section>'
-        )
-    parts.append("</div>")
-    parts.append(
-        '<div class="tools"><input id="filter" type="search" placeholder="filter by file name '
-        'or UID" aria-label="filter by file name or UID"> <span class="muted">'
-        "Click a UID or file name to select it for copying.</span></div>"
+    rest, failures, negatives = _list_rows(work, top, root_path, page_size)
+    content = report_page.PageContent(
+        title=title or f"ptxfast worklist: {preds.name}",
+        preds=preds,
+        model=model,
+        summary=summary,
+        counts=work.counts(),
+        notes=notes,
+        histogram=_histogram(rows, model.threshold),
+        cards=cards,
+        n_positives=len(work.positives),
+        rest=rest,
+        failures=failures,
+        negatives=negatives,
+        masks=masks is not None,
+        root_reason=root_reason,
+        top=top,
+        page_size=page_size,
     )
-    what = (
-        f"Thumbnails for the {_num(len(cards))} most probable of {_num(len(positives))} positives"
-        + (" with the predicted mask outlined" if masks is not None else "")
-        + ("; the other positives are listed as text below." if rest else ".")
-    )
-    if root_reason:
-        what += f" No radiograph thumbnails: {root_reason}."
-    parts.append(
-        f'<section id="positives"><h2>Positives: {_num(len(positives))}, highest probability '
-        f'first</h2><p class="muted">{esc(what)} StudyInstanceUID is read from the DICOM header '
-        f"of the cards and of the first page of each list.</p>"
-        f'<div class="cards">{"".join(_card_html(c, masks is not None, model.size) for c in cards)}</div>'
-    )
-    if rest:
-        parts.append(_list_html("rows-positives", "scored", rest_data, top + 1, page_size, True))
-    parts.append("</section>")
-    parts.append(
-        f'<section id="failures"><h2>Failures: {_num(len(failures))}</h2>'
-        + (
-            _list_html("rows-failures", "failed", fail_data, 1, page_size, False)
-            if failures
-            else '<p class="muted">Every file was scored.</p>'
-        )
-        + "</section>"
-    )
-    parts.append(
-        f'<section id="negatives"><details><summary>Negatives: {_num(len(negatives))}, highest '
-        "probability first (click to show)</summary>"
-        + (
-            _list_html("rows-negatives", "scored", neg_data, 1, page_size, True)
-            if negatives
-            else ""
-        )
-        + "</details></section>"
-    )
-    document = pages.page(name, "\n".join(parts), style=_STYLE, script=_SCRIPT)
-    pages.write_page(out, document)
+    pages.write_page(out, report_page.document(content))
     return ReportResult(
         path=out,
         rows=len(rows),
-        positives=len(positives),
-        failed=len(failures),
-        negatives=len(negatives),
+        positives=len(work.positives),
+        failed=len(work.failures),
+        negatives=len(work.negatives),
         cards=len(cards),
-        thumbnails=made,
-        overlays=overlays,
+        thumbnails=sum(c.image is not None for c in cards),
+        overlays=sum(c.overlay is not None for c in cards),
         bytes=out.stat().st_size,
         seconds=time.perf_counter() - t0,
         notes=notes + ([model.note] if model.note else []),
+        masks=masks is not None,
     )
