@@ -6,7 +6,10 @@ Heavy imports (torch, pydicom) happen inside the commands so `ptxfast --help` is
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -38,6 +41,18 @@ def cli() -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `ptxfast` script; `args` makes it callable from tests."""
     cli.main(args=args, prog_name="ptxfast", standalone_mode=True)
+
+
+@contextlib.contextmanager
+def _warnings_shown(*categories: type[Warning]) -> Iterator[None]:
+    """Collect the warnings of `categories` raised in the block and print each as one line
+    once the block has finished (not when it raised: the error is what the user needs)."""
+    with warnings.catch_warnings(record=True) as caught:
+        for category in categories:
+            warnings.simplefilter("always", category)
+        yield
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
 
 
 # ---------------------------------------------------------------- synth
@@ -84,40 +99,15 @@ def synth_command(out, n, seed, size, positive_rate, fmt, preview, workers, over
     on the phantoms as on the real data. DICOMs vary like a real archive: CR and DX,
     MONOCHROME1/2, rescale, uncompressed, JPEG 2000 and RLE lossless.
     """
-    from rich.table import Table
-
     from ptxfast.data import synth
 
     try:
-        s = synth.write_dataset(out, n, seed, size, positive_rate, fmt, workers, overwrite)
+        summary = synth.write_dataset(out, n, seed, size, positive_rate, fmt, workers, overwrite)
         if preview:
             synth.write_preview(out, preview)
     except synth.SynthError as e:
         raise PtxfastError(str(e)) from None
-
-    def counts(d: dict[str, int]) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
-
-    table = Table(
-        title=f"synthetic {fmt.upper() if fmt == 'siim' else 'CANDID-PTX'} phantoms",
-        show_header=False,
-    )
-    table.add_column(justify="right", style="bold")
-    table.add_column()
-    table.add_row(
-        "images", f"{s.n_images} ({s.n_positive} with pneumothorax, {s.n_patients} patients)"
-    )
-    table.add_row("CSV rows", f"{s.n_rows}  {s.csv}")
-    table.add_row("size", f"{s.size}×{s.size}, 12-bit")
-    table.add_row("DICOM", f"{counts(s.modalities)}; {counts(s.photometric)}")
-    table.add_row("transfer syntax", counts(s.transfer_syntaxes))
-    table.add_row(
-        "time",
-        f"{s.seconds:.1f} s, {s.n_images / max(s.seconds, 1e-9):.1f} images/s on {s.workers} worker(s)",
-    )
-    if preview:
-        table.add_row("preview", str(preview))
-    Console().print(table)
+    Console().print(summary.table(preview))
 
 
 # ---------------------------------------------------------------- split
@@ -139,41 +129,15 @@ def split_command(data: Path, seed: int, force: bool) -> None:
     10% each at 1 positive : 5 negatives, the other negatives a pool the training rotates
     through; whole patients per split. An existing splits.csv is checked and shown.
     """
-    import warnings
+    from ptxfast.data import records, splits
 
-    from rich.table import Table
-
-    from ptxfast.data import datasets
-
-    path = data / datasets.SPLITS_CSV
-    existed = path.is_file() and not force
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", datasets.DatasetWarning)
+    with _warnings_shown(records.DatasetWarning):
         try:
-            splits = datasets.ensure_splits(data, seed=seed, force=force)
-        except datasets.DatasetError as e:
+            result = splits.split_dataset(data, seed=seed, force=force)
+        except records.DatasetError as e:
             raise PtxfastError(str(e)) from None
-    for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-
-    columns = ("split", "images", "positive", "negative", "patients")
-    table = Table(title=f"splits of {data}")
-    for name in columns:
-        table.add_column(name, justify="left" if name == "split" else "right")
-    rows = datasets.summarize_splits(splits)
-    for row in rows:
-        table.add_row(*(str(row[k]) for k in columns))
-    totals = [sum(int(r[k]) for r in rows) for k in columns[1:4]]
-    table.add_section()
-    table.add_row("all", *map(str, totals), "")
-    Console().print(table)
-    if existed:
-        console.print(
-            f"read existing {path} (--seed applies when it is made; --force remakes it)",
-            highlight=False,
-        )
-    else:
-        console.print(f"wrote {path} (seed {seed})", highlight=False)
+    Console().print(result.table())
+    console.print(result.message(), highlight=False)
 
 
 # ---------------------------------------------------------------- train
@@ -1153,15 +1117,8 @@ def report_command(preds, out, masks_dir, summary_json, root, top, page_size) ->
         )  # fmt: skip
     except report.ReportError as e:
         raise PtxfastError(str(e)) from None
-    for note in r.notes:
-        console.print(f"note: {note}", highlight=False)
-    overlays = f", {r.overlays} with overlays" if masks_dir else ""
-    console.print(
-        f"{r.rows:,} rows: {r.positives:,} positive, {r.failed:,} failed, {r.negatives:,} "
-        f"negative; {r.thumbnails} of {r.cards} cards with thumbnails{overlays}; "
-        f"{r.bytes / 1e6:.1f} MB in {r.seconds:.1f} s",
-        highlight=False,
-    )
+    for line in r.lines():
+        console.print(line, highlight=False)
     click.echo(str(r.path))
 
 

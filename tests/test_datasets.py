@@ -18,21 +18,18 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from ptxfast.cli import cli
 from ptxfast.data import rle
-from ptxfast.data.datasets import (
+from ptxfast.data.datasets import PTXDataset
+from ptxfast.data.dicom import load_image
+from ptxfast.data.records import DatasetError, DatasetWarning, Record, load_records
+from ptxfast.data.rotation import NegativeRotation
+from ptxfast.data.splits import (
     SPLITS_COLUMNS,
-    DatasetError,
-    DatasetWarning,
-    NegativeRotation,
-    PTXDataset,
-    Record,
     ensure_splits,
-    load_records,
     make_splits,
     plan_splits,
     read_splits,
     write_splits,
 )
-from ptxfast.data.dicom import load_image
 
 SHAPE = (32, 32)
 

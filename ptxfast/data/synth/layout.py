@@ -8,11 +8,11 @@ A negative image has one row with the RLE `-1` in both.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ptxfast.data.synth.plan import ImagePlan, SynthError
+from ptxfast.files import atomic_write
 
 CANDID_CSV = "Pneumothorax_reports.csv"
 CANDID_HEADER = "filename,SOPInstanceUID,StudyInstanceUID,EncodedPixels,Report"
@@ -28,23 +28,24 @@ def relpath(job: ImagePlan, sop: str, study: str, series: str) -> str:
 
 
 def write_csv(out: Path, fmt: str, rows: list[dict]) -> Path:
-    """Write the layout's CSV atomically (temp file, then rename)."""
+    """Write the layout's CSV atomically (`files.atomic_write`)."""
     path = out / (CANDID_CSV if fmt == "candid" else SIIM_CSV)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        if fmt == "candid":
-            f.write(CANDID_HEADER + "\n")
-            writer = csv.writer(f, lineterminator="\n")
-            for r in rows:
-                for rle in r["rles"] or ["-1"]:
-                    writer.writerow([r["filename"], r["sop"], r["study"], rle, r["report"]])
-        else:
-            f.write(SIIM_HEADER + "\n")
-            for r in rows:
-                for rle in r["rles"] or ["-1"]:
-                    f.write(f"{r['sop']}, {rle}\n")
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            if fmt == "candid":
+                f.write(CANDID_HEADER + "\n")
+                writer = csv.writer(f, lineterminator="\n")
+                for r in rows:
+                    for rle in r["rles"] or ["-1"]:
+                        writer.writerow([r["filename"], r["sop"], r["study"], rle, r["report"]])
+            else:
+                f.write(SIIM_HEADER + "\n")
+                for r in rows:
+                    for rle in r["rles"] or ["-1"]:
+                        f.write(f"{r['sop']}, {rle}\n")
+
+    return atomic_write(path, write)
 
 
 def _images_of(path: Path, key_column: str, item_of: Callable[[str], dict]) -> dict[str, dict]:

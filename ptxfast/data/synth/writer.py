@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,10 @@ from ptxfast.data.synth.dicom_file import make_dicom
 from ptxfast.data.synth.layout import CANDID_CSV, SIIM_CSV, relpath, write_csv
 from ptxfast.data.synth.plan import ImagePlan, SynthError, plan_dataset
 from ptxfast.data.synth.report import findings_report
+from ptxfast.files import write_json
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 MANIFEST = "synth.json"
 GENERATOR_VERSION = 1  # bump when the same arguments start to produce different files
@@ -53,6 +58,35 @@ class SynthSummary:
     transfer_syntaxes: dict[str, int] = field(default_factory=dict)  # name -> images
     photometric: dict[str, int] = field(default_factory=dict)
     modalities: dict[str, int] = field(default_factory=dict)
+
+    def table(self, preview: Path | None = None) -> Table:
+        """What was written, as a rich Table (with the preview's path when one was saved)."""
+        from rich.table import Table
+
+        def counts(d: dict[str, int]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+
+        name = self.fmt.upper() if self.fmt == "siim" else "CANDID-PTX"
+        table = Table(title=f"synthetic {name} phantoms", show_header=False)
+        table.add_column(justify="right", style="bold")
+        table.add_column()
+        rate = self.n_images / max(self.seconds, 1e-9)
+        rows = [
+            (
+                "images",
+                f"{self.n_images} ({self.n_positive} with pneumothorax, {self.n_patients} patients)",
+            ),
+            ("CSV rows", f"{self.n_rows}  {self.csv}"),
+            ("size", f"{self.size}×{self.size}, 12-bit"),
+            ("DICOM", f"{counts(self.modalities)}; {counts(self.photometric)}"),
+            ("transfer syntax", counts(self.transfer_syntaxes)),
+            ("time", f"{self.seconds:.1f} s, {rate:.1f} images/s on {self.workers} worker(s)"),
+        ]
+        if preview:
+            rows.append(("preview", str(preview)))
+        for key, value in rows:
+            table.add_row(key, value)
+        return table
 
 
 def render(job: ImagePlan) -> tuple[np.ndarray, list[np.ndarray], PhantomMeta, str]:
@@ -131,7 +165,7 @@ def _prepare_out(out: Path, manifest: dict, overwrite: bool) -> None:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-    (out / MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=1) + "\n")
+    write_json(out / MANIFEST, {**manifest, "complete": False}, indent=1)
 
 
 def _worker_init() -> None:
@@ -187,7 +221,7 @@ def write_dataset(
     workers = max(1, min(int(workers), n))
     rows = sorted(_run(jobs, workers), key=lambda r: r["index"])
     csv_path = write_csv(out, fmt, rows)
-    (out / MANIFEST).write_text(json.dumps({**manifest, "complete": True}, indent=1) + "\n")
+    write_json(out / MANIFEST, {**manifest, "complete": True}, indent=1)
     return SynthSummary(
         n_images=n,
         n_positive=sum(1 for r in rows if r["rles"]),
