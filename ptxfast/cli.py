@@ -894,19 +894,26 @@ def score_command(
     or one run over a Ray cluster: --engine ray (see README, "Scoring on a cluster").
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-    from rich.table import Table
 
-    from ptxfast import ledger, scoring
+    from ptxfast import score
+    from ptxfast.score import ledger
 
     try:
-        k, n = scoring.parse_shard(shard)
         ray_options = None
         if engine == "ray":
-            from ptxfast.score_ray import RayOptions
+            from ptxfast.score.engine_ray import RayOptions
 
             ray_options = RayOptions(address=address, decoders=decoders, actors=actors)
         elif address or decoders or actors:
             raise PtxfastError("--address, --decoders and --actors go with --engine ray")
+        config = score.ScoreConfig(
+            root=folder, out=out, model=model, device=device, batch_size=batch_size,
+            workers=workers, resume=resume, shard=score.parse_shard(shard), masks_dir=masks_dir,
+            seg_dir=seg_dir, sr_dir=sr_dir, overwrite=overwrite, summary_json=json_path,
+            exports_dir=exports, lanes=lanes, threads=threads,
+            model_only_iters=model_only_iters, engine=engine, ray=ray_options,
+            eligibility=eligibility,
+        )  # fmt: skip
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -916,151 +923,12 @@ def score_command(
             transient=True,
         ) as bar:
             task = bar.add_task("scoring", total=None)
-            s = scoring.score_folder(
-                folder, out, model=model, device=device, batch_size=batch_size,
-                workers=workers, resume=resume, shard=(k, n), masks_dir=masks_dir,
-                seg_dir=seg_dir, sr_dir=sr_dir, overwrite=overwrite, summary_json=json_path,
-                exports_dir=exports, lanes=lanes, threads=threads,
-                model_only_iters=model_only_iters, engine=engine, ray=ray_options,
-                eligibility=eligibility,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )  # fmt: skip
-    except (scoring.ScoreError, ledger.LedgerError) as e:
+            config.progress = lambda done, total: bar.update(task, completed=done, total=total)
+            s = score.score_folder(config)
+    except (score.ScoreError, ledger.LedgerError) as e:
         # ledger: another run holds --out, or a file could not be written (disk full...).
         raise PtxfastError(str(e)) from None
-
-    def rate(v) -> str:
-        return "—" if v is None else f"{v:.1f} images/s"
-
-    def ms(v) -> str:
-        return "—" if v is None else f"{v:.1f}"
-
-    table = Table(title=f"scored {s.root}", show_header=False)
-    table.add_column(justify="right", style="bold")
-    table.add_column()
-    table.add_row("model", f"{s.model} ({s.backend} {s.precision}) on {s.device}")
-    table.add_row("operating point", s.operating_point)
-    shard_note = f", shard {s.shard[0]}/{s.shard[1]}" if s.shard[1] > 1 else ""
-    table.add_row(
-        "files",
-        f"{s.files} inputs{shard_note}: {s.scored} scored, {s.failed} failed"
-        + (f", {s.not_eligible} not eligible" if s.not_eligible else "")
-        + (f", {s.already} already in the CSV" if s.already else "")
-        + f"; {s.skipped} other files skipped",
-    )
-    el = s.eligibility
-    reasons = ", ".join(f"{n} {r}" for r, n in el.get("reasons", {}).items())
-    table.add_row(
-        "eligibility",
-        f"{el.get('rule')}: {s.not_eligible} not chest radiographs"
-        + (f" ({reasons})" if reasons else "")
-        + (
-            f"; {el['unchecked']} scored unchecked (no header to say)"
-            if el.get("unchecked")
-            else ""
-        ),
-    )
-    table.add_row("positives", str(s.positives))
-    if s.cluster is None:
-        table.add_row(
-            "throughput",
-            f"{rate(s.steady_images_per_s or s.images_per_s)} end to end (batch {s.batch_size}, "
-            f"{s.workers} decoding worker(s), "
-            + (f"{s.lanes} model lane(s) x {s.threads} thread(s))" if s.device == "cpu" else "1 lane)"),
-        )  # fmt: skip
-    else:
-        c = s.cluster
-        table.add_row(
-            "ray",
-            f"{c['nodes']} node(s), {c['cpus']:g} CPUs, {c['gpus']:g} GPUs at {c['address']}: "
-            f"{c['decoders']} decoder(s), {c['actors']} model actor(s)"
-            + (f" x {s.threads} thread(s)" if s.device == "cpu" else " on GPUs")
-            + (f", {c['actor_processes']} actor processes" if c["actor_processes"] > c["actors"] else "")
-            + (f", {c['duplicates_dropped']} repeated rows dropped" if c["duplicates_dropped"] else ""),
-        )  # fmt: skip
-        table.add_row(
-            "throughput",
-            f"{rate(s.steady_images_per_s or s.images_per_s)} end to end once the actors run "
-            f"(batch {s.batch_size}); {rate(s.images_per_s)} over the whole pass"
-            + (
-                f", of which {c['first_rows_s']:.1f} s before the first rows (starting the actors)"
-                if c["first_rows_s"] is not None
-                else ""
-            ),
-        )
-    if s.model_only_images_per_s is not None:
-        by = s.model_only_by_config
-        per = ", ".join(f"{v:.1f} at {k}" for k, v in by.items()) if len(by) > 1 else ""
-        ratio = f"; end to end / model only = {s.ratio:.2f}" if s.ratio is not None else ""
-        table.add_row(
-            "model only",
-            f"{rate(s.model_only_images_per_s)} (batch {s.batch_size}"
-            + (f"; {per}" if per else "")
-            + f"){ratio}",
-        )
-    if s.shared_core_bound_images_per_s is not None:
-        share = f"; end to end = {s.bound_share:.0%} of it" if s.bound_share is not None else ""
-        table.add_row(
-            "shared-core bound",
-            f"{rate(s.shared_core_bound_images_per_s)} = 1 / (1/M + D/c): model only M, decoding "
-            f"D {s.decode_cpu_s_per_image * 1000:.1f} ms CPU per image, c {s.cores} cores{share}",
-        )
-    lat = s.latency_ms
-    table.add_row(
-        "batch latency",
-        f"p50 {ms(lat.get('p50'))} / p95 {ms(lat.get('p95'))} / p99 {ms(lat.get('p99'))} ms",
-    )
-    t = s.time_s
-    table.add_row(
-        "time",
-        f"{s.seconds:.1f} s in all ({s.setup_seconds:.1f} s setup); decode {t['decode']:.1f} s "
-        f"({'in workers' if s.workers else 'in this process'}), waiting for data {t['wait']:.1f} s, host→device {t['transfer']:.2f} s, "
-        f"compute {t['compute']:.1f} s, writing {t['write']:.2f} s",
-    )
-    if s.scored:
-        table.add_row(
-            "per image",
-            f"decode {1000 * t['decode'] / (s.scored + s.failed):.1f} ms (decoder wall time), compute "
-            f"{1000 * t['compute'] / s.scored:.1f} ms",
-        )
-    if s.gpu:
-        g = s.gpu
-
-        def num(v, fmt: str) -> str:
-            return "—" if v is None else format(v, fmt)
-
-        table.add_row(
-            "GPU",
-            f"{g['name']}: utilisation {num(g['util_mean'], '.0f')}% mean / "
-            f"{num(g['util_max'], '.0f')}% max, memory {num(g['memory_used_max_mib'], '.0f')} MiB "
-            f"max, power {num(g['power_mean_w'], '.0f')} W mean",
-        )
-    if masks_dir or seg_dir or sr_dir:
-        outs = []
-        if masks_dir:
-            outs.append(f"{s.masks_written} PNG mask + overlay pairs in {masks_dir}")
-        if seg_dir:
-            outs.append(f"{s.segs_written} DICOM SEG in {seg_dir}")
-            if s.seg_not_dicom:
-                outs.append(f"{s.seg_not_dicom} positive PNG/JPEG inputs get no SEG")
-        if sr_dir:
-            outs.append(f"{s.srs_written} DICOM SR in {sr_dir}")
-            if s.sr_not_dicom:
-                outs.append(f"{s.sr_not_dicom} PNG/JPEG inputs get no SR")
-        if s.names_replaced:
-            outs.append(
-                f"{s.names_replaced} input(s) named by a hash of their path (their "
-                "SOPInstanceUID or path was not a safe file name)"
-            )
-        table.add_row("outputs", "; ".join(outs))
-    table.add_row("CSV", str(s.out) + (f", JSON {json_path}" if json_path else ""))
-    Console().print(table)
-    if s.torn_line_dropped:
-        console.print("note: dropped a torn last line of the CSV and scored that file again")
-    for line in s.output_errors[:10]:
-        console.print(f"[yellow]warning:[/] {line}", highlight=False)
-    if len(s.output_errors) > 10:
-        console.print(f"[yellow]warning:[/] {len(s.output_errors) - 10} more output errors")
+    score.print_summary(s, config, console)
 
 
 # ---------------------------------------------------------------- report

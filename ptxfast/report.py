@@ -110,7 +110,7 @@ def read_predictions(path: str | os.PathLike) -> tuple[list[Row], list[str]]:
     note; any other row that is not six fields, or a probability that is not a number, is an
     error naming the line.
     """
-    from ptxfast.scoring import CSV_COLUMNS
+    from ptxfast.score.ledger import CSV_COLUMNS
 
     path = Path(path)
     try:
@@ -231,7 +231,7 @@ def _inside(root: Path, rel: str) -> Path | None:
 def _mask_files(masks_dir: Path, rel: str) -> tuple[Path, Path] | None:
     """The mask and overlay PNGs `ptxfast score --masks` wrote for the input `rel`, when the
     mask exists (named by the scorer's own rule, `outputs.mask_outputs`)."""
-    from ptxfast.outputs import UnsafeOutputPath, mask_outputs
+    from ptxfast.score.writer import UnsafeOutputPath, mask_outputs
 
     try:
         mask, overlay = mask_outputs(masks_dir, rel)
@@ -280,7 +280,7 @@ def _card(row: Row, rank: int, root: Path | None, root_reason: str, masks_dir: P
 
     from ptxfast.data.dicom import load_image
     from ptxfast.data.resize import resize
-    from ptxfast.outputs import overlay_rgb
+    from ptxfast.score.writer import overlay_rgb
 
     card = Card(row, rank)
     thumb = None

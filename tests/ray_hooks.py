@@ -10,9 +10,9 @@ from pathlib import Path
 
 
 def install() -> None:
-    from ptxfast import scoring
+    from ptxfast.score import decode
 
-    real = scoring.load_image
+    real = decode.load_image
 
     def load_image(path, size=None, **kw):
         name = Path(path).name
@@ -22,4 +22,4 @@ def install() -> None:
             time.sleep(0.2)
         return real(path, size, **kw)
 
-    scoring.load_image = load_image
+    decode.load_image = load_image

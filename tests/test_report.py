@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from html_check import check_html
 from PIL import Image
 
-from ptxfast import report, scoring
+from ptxfast import report
+from ptxfast import score as scoring
 from ptxfast.cli import cli
 from ptxfast.data import synth
 

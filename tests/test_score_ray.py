@@ -23,7 +23,7 @@ import test_scoring
 from click.testing import CliRunner
 from test_scoring import _rows, by
 
-from ptxfast import scoring
+from ptxfast import score
 from ptxfast.cli import cli
 
 TESTS = Path(__file__).parent
@@ -55,7 +55,7 @@ def cluster():
 
 
 def _options(**kw):
-    from ptxfast.score_ray import RayOptions
+    from ptxfast.score.engine_ray import RayOptions
 
     return RayOptions(**kw)
 
@@ -108,11 +108,11 @@ def _wait_rows(csv_path: Path, n: int, timeout: float = 120) -> None:
 
 
 def test_ray_gives_the_rows_of_the_local_engine(cluster, folder, artifact, tmp_path):
-    local = scoring.score_folder(
+    local = score.score_folder(
         folder, tmp_path / "local.csv", model=artifact, device="cpu", batch_size=2, workers=0,
         masks_dir=tmp_path / "lm", sr_dir=tmp_path / "lr", model_only_iters=0,
     )  # fmt: skip
-    s = scoring.score_folder(
+    s = score.score_folder(
         folder, tmp_path / "ray.csv", model=artifact, device="cpu", batch_size=2,
         masks_dir=tmp_path / "rm", seg_dir=tmp_path / "rs", sr_dir=tmp_path / "rr",
         summary_json=tmp_path / "s.json",
@@ -147,7 +147,7 @@ def test_ray_gives_the_rows_of_the_local_engine(cluster, folder, artifact, tmp_p
 
 def test_a_file_that_kills_its_decoder_is_an_error_row(cluster, folder, artifact, tmp_path):
     root = _phantoms(folder, tmp_path / "in", ["a.dcm", "b.dcm", "crash.dcm", "d.dcm", "e.dcm"])
-    s = scoring.score_folder(
+    s = score.score_folder(
         root, tmp_path / "p.csv", model=artifact, device="cpu", batch_size=2,
         model_only_iters=0, engine="ray", ray=_options(actors=1),
     )  # fmt: skip
@@ -174,7 +174,7 @@ def test_model_actor_killed_mid_run_one_row_per_file(cluster, folder, artifact, 
 
     killer = threading.Thread(target=kill_after_first_rows, daemon=True)
     killer.start()
-    s = scoring.score_folder(
+    s = score.score_folder(
         root, out, model=artifact, device="cpu", batch_size=2, model_only_iters=0,
         engine="ray", ray=_options(actors=1),
     )  # fmt: skip
@@ -246,7 +246,7 @@ def test_without_ray_the_engine_is_a_one_line_error(folder, artifact, tmp_path, 
 
 
 def test_plan_places_actors_on_gpus_or_cpu_lanes():
-    from ptxfast import score_ray
+    from ptxfast.score import engine_ray as score_ray
 
     cuda, cpu = {"device": "cuda"}, {"device": "cpu"}
     opts = score_ray.RayOptions()
@@ -258,5 +258,5 @@ def test_plan_places_actors_on_gpus_or_cpu_lanes():
     assert (p.device, p.actors, p.decoders, p.threads) == ("cpu", 16, 2, 1)
     p = score_ray._plan({"CPU": 2}, "auto", cuda, score_ray.RayOptions(actors=1, decoders=3), 2)
     assert (p.device, p.actors, p.decoders, p.threads) == ("cpu", 1, 3, 2)
-    with pytest.raises(scoring.ScoreError, match="no GPUs"):
+    with pytest.raises(score.ScoreError, match="no GPUs"):
         score_ray._plan({"CPU": 2}, "cuda", cuda, opts, None)

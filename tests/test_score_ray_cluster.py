@@ -9,7 +9,7 @@ import test_scoring
 from test_score_ray import _options, _phantoms
 from test_scoring import _rows
 
-from ptxfast import scoring
+from ptxfast import score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # test_scoring's 64² rn34un artifact (with its mask output) and its mixed folder.
@@ -39,7 +39,7 @@ def two_nodes():
 def test_two_nodes_score_every_file_once(two_nodes, folder, artifact, tmp_path):
     names = [f"p{i:02d}.dcm" for i in range(8)]
     root = _phantoms(folder, tmp_path / "in", names)
-    s = scoring.score_folder(
+    s = score.score_folder(
         root, tmp_path / "p.csv", model=artifact, device="cpu", batch_size=2,
         model_only_iters=0, engine="ray", ray=_options(actors=2, decoders=2),
     )  # fmt: skip

@@ -27,10 +27,11 @@ from click.testing import CliRunner
 from PIL import Image
 from pydicom import uid
 
-from ptxfast import runtime, scoring
+from ptxfast import runtime, score
 from ptxfast.checkpoint import checkpoint_header, save_checkpoint
 from ptxfast.cli import cli
 from ptxfast.data import synth
+from ptxfast.score import decode, inputs, ledger, pipeline, speed, writer
 
 SIZE = 64
 HEADER = "path,sop_instance_uid,probability,label,mask_area,error"
@@ -134,7 +135,7 @@ def by(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def scored(folder, artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    summary = scoring.score_folder(
+    summary = score.score_folder(
         folder,
         out / "preds.csv",
         model=artifact,
@@ -238,7 +239,7 @@ def test_rows_wait_for_their_outputs_and_keep_order(
     # Outputs are written by threads; a slow first positive must not reorder rows, and a
     # positive's row reaches the CSV only once its mask files exist.
     _, full, _ = scored
-    real = scoring._Writer._outputs
+    real = writer.OutputWriter._outputs
     seen: list[tuple[str, bool]] = []
 
     def slow(self, rel, meta, prob):
@@ -248,8 +249,8 @@ def test_rows_wait_for_their_outputs_and_keep_order(
         csv_text = (tmp_path / "p.csv").read_text()
         seen.append((rel, f"\n{rel}," in csv_text))
 
-    monkeypatch.setattr(scoring._Writer, "_outputs", slow)
-    s = scoring.score_folder(
+    monkeypatch.setattr(writer.OutputWriter, "_outputs", slow)
+    s = score.score_folder(
         folder, tmp_path / "p.csv", model=predictor, batch_size=2, workers=0,
         masks_dir=tmp_path / "masks", model_only_iters=0,
     )  # fmt: skip
@@ -308,7 +309,7 @@ def test_shards_cover_the_folder_once(folder, predictor, scored, tmp_path):
     _, full, _ = scored
     parts, skipped = [], 0
     for k in (1, 2, 3):
-        s = scoring.score_folder(
+        s = score.score_folder(
             folder,
             tmp_path / f"preds-{k}.csv",
             model=predictor,
@@ -334,7 +335,7 @@ def test_shards_cover_the_folder_once(folder, predictor, scored, tmp_path):
 
 def test_lanes_score_the_same_rows_in_order(folder, predictor, scored, tmp_path):
     _, full, _ = scored  # default: one lane per core
-    s = scoring.score_folder(
+    s = score.score_folder(
         folder, tmp_path / "one.csv", model=predictor, batch_size=3, workers=0, lanes=1,
         threads=1, model_only_iters=1,
     )  # fmt: skip
@@ -352,26 +353,26 @@ def test_lanes_score_the_same_rows_in_order(folder, predictor, scored, tmp_path)
 def test_steady_rate_skips_setup_and_needs_enough_batches():
     marks = [(1.0 + 0.5 * i, 10) for i in range(12)]  # a batch of 10 every 0.5 s from t=1
     # Two batches decoded ahead are left out: 10 batches over the 5 s after the second.
-    assert scoring._steady(marks, 0.0, ahead=2) == pytest.approx(100 / 5.0)
-    assert scoring._steady(marks, 0.0, ahead=2, lanes=3) is None  # 10 < 4 per lane
-    assert scoring._steady(marks[:9], 0.0, ahead=2) is None  # 7 batches: too few
-    assert scoring._steady([], 0.0, ahead=2) is None
+    assert speed.steady(marks, 0.0, ahead=2) == pytest.approx(100 / 5.0)
+    assert speed.steady(marks, 0.0, ahead=2, lanes=3) is None  # 10 < 4 per lane
+    assert speed.steady(marks[:9], 0.0, ahead=2) is None  # 7 batches: too few
+    assert speed.steady([], 0.0, ahead=2) is None
 
 
 def test_parallelism_fills_the_cores(monkeypatch, tmp_path):
-    monkeypatch.setattr(scoring, "_cores", lambda: 8)
+    monkeypatch.setattr(pipeline, "cores", lambda: 8)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert scoring._parallelism(cpu, None, None) == (8, 1)
-    assert scoring._parallelism(cpu, None, 4) == (2, 4)
-    assert scoring._parallelism(cpu, 2, None) == (2, 4)
-    assert scoring._parallelism(cpu, 3, 3) == (3, 3)
-    assert scoring._parallelism(gpu, None, None) == (1, None)
-    with pytest.raises(scoring.ScoreError, match="--lanes"):
-        scoring.score_folder(tmp_path, tmp_path / "x.csv", lanes=0)
+    assert pipeline.parallelism(cpu, None, None) == (8, 1)
+    assert pipeline.parallelism(cpu, None, 4) == (2, 4)
+    assert pipeline.parallelism(cpu, 2, None) == (2, 4)
+    assert pipeline.parallelism(cpu, 3, 3) == (3, 3)
+    assert pipeline.parallelism(gpu, None, None) == (1, None)
+    with pytest.raises(score.ScoreError, match="--lanes"):
+        score.score_folder(tmp_path, tmp_path / "x.csv", lanes=0)
 
 
 def test_worker_crash_becomes_a_row(folder, predictor, tmp_path, monkeypatch):
-    real = scoring.load_image
+    real = decode.load_image
 
     def crashing(path, size=None, **kw):
         # Fork-started workers inherit this patch: die as a segfaulting codec would.
@@ -379,8 +380,8 @@ def test_worker_crash_becomes_a_row(folder, predictor, tmp_path, monkeypatch):
             os._exit(11)
         return real(path, size, **kw)
 
-    monkeypatch.setattr(scoring, "load_image", crashing)
-    s = scoring.score_folder(
+    monkeypatch.setattr(decode, "load_image", crashing)
+    s = score.score_folder(
         folder, tmp_path / "p.csv", model=predictor, batch_size=2, workers=1, model_only_iters=0
     )
     # One row per file: the batch already launched when the worker died is not written twice.
@@ -395,7 +396,7 @@ def test_outputs_checked_before_any_work(folder, artifact, tmp_path, monkeypatch
         raise AssertionError("work started before the outputs were checked")
 
     monkeypatch.setattr(runtime, "load_predictor", boom)
-    monkeypatch.setattr(scoring, "find_inputs", boom)
+    monkeypatch.setattr(inputs, "find_inputs", boom)
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     for kwargs in (
@@ -404,8 +405,8 @@ def test_outputs_checked_before_any_work(folder, artifact, tmp_path, monkeypatch
         {"out": tmp_path / "p.csv", "seg_dir": blocker / "s"},
         {"out": tmp_path / "p.csv", "summary_json": blocker / "s.json"},
     ):
-        with pytest.raises(scoring.ScoreError, match="cannot write"):
-            scoring.score_folder(folder, model=artifact, **kwargs)
+        with pytest.raises(score.ScoreError, match="cannot write"):
+            score.score_folder(folder, model=artifact, **kwargs)
     res = CliRunner().invoke(
         cli, ["score", str(folder), "--out", str(blocker / "p.csv"), "--model", str(artifact)]
     )
@@ -435,8 +436,8 @@ def test_no_artifact_and_maskless_artifact_are_clear_errors(folder, artifact, tm
     side["return_mask"] = False
     shutil.copy(artifact.parent / side["file"], other / side["file"])
     (other / artifact.name).write_text(json.dumps(side))
-    with pytest.raises(scoring.ScoreError, match="--return-mask"):
-        scoring.score_folder(
+    with pytest.raises(score.ScoreError, match="--return-mask"):
+        score.score_folder(
             folder, tmp_path / "q.csv", model=other / artifact.name, masks_dir=tmp_path / "m"
         )
     # A model file that is not the one its sidecar describes is refused, and an existing CSV
@@ -446,13 +447,13 @@ def test_no_artifact_and_maskless_artifact_are_clear_errors(folder, artifact, tm
     kept = tmp_path / "kept.csv"
     kept.write_text(HEADER + "\na.dcm,,0.5,1,3,\n")
     for out in (tmp_path / "new.csv", kept):
-        with pytest.raises(scoring.ScoreError, match="sha256"):
-            scoring.score_folder(folder, out, model=other / artifact.name, overwrite=True)
+        with pytest.raises(score.ScoreError, match="sha256"):
+            score.score_folder(folder, out, model=other / artifact.name, overwrite=True)
     assert not (tmp_path / "new.csv").exists() and "a.dcm" in kept.read_text()
 
 
 def test_find_inputs_claims_hidden_and_exclusions(folder, tmp_path):
-    found = scoring.find_inputs(folder)
+    found = score.find_inputs(folder)
     assert set(found.skipped) == SKIPPED
     assert "notes.dcm" in found.inputs and "nested/photo_noext" in found.inputs
     assert not any(p.startswith(".") or "/." in p for p in found.inputs)
@@ -460,35 +461,35 @@ def test_find_inputs_claims_hidden_and_exclusions(folder, tmp_path):
     (folder / "out_masks").mkdir()
     try:
         Image.new("L", (8, 8)).save(folder / "out_masks" / "m.png")
-        assert "out_masks/m.png" in scoring.find_inputs(folder).inputs
-        assert "out_masks/m.png" not in scoring.find_inputs(folder, exclude=[folder / "out_masks"]).inputs  # fmt: skip
+        assert "out_masks/m.png" in score.find_inputs(folder).inputs
+        assert "out_masks/m.png" not in score.find_inputs(folder, exclude=[folder / "out_masks"]).inputs  # fmt: skip
     finally:
         shutil.rmtree(folder / "out_masks")
-    shards = [scoring.find_inputs(folder, (k, 4)) for k in (1, 2, 3, 4)]
+    shards = [score.find_inputs(folder, (k, 4)) for k in (1, 2, 3, 4)]
     every = sorted(p for s in shards for p in s.inputs + s.skipped)
     assert every == sorted(found.inputs + found.skipped)
-    assert scoring.parse_shard("2/3") == (2, 3)
+    assert score.parse_shard("2/3") == (2, 3)
     for bad in ("0/3", "4/3", "x", "1/0"):
-        with pytest.raises(scoring.ScoreError, match="K/N"):
-            scoring.parse_shard(bad)
+        with pytest.raises(score.ScoreError, match="K/N"):
+            score.parse_shard(bad)
 
 
 def test_read_done_keeps_complete_rows_only(tmp_path):
     p = tmp_path / "p.csv"
     rows = HEADER + '\na.dcm,1.2,0.5,1,10,\n"we,ird\nname.dcm",,,,,"bad, file"\n'
     p.write_text(rows + "c.dcm,1.3,0.")  # torn last line
-    done, good, torn = scoring.read_done(p)
+    done, good, torn = score.read_done(p)
     assert done == {"a.dcm", "we,ird\nname.dcm"} and torn and good == len(rows.encode())
     p.write_text(rows + '"d\n')  # torn inside a quoted field that spans lines
-    assert scoring.read_done(p)[0] == done
+    assert score.read_done(p)[0] == done
     p.write_text(HEADER + "\na.dcm,1.2\nb.dcm,1.3,0.5,1,10,\n")  # damage that is not a kill
-    with pytest.raises(scoring.ScoreError, match="fields"):
-        scoring.read_done(p)
+    with pytest.raises(score.ScoreError, match="fields"):
+        score.read_done(p)
     p.write_text("something,else\n")
-    with pytest.raises(scoring.ScoreError, match="not a ptxfast predictions CSV"):
-        scoring.read_done(p)
+    with pytest.raises(score.ScoreError, match="not a ptxfast predictions CSV"):
+        score.read_done(p)
     p.write_text(HEADER[:10])  # killed while writing the header
-    assert scoring.read_done(p) == (set(), 0, True)
+    assert score.read_done(p) == (set(), 0, True)
 
 
 # ------------------------------------------------------------- hostile names, locks, full disks
@@ -525,7 +526,7 @@ def test_crafted_uids_cannot_leave_the_output_folders(predictor, tmp_path, monke
             F.save(ds, root / name)
     _all_positive(monkeypatch)
     before = {p for p in tmp_path.rglob("*")}
-    s = scoring.score_folder(
+    s = score.score_folder(
         root, out / "preds.csv", model=predictor, batch_size=2, workers=0,
         masks_dir=out / "masks", seg_dir=out / "seg", sr_dir=out / "sr", model_only_iters=0,
     )  # fmt: skip
@@ -549,7 +550,7 @@ def test_crafted_uids_cannot_leave_the_output_folders(predictor, tmp_path, monke
 
 
 def test_safe_output_path_rules(tmp_path):
-    from ptxfast.outputs import UnsafeOutputPath, is_dicom_uid, safe_output_path
+    from ptxfast.score.writer import UnsafeOutputPath, is_dicom_uid, safe_output_path
 
     assert is_dicom_uid("1.2.840.10008.5.1.4.1.1.1.1") and not is_dicom_uid("1.2.")
     assert not is_dicom_uid("1" * 65) and not is_dicom_uid("1.2\x003")
@@ -568,7 +569,7 @@ def test_safe_output_path_rules(tmp_path):
 
 _HOLD = """
 import sys, time
-from ptxfast.ledger import LedgerLock
+from ptxfast.score.ledger import LedgerLock
 LedgerLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)
@@ -602,7 +603,7 @@ def test_one_writer_per_csv(folder, artifact, tmp_path):
 
 
 def test_forked_children_do_not_keep_the_lock(tmp_path):
-    from ptxfast.ledger import LedgerBusy, LedgerLock
+    from ptxfast.score.ledger import LedgerBusy, LedgerLock
 
     lock = LedgerLock(tmp_path / "p.csv").acquire()
     with pytest.raises(LedgerBusy):
@@ -625,9 +626,9 @@ def test_forked_children_do_not_keep_the_lock(tmp_path):
 def test_csv_write_error_cuts_back_to_complete_rows(tmp_path, monkeypatch):
     import errno
 
-    from ptxfast.ledger import WriteFailed
+    from ptxfast.score.ledger import WriteFailed
 
-    preds = scoring._PredsCsv(tmp_path / "p.csv", resume=False, overwrite=False)
+    preds = ledger.PredsCsv(tmp_path / "p.csv", resume=False, overwrite=False)
     preds.open()
     preds.append([["a.dcm", "1.2", "0.5", "1", "3", ""]])
     real, landed = preds.file, []
@@ -668,13 +669,11 @@ def _tiny_disk(path: Path, size: str) -> bool:
 def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, monkeypatch):
     import errno
 
-    from ptxfast import outputs
-
     disk = tmp_path / "disk"
     mounted = _tiny_disk(disk, "20k")  # 5 pages: the CSV and a few PNGs, then ENOSPC
     if not mounted:  # no tmpfs here: the third PNG write fails as a full disk would
         calls = []
-        real_save = outputs._save_png
+        real_save = writer._save_png
 
         def save(image, path):
             calls.append(path)
@@ -682,7 +681,7 @@ def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, m
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
             real_save(image, path)
 
-        monkeypatch.setattr(outputs, "_save_png", save)
+        monkeypatch.setattr(writer, "_save_png", save)
     _all_positive(monkeypatch)
     args = ["--model", str(artifact), "--device", "cpu", "--batch-size", "2", "--workers", "0"]
     args += ["--threads", "1", "--model-only-iters", "0"]
@@ -721,12 +720,12 @@ def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, m
 
 
 def test_shared_core_bound_from_model_and_decode_cost():
-    s = scoring.ScoreSummary(
+    s = score.ScoreSummary(
         root="r", out="o", model="m", artifact=None, backend="b", precision="fp32",
         device="cpu", batch_size=8, workers=1, threads=1, shard=(1, 1),
     )  # fmt: skip
     s.model_only_images_per_s = 100.0  # 10 ms of the c cores per image
-    scoring._shared_core_bound(s, decode_cpu_s=0.02, cores=2, steady=45.0)  # + 10 ms decoding
+    speed.shared_core_bound(s, decode_cpu_s=0.02, cores=2, steady=45.0)  # + 10 ms decoding
     assert s.shared_core_bound_images_per_s == pytest.approx(50.0)
     assert s.bound_share == pytest.approx(0.9) and s.cores == 2
 
@@ -767,7 +766,7 @@ def radiology(tmp_path_factory) -> Path:
 
 
 def test_only_chest_radiographs_get_probabilities(radiology, predictor, tmp_path):
-    summary = scoring.score_folder(
+    summary = score.score_folder(
         radiology, tmp_path / "p.csv", model=predictor, device="cpu", batch_size=2, workers=1,
         summary_json=tmp_path / "s.json", model_only_iters=0,
     )  # fmt: skip
@@ -791,7 +790,7 @@ def test_only_chest_radiographs_get_probabilities(radiology, predictor, tmp_path
     assert js["eligibility"]["rule"] == "default" and js["not_eligible"] == 5
     assert js["eligibility"]["reasons"]["Modality CT"] == 1
     # off: every decodable image is scored; the SR has no pixels and fails as before.
-    off = scoring.score_folder(
+    off = score.score_folder(
         radiology, tmp_path / "off.csv", model=predictor, device="cpu", batch_size=2,
         workers=0, model_only_iters=0, eligibility="off",
     )  # fmt: skip
@@ -799,8 +798,8 @@ def test_only_chest_radiographs_get_probabilities(radiology, predictor, tmp_path
     assert {p for p, r in rows.items() if r["probability"]} == set(rows) - {"report.dcm"}
     assert "without pixel data" in rows["report.dcm"]["error"]
     assert (off.scored, off.failed, off.not_eligible) == (8, 1, 0)
-    with pytest.raises(scoring.ScoreError, match="choose one of strict, default, off"):
-        scoring.score_folder(radiology, tmp_path / "x.csv", model=predictor, eligibility="no")
+    with pytest.raises(score.ScoreError, match="choose one of strict, default, off"):
+        score.score_folder(radiology, tmp_path / "x.csv", model=predictor, eligibility="no")
 
 
 def test_score_labels_at_the_artifacts_operating_point(artifact, folder, tmp_path):

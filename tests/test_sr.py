@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom import uid
 
-from ptxfast import outputs
+from ptxfast.score import dicom_out as outputs
 
 SHA = "0123456789abcdef" * 4
 MODEL = outputs.ModelIdentity("rn34un", "torchscript", "fp32", SHA, 0.3, label_threshold=0.3)

@@ -131,7 +131,7 @@ class _Run:
     def prepare(self) -> None:
         """The parity set, the stage inputs (real files decoded once, the same for every
         variant) and the eager fp32 reference."""
-        from ptxfast.scoring import default_workers
+        from ptxfast.score.pipeline import default_workers
 
         self.save()  # the files exist (and say what is planned) before the first measurement
         self.parity_set = labelled_set(self.cfg, self.src, self.figures["parity_n"], self.say)

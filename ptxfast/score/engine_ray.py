@@ -11,11 +11,11 @@ cluster the two scale apart:
                                                  SEGs written to the shared folder; CSV rows out
       → iter_batches on the driver               deduplicated by path, appended to the ledger
 
-Everything a row holds is made by the local engine's own pieces: `_Files` decodes a file (a
-failure is its error, never an exception), `_collate`, `_launch` and `_results` run the model,
-`_Writer` makes the rows and writes the outputs, and the driver appends through the same
-`_PredsCsv` (same columns, one fsync'd write per batch, the same resume and lock), so a run
-started on one engine can be resumed on the other.
+Everything a row holds is made by the local engine's own pieces: `decode.Files` decodes a
+file (a failure is its error, never an exception), `decode.collate`, `pipeline.launch` and
+`pipeline.results` run the model, `writer.OutputWriter` makes the rows and writes the outputs,
+and the driver appends through the same `ledger.PredsCsv` (same columns, one fsync'd write per
+batch, the same resume and lock), so a run started on one engine can be resumed on the other.
 
 Faults. Both actor pools run with explicit Ray retry settings (`_RESTARTS` restarts per actor,
 `_TASK_RETRIES` retries per batch): a decoder or model actor that dies is restarted and its
@@ -44,7 +44,6 @@ import os
 import socket
 import time
 import warnings
-from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -52,9 +51,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import ledger, operating, scoring
-from ptxfast.benchmarking.timing import latency_ms
-from ptxfast.scoring import CSV_COLUMNS, ScoreError, ScoreSummary
+from ptxfast import operating
+from ptxfast.benchmarking.timing import latency_ms, model_only_images_per_s
+from ptxfast.score import inputs, ledger, pipeline, speed
+from ptxfast.score.config import ScoreError
+from ptxfast.score.decode import Files, Meta, collate, worker_init
+from ptxfast.score.dicom_out import model_identity
+from ptxfast.score.ledger import CSV_COLUMNS
+from ptxfast.score.run import Job, load
+from ptxfast.score.summary import ScoreSummary, count, new_summary
+from ptxfast.score.writer import OutputWriter, wait_outputs
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"
 _RESTARTS = 3  # times Ray restarts a dead decoder or model actor
@@ -65,12 +71,12 @@ _LANE_CPUS = 1.0  # a CPU model lane: one core, one torch thread
 # On CPU-only clusters decoders take no CPU from the scheduler: they run on the lanes' cores,
 # as the local engine's decoding worker does.
 _DECODER_CPUS_ON_CPU = 0.0
-# What _Writer counts in the summary, carried back from the model actors with the rows.
+# What OutputWriter counts in the summary, carried back from the model actors with the rows.
 _COUNTERS = (
     "masks_written", "segs_written", "seg_not_dicom", "srs_written", "sr_not_dicom",
     "names_replaced",
 )  # fmt: skip
-_NULLABLE = {f.name for f in fields(scoring._Meta) if "None" in str(f.type)}
+_NULLABLE = {f.name for f in fields(Meta) if "None" in str(f.type)}
 
 
 @dataclass
@@ -109,14 +115,14 @@ class _ChildDied(Exception):
 
 
 def _child_main(conn, root: Path, size: int, eligibility: str) -> None:
-    scoring._worker_init(0)
+    worker_init(0)
     while True:
         try:
             paths = conn.recv()
         except EOFError:  # the actor went away
             return
         state = torch.zeros(len(paths), dtype=torch.int64)
-        files = scoring._Files(root, paths, size, state, eligibility)
+        files = Files(root, paths, size, state, eligibility)
         conn.send([files[i] for i in range(len(paths))])
 
 
@@ -131,7 +137,7 @@ class _Child:
         self.started = 0
 
     def decode(self, paths: list[str]) -> list[tuple]:
-        """(image or None, _Meta, seconds) per path, as `_Files` gives them; raises _ChildDied."""
+        """(image or None, _Meta, seconds) per path, as `decode.Files` gives them; raises _ChildDied."""
         if self.proc is None or not self.proc.is_alive():
             self._start()
         self.conn.send(paths)
@@ -199,7 +205,7 @@ class _Decoder:
             error = f"decoding did not finish ({why})"
         else:
             error = f"the decoder crashed on this file ({why}, {_DECODE_ATTEMPTS} times)"
-        return None, scoring._Meta(index=0, error=error), 0.0
+        return None, Meta(index=0, error=error), 0.0
 
 
 def _decoded_columns(
@@ -214,7 +220,7 @@ def _decoded_columns(
     cols: dict[str, np.ndarray] = {"index": np.asarray(index, dtype=np.int64)}
     cols["path"] = np.asarray(paths, dtype=object)
     cols["image"], cols["ok"] = images, ok
-    for f in fields(scoring._Meta):
+    for f in fields(Meta):
         if f.name == "index":
             continue
         values = [getattr(m, f.name) for _, m, _ in items]
@@ -229,15 +235,15 @@ def _decoded_columns(
 
 
 def _items(batch: dict[str, np.ndarray]) -> list[tuple]:
-    """The decoder's columns back into `_Files` items, each `_Meta` indexed by its position."""
+    """The decoder's columns back into `decode.Files` items, each `Meta` indexed by its position."""
     items = []
-    names = [f.name for f in fields(scoring._Meta) if f.name != "index"]
+    names = [f.name for f in fields(Meta) if f.name != "index"]
     for j in range(len(batch["path"])):
         kw = {}
         for name in names:
             v = batch[f"meta_{name}"][j]
             kw[name] = None if name in _NULLABLE and v == "" else _plain(v)
-        meta = scoring._Meta(index=j, **kw)
+        meta = Meta(index=j, **kw)
         img = np.asarray(batch["image"][j], dtype=np.float32) if batch["ok"][j] else None
         items.append((img, meta, float(batch["decode_s"][j])))
     return items
@@ -271,14 +277,14 @@ class _Scorer:
         if threads:
             torch.set_num_threads(threads)
         side = artifact.read_sidecar(sidecar)
-        self.predictor = scoring._load(side, device)  # the sha256 is checked again here
+        self.predictor = load(side, device)  # the sha256 is checked again here
         self.batch_size = batch_size
         self.want_masks = masks_dir is not None or seg_dir is not None
         self.predictor.warmup(batch_size, iters=2)
         self.model_only = 0.0
         if model_only_iters > 0:
             x = torch.rand(batch_size, 1, self.predictor.size, self.predictor.size)
-            self.model_only = scoring._model_only(self.predictor, x, model_only_iters)
+            self.model_only = model_only_images_per_s(self.predictor, x, model_only_iters)
         self.paths: dict[int, str] = {}  # the current batch's positions → paths, for _Writer
         self.counts = ScoreSummary(
             root=root, out="", model=self.predictor.name, artifact=sidecar,
@@ -286,13 +292,13 @@ class _Scorer:
             device=str(self.predictor.device), batch_size=batch_size, workers=0,
             threads=torch.get_num_threads(), shard=(1, 1),
         )  # fmt: skip
-        self.writer = scoring._Writer(
+        self.writer = OutputWriter(
             Path(root),
             self.paths,
             self.counts,
             Path(masks_dir) if masks_dir else None,
             Path(seg_dir) if seg_dir else None,
-            scoring._identity(self.predictor),
+            model_identity(self.predictor),
             sr_dir=Path(sr_dir) if sr_dir else None,
         )
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -301,17 +307,14 @@ class _Scorer:
         paths = [str(p) for p in batch["path"]]
         self.paths.clear()
         self.paths.update(enumerate(paths))
-        b = scoring._collate(_items(batch))
+        b = collate(_items(batch))
         times = {"transfer": 0.0, "compute": 0.0}
-        f = scoring._launch(
+        f = pipeline.launch(
             b, self.predictor, self.predictor.device, self.batch_size, self.want_masks, 0.0
         )
-        scores = scoring._results(f, self.predictor, times)
+        scores = pipeline.results(f, self.predictor, times)
         rows, outputs = self.writer.rows(b, *(scores or (None, None, None, {})))
-        wait_all(outputs)  # the files exist before their rows leave this actor
-        for o in outputs:  # a destination that cannot be written stops the run, as locally
-            if isinstance(o.exception(), ledger.WriteFailed):
-                raise o.exception()
+        wait_outputs(outputs)  # the files exist before their rows leave this actor
         n = len(rows)
         cols = {
             c: np.asarray([r[i] for r in rows], dtype=object) for i, c in enumerate(CSV_COLUMNS)
@@ -405,14 +408,14 @@ def _connect(ray, address: str | None) -> bool:
     return True
 
 
-def run(job: scoring._Job, sidecar, options: RayOptions, device: str = "auto") -> ScoreSummary:
+def run(job: Job, sidecar, options: RayOptions, device: str = "auto") -> ScoreSummary:
     """Score `job` on Ray; `job.preds` is open (and locked), the artifact's bytes checked."""
     ray = require_ray()
     started = _connect(ray, options.address)
     try:
-        found, todo = scoring._todo(job)
+        found, todo = inputs.todo(job.config, job.preds.done)
         resources = ray.cluster_resources()
-        plan = _plan(resources, device, sidecar, options, job.threads)
+        plan = _plan(resources, device, sidecar, options, job.config.threads)
         summary = _summary(ray, job, sidecar, plan, resources, found, todo)
         t_loop = time.perf_counter()
         marks: list[tuple[float, int]] = []
@@ -423,38 +426,22 @@ def run(job: scoring._Job, sidecar, options: RayOptions, device: str = "auto") -
     finally:
         if started:
             ray.shutdown()
-    scoring._count(summary, job.preds.path, {found.inputs[i] for i in todo})
-    summary.loop_seconds = loop
-    summary.batches = len(marks)
-    if summary.scored and loop > 0:
-        summary.images_per_s = summary.scored / loop
-    summary.steady_images_per_s = scoring._steady(marks, t_loop, 2 * plan.actors, plan.actors)
+    count(summary, job.preds.path, {found.inputs[i] for i in todo})
+    speed.fill_rates(summary, marks, t_loop, loop, 2 * plan.actors, plan.actors)
     steady = summary.steady_images_per_s or summary.images_per_s
     if steady and summary.model_only_images_per_s:
         summary.ratio = steady / summary.model_only_images_per_s
     return summary
 
 
-def _summary(ray, job, sidecar, plan: _Plan, resources, found, todo) -> ScoreSummary:
-    return ScoreSummary(
-        root=str(job.root),
-        out=str(job.out),
-        model=str(sidecar["name"]),
-        artifact=str(sidecar.path),
-        backend=str(sidecar["backend"]),
-        precision=str(sidecar["precision"]["requested"]),
-        device=plan.device,
-        batch_size=job.batch_size,
-        workers=plan.decoders,
-        threads=plan.threads or 0,
-        lanes=plan.actors,
-        shard=job.shard,
-        files=len(found.inputs),
-        already=len(found.inputs) - len(todo),
-        skipped=len(found.skipped),
-        skipped_examples=found.skipped[:5],
-        torn_line_dropped=job.preds.torn,
-        eligibility={"rule": job.eligibility},  # files scored unchecked: counted locally only
+def _summary(ray, job: Job, sidecar, plan: _Plan, resources, found, todo) -> ScoreSummary:
+    config = job.config
+    return new_summary(
+        config, found, todo, job.preds.torn,
+        model=str(sidecar["name"]), artifact=str(sidecar.path), backend=str(sidecar["backend"]),
+        precision=str(sidecar["precision"]["requested"]), device=plan.device,
+        workers=plan.decoders, threads=plan.threads or 0, lanes=plan.actors,
+        eligibility={"rule": config.eligibility},  # files scored unchecked: counted locally only
         operating_point=operating.describe(sidecar),
         operating_point_detail=sidecar.get("operating_point"),
         setup_seconds=time.perf_counter() - job.t_start,
@@ -471,11 +458,12 @@ def _summary(ray, job, sidecar, plan: _Plan, resources, found, todo) -> ScoreSum
             "duplicates_dropped": 0,
             "first_rows_s": None,  # pass start → first rows: starting actors, loading the model
         },
-    )
+    )  # fmt: skip
 
 
-def _dataset(ray, job: scoring._Job, sidecar, plan: _Plan, todo: list[tuple[int, str]]):
+def _dataset(ray, job: Job, sidecar, plan: _Plan, todo: list[tuple[int, str]]):
     """from_items → decoders → model actors, in the inputs' order."""
+    config = job.config
     from ray.data import ActorPoolStrategy, DataContext
 
     ctx = DataContext.get_current()
@@ -484,12 +472,12 @@ def _dataset(ray, job: scoring._Job, sidecar, plan: _Plan, todo: list[tuple[int,
     ctx.execution_options.preserve_order = True  # rows reach the CSV in sorted order
     ds = ray.data.from_items(
         [{"index": i, "path": rel} for i, rel in todo],
-        override_num_blocks=max(1, math.ceil(len(todo) / job.batch_size)),
+        override_num_blocks=max(1, math.ceil(len(todo) / config.batch_size)),
     )
     # Ray 2.60 takes actor restarts and retries only as remote args, which it warns it will
     # stop taking in 2.64 (hence ray<2.64 in the extra).
     common = dict(
-        batch_size=job.batch_size,
+        batch_size=config.batch_size,
         batch_format="numpy",
         max_restarts=_RESTARTS,
         max_task_retries=_TASK_RETRIES,
@@ -499,8 +487,8 @@ def _dataset(ray, job: scoring._Job, sidecar, plan: _Plan, todo: list[tuple[int,
         ds = ds.map_batches(
             _Decoder,
             fn_constructor_kwargs={
-                "root": str(job.root), "size": int(sidecar["input"]["size"]),
-                "timeout": job.decode_timeout, "eligibility": job.eligibility,
+                "root": str(config.root), "size": int(sidecar["input"]["size"]),
+                "timeout": config.decode_timeout, "eligibility": config.eligibility,
             },
             compute=ActorPoolStrategy(size=plan.decoders),
             num_cpus=plan.decoder_cpus,
@@ -511,13 +499,13 @@ def _dataset(ray, job: scoring._Job, sidecar, plan: _Plan, todo: list[tuple[int,
             fn_constructor_kwargs={
                 "sidecar": str(sidecar.path),
                 "device": plan.device,
-                "root": str(job.root),
-                "masks_dir": str(job.masks_dir) if job.masks_dir else None,
-                "seg_dir": str(job.seg_dir) if job.seg_dir else None,
-                "sr_dir": str(job.sr_dir) if job.sr_dir else None,
-                "batch_size": job.batch_size,
+                "root": str(config.root),
+                "masks_dir": str(config.masks_dir) if config.masks_dir else None,
+                "seg_dir": str(config.seg_dir) if config.seg_dir else None,
+                "sr_dir": str(config.sr_dir) if config.sr_dir else None,
+                "batch_size": config.batch_size,
                 "threads": plan.threads,
-                "model_only_iters": job.model_only_iters,
+                "model_only_iters": config.model_only_iters,
             },
             compute=ActorPoolStrategy(size=plan.actors),
             **plan.actor_resources,
@@ -525,7 +513,7 @@ def _dataset(ray, job: scoring._Job, sidecar, plan: _Plan, todo: list[tuple[int,
         )
 
 
-def _drain(ray, ds, job: scoring._Job, summary: ScoreSummary, t_loop: float, total: int):
+def _drain(ray, ds, job: Job, summary: ScoreSummary, t_loop: float, total: int):
     """Append the rows the model actors return, each path once, one fsync'd write per block;
     returns (time written, images scored) per block for the steady rate."""
     times = summary.time_s
@@ -557,8 +545,8 @@ def _drain(ray, ds, job: scoring._Job, summary: ScoreSummary, t_loop: float, tot
                 latencies.append(time.time() - float(np.min(block["t_decoded"])))
                 marks.append((t_end, sum(1 for r in rows if not r[5])))
             done += len(rows)
-            if job.progress:
-                job.progress(done, total)
+            if job.config.progress:
+                job.config.progress(done, total)
             t_prev = time.perf_counter()
     except ray.exceptions.RayError as err:
         cause = getattr(err, "cause", None)  # an actor's own refusal, e.g. a disk that is full

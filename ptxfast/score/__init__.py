@@ -1,0 +1,73 @@
+"""Score a folder of chest X-rays with an exported model: one CSV row per file, never a crash.
+
+`score_folder(ScoreConfig(root, out, model=...))` (or `score_folder(root, out, model=...)`)
+finds the inputs under `root`, decodes them in worker processes while the model runs, and
+appends one row per file to `out`:
+
+    path,sop_instance_uid,probability,label,mask_area,error
+
+- path: relative to `root`, with "/" separators (so shard CSVs and resumed runs agree);
+- probability: the artifact's image probability (temperature-scaled when its operating point
+  is calibrated); label: 1 when it exceeds the artifact's operating threshold (its sidecar's
+  `operating_point`, else its recorded label threshold; `Predictor.label`); mask_area: pixels
+  above the pixel threshold at the model's S×S input (empty for classifiers); error: one line
+  when the file could not be scored (then probability, label and mask_area are empty).
+
+Eligibility. Only chest radiographs get a label (`ptxfast.data.eligibility`): the decoding
+worker checks the header it has just parsed — Modality, ViewPosition, BodyPartExamined —
+before any pixel is decoded, and a file the rule refuses gets a row with an empty probability
+and an error `not eligible: Modality CT (chest radiographs only; --eligibility off to score
+anyway)`. Such rows are counted apart from failures (`not_eligible` in the summary, with the
+rule and the reasons). `eligibility="strict"` also refuses files whose header says nothing,
+"off" scores every decodable image.
+
+Sharding. `shard=(k, n)` keeps the k-th of every n files of the sorted list, so n processes
+cover the folder exactly once. Combine their CSVs by keeping one header:
+
+    head -n 1 preds-1.csv > preds.csv && tail -q -n +2 preds-*.csv >> preds.csv
+
+Outputs. With `masks_dir`, each positive gets `<masks_dir>/<path>.mask.png` (0/255 at the
+source's Rows×Columns) and `<path>.overlay.png` (the image with the mask outlined); with
+`seg_dir`, each positive DICOM gets `<seg_dir>/<SOPInstanceUID>.dcm`, a BINARY DICOM
+Segmentation referencing its source. PNG/JPEG inputs get PNGs but no SEG (counted in the
+summary). Both need an artifact exported with its mask output (`--return-mask`). With
+`sr_dir`, every scored DICOM gets `<sr_dir>/<SOPInstanceUID>.dcm`, a DICOM SR (TID 1500) with
+the finding, the probability and the model, referencing the SEG of a positive when `seg_dir`
+is given too; any artifact will do. They are written by two threads while scoring goes on,
+and a batch's rows reach the CSV once its files exist. Names come from
+`writer.safe_output_path`: an invalid UID or an input path that is not plain names gives a
+hash-named file (counted in `names_replaced`), never a path outside.
+
+Durability and one writer. Rows are written batch by batch with one write, flushed and
+fsync'd, after the outputs of that batch, so the CSV is the record of what is done; `--resume`
+continues it after any number of interruptions, and the CSV is locked for one run at a time.
+A destination that cannot be written stops the run with `ledger.WriteFailed`: rows fsync'd
+before stay, and a batch whose outputs failed that way has no rows, so `--resume` writes rows
+and outputs again.
+
+The modules:
+
+- config.py     `ScoreConfig` (the request, one typed field per option), its checks, ScoreError
+- inputs.py     finding and sniffing the inputs, shards, what is left to score
+- ledger.py     the durable CSV: lock, fsync'd appends, resume, torn-line handling
+- decode.py     the Dataset, batches, and the loader that survives crashed workers
+- pipeline.py   one batch's model pass, lanes, the window of batches in flight, the ordered
+                committer, how many lanes and workers
+- writer.py     rows and output files (PNG masks, overlays, safe names); dicom_out.py: SEG, SR
+- summary.py    `ScoreSummary`, counts read back from the ledger, the printed table
+- speed.py      steady rate, model-only timing, the shared-core bound
+- run.py        `score_folder`: checks, model, ledger, engine, JSON
+- engine_local.py, engine_ray.py   the two engines (this machine; a Ray cluster)
+"""
+
+from ptxfast.score.config import ScoreConfig, ScoreError
+from ptxfast.score.inputs import Inputs, find_inputs, parse_shard
+from ptxfast.score.ledger import CSV_COLUMNS, read_done
+from ptxfast.score.pipeline import default_workers
+from ptxfast.score.run import score_folder
+from ptxfast.score.summary import ScoreSummary, print_summary
+
+__all__ = [
+    "CSV_COLUMNS", "Inputs", "ScoreConfig", "ScoreError", "ScoreSummary", "default_workers",
+    "find_inputs", "parse_shard", "print_summary", "read_done", "score_folder",
+]  # fmt: skip

@@ -1,0 +1,139 @@
+"""What a scoring run is asked to do: `ScoreConfig`, its checks, and `ScoreError`.
+
+Every engine reads the same dataclass; `check()` refuses what cannot run before anything is
+loaded, decoded or written, with one line that names the option and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptxfast.data.eligibility import DEFAULT_RULE, RULES
+
+__all__ = ["ScoreConfig", "ScoreError"]
+
+
+class ScoreError(ValueError):
+    """A scoring run that cannot start as asked; the message says what to do."""
+
+
+def _path(value: str | os.PathLike | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+@dataclass
+class ScoreConfig:
+    """One scoring request (what `ptxfast score` options fill); see `ptxfast.score`."""
+
+    root: Path  # the folder of DICOM/PNG/JPEG files, walked recursively
+    out: Path  # the predictions CSV (the ledger)
+    # An artifact (model file or sidecar), None for the newest under `exports_dir`, or a
+    # loaded `runtime.Predictor` (local engine only).
+    model: str | os.PathLike | Any = None
+    device: str = "auto"  # auto, cuda, cuda:N or cpu
+    batch_size: int = 16
+    # Decoding processes; None: 1 on a CPU, all cores but one (at most 16) on CUDA; 0 decodes
+    # in this process (no protection against a decoder that kills its process).
+    workers: int | None = None
+    resume: bool = False  # keep the rows already in `out` and score the files they lack
+    overwrite: bool = False  # start `out` again
+    shard: tuple[int, int] = (1, 1)  # (k, n): the k-th of every n sorted files
+    masks_dir: Path | None = None  # PNG mask + overlay per positive (needs a mask output)
+    seg_dir: Path | None = None  # DICOM SEG per positive DICOM (needs a mask output)
+    sr_dir: Path | None = None  # DICOM SR per scored DICOM (any artifact)
+    summary_json: Path | None = None  # the summary as JSON
+    exports_dir: Path = Path("exports")  # where `model=None` looks for the newest artifact
+    # CPU: torch threads per model lane, and batches the model runs at once; None: one lane
+    # per core with one thread each (`pipeline.parallelism`).
+    threads: int | None = None
+    lanes: int | None = None
+    prefetch_factor: int = 2  # batches each decoding process prepares ahead
+    model_only_iters: int = 5  # batches timed for the model-only throughput (0 skips it)
+    decode_timeout: float = 600.0  # seconds a batch may take to decode before it is an error
+    progress: Callable[[int, int], None] | None = None  # called with (rows done, rows to do)
+    engine: str = "local"  # "local" (this machine) or "ray" (a Ray cluster)
+    ray: Any = None  # engine_ray.RayOptions for engine="ray" (None: its defaults)
+    eligibility: str = DEFAULT_RULE  # "default", "strict" or "off" (ptxfast.data.eligibility)
+
+    def __post_init__(self) -> None:
+        self.root, self.out = Path(self.root), Path(self.out)
+        self.masks_dir, self.seg_dir = _path(self.masks_dir), _path(self.seg_dir)
+        self.sr_dir, self.summary_json = _path(self.sr_dir), _path(self.summary_json)
+        self.exports_dir = Path(self.exports_dir)
+        self.shard = (int(self.shard[0]), int(self.shard[1]))
+
+    @property
+    def wants_masks(self) -> bool:
+        """Mask outputs (PNG or SEG) are asked for, so the artifact needs its mask output."""
+        return self.masks_dir is not None or self.seg_dir is not None
+
+    def check(self) -> None:
+        """Refuse counts, names and folders that cannot work, before any work starts."""
+        if not self.root.is_dir():
+            raise ScoreError(
+                f"{self.root} is not a folder; give the folder of DICOM/PNG/JPEG files"
+            )
+        if self.batch_size < 1:
+            raise ScoreError("--batch-size must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise ScoreError("--workers must be 0 (decode in this process) or more")
+        for value, option in ((self.lanes, "--lanes"), (self.threads, "--threads")):
+            if value is not None and value < 1:
+                raise ScoreError(f"{option} must be at least 1")
+        if self.eligibility not in RULES:
+            raise ScoreError(
+                f"--eligibility {self.eligibility!r}: choose one of {', '.join(RULES)}"
+            )
+        k, n = self.shard
+        if not 1 <= k <= n:
+            raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
+        if self.engine not in ("local", "ray"):
+            raise ScoreError(f"--engine {self.engine!r}: choose local or ray")
+
+    def check_folders(self) -> None:
+        """Create each output folder and write a probe file in it, so a bad path fails first."""
+        for folder, option in (
+            (self.masks_dir, "--masks"),
+            (self.seg_dir, "--dicom-seg"),
+            (self.sr_dir, "--dicom-sr"),
+        ):
+            if folder is not None:
+                check_writable(folder, option)
+        if self.summary_json is not None:
+            check_writable(self.summary_json.parent, "--json")
+
+    def own_outputs(self) -> list[Path]:
+        """The run's own files and folders, left out of the inputs when they sit in `root`."""
+        lock = self.out.with_name(self.out.name + ".lock")
+        found = [self.out, lock, self.masks_dir, self.seg_dir, self.sr_dir, self.summary_json]
+        return [p for p in found if p is not None]
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """Create `folder` and write a probe file in it, so a bad path fails before any work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ptxfast-probe-"):
+            pass
+    except OSError as err:
+        raise ScoreError(f"cannot write {option} {folder}: {err.strerror or err}") from None
+
+
+def check_masks(kind: str, return_mask: bool, what: str, export_command: str | None) -> None:
+    """Refuse mask outputs from an artifact that has no mask, naming the re-export."""
+    if kind == "classifier":
+        raise ScoreError(
+            f"{what} is a classifier and has no mask; for --masks/--dicom-seg score with a "
+            "segmenter or cascade artifact exported with --return-mask"
+        )
+    if not return_mask:
+        fix = f"`{export_command} --return-mask`" if export_command else "--return-mask"
+        raise ScoreError(
+            f"{what} was exported without its mask output; --masks/--dicom-seg need one: "
+            f"re-export it with {fix}"
+        )

@@ -1,0 +1,207 @@
+"""The local engine: one machine decodes in worker processes while the model runs beside them.
+
+    ResilientLoader ─► Lanes / InFlightWindow ─► results ─► OutputWriter ─► OrderedCommitter ─► ledger
+    (decode.py)        (pipeline.py)                        (writer.py)     (pipeline.py)       (ledger.py)
+
+Decoding runs in `workers` processes, each timing its own files; the batches travel with their
+metadata, are pinned and copied asynchronously on CUDA, and the model runs while the next
+batches decode. On CUDA one batch is in flight: its copies, kernels and result copies are
+queued before the previous batch's rows are written, so writing rows and fetching the next
+batch overlap the GPU's work (transfer and compute are GPU times from CUDA events). On a CPU
+the model runs in lanes, one batch per core on one thread each (compute time is summed over
+the lanes), and one decoding process shares the cores. Rows reach the ledger in order, each
+batch after its output files; a decoding worker that dies becomes an error row and decoding
+goes on (`decode.ResilientLoader`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from concurrent.futures import Future
+
+import torch
+
+from ptxfast.benchmarking.timing import latency_ms
+from ptxfast.score import inputs, speed
+from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
+from ptxfast.score.dicom_out import model_identity
+from ptxfast.score.ledger import read_done
+from ptxfast.score.pipeline import (
+    InFlight,
+    InFlightWindow,
+    Lanes,
+    OrderedCommitter,
+    Waiting,
+    cores,
+    default_workers,
+    launch,
+    parallelism,
+    results,
+)
+from ptxfast.score.run import Job
+from ptxfast.score.summary import ScoreSummary, count, new_summary, operating_point
+from ptxfast.score.writer import OutputWriter
+
+__all__ = ["run"]
+
+
+def run(job: Job) -> ScoreSummary:
+    """Score the files of `job` that its ledger lacks, on this machine."""
+    config, predictor = job.config, job.predictor
+    dev = predictor.device
+    workers = config.workers if config.workers is not None else default_workers(dev)
+    found, todo = inputs.todo(config, job.preds.done)
+    # The decoding workers start first and fill their prefetch queues while the model warms.
+    state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
+    files = Files(config.root, found.inputs, predictor.size, state, config.eligibility)
+    settings = LoaderSettings(
+        config.batch_size, workers, config.prefetch_factor, config.decode_timeout,
+        pin=dev.type == "cuda",
+    )  # fmt: skip
+    scorer = _Scorer(job, len(todo))
+    loader = ResilientLoader(files, todo, settings, scorer.settle)
+    all_threads = torch.get_num_threads()
+    lanes, threads = parallelism(dev, config.lanes, config.threads)
+    if threads:
+        torch.set_num_threads(threads)  # lane threads started later take this count too
+    _warm(predictor, loader, min(config.batch_size, len(todo)))
+    side = predictor.sidecar
+    summary = new_summary(
+        config, found, todo, job.preds.torn,
+        model=predictor.name, artifact=str(side.path) if side is not None else None,
+        backend=predictor.backend, precision=predictor.precision, device=str(dev),
+        workers=workers, threads=torch.get_num_threads(), lanes=lanes,
+        operating_point=operating_point(predictor),
+        operating_point_detail=(side or {}).get("operating_point"),
+    )  # fmt: skip
+    summary.eligibility = {"rule": config.eligibility, "unchecked": 0}
+    writer = OutputWriter(
+        config.root, found.inputs, summary, config.masks_dir, config.seg_dir,
+        model_identity(predictor), sr_dir=config.sr_dir,
+    )  # fmt: skip
+    summary.setup_seconds = time.perf_counter() - job.t_start
+    t_loop = time.perf_counter()
+    from ptxfast.telemetry import GpuSampler
+
+    with GpuSampler(dev) as sampler, Lanes(lanes) as pool, writer:
+        scorer.score(loader, pool, writer)
+    loop = time.perf_counter() - t_loop
+    torch.set_num_threads(all_threads)
+    summary.worker_restarts = loader.restarts
+    if sampler.active:
+        summary.gpu = sampler.stats.as_dict()
+    _summarise(summary, job, scorer, {found.inputs[i] for i in todo}, t_loop, loop)
+    if config.model_only_iters > 0 and scorer.last_x is not None:
+        speed.fill_model_only(
+            summary, predictor, scorer.last_x, config.model_only_iters, lanes, threads,
+            all_threads,
+        )  # fmt: skip
+        if dev.type == "cpu" and scorer.decoded:
+            rate = summary.steady_images_per_s or summary.images_per_s
+            speed.shared_core_bound(summary, scorer.decode_cpu / scorer.decoded, cores(), rate)
+    return summary
+
+
+def _warm(predictor, loader: ResilientLoader, batch: int) -> None:
+    """Warm the model while the workers decode. From here a worker that dies raises (from
+    torch's SIGCHLD handler) wherever the main process is; one dying now is handed to the
+    loader, which turns it into rows when the loop starts."""
+    while batch > 0:
+        try:
+            predictor.warmup(batch, iters=3)
+            return
+        except RuntimeError as err:
+            loader.defer(err)
+
+
+def _summarise(summary, job: Job, scorer: _Scorer, paths: set[str], t_loop, loop) -> None:
+    """Counts from the ledger, the loop's rates and times."""
+    config = job.config
+    count(summary, job.preds.path, paths)
+    scorer.times["write"] += scorer.committer.write_seconds
+    summary.time_s = scorer.times
+    summary.latency_ms = latency_ms(scorer.latencies)
+    summary.eligibility["unchecked"] = scorer.unchecked
+    ahead = summary.workers * config.prefetch_factor
+    speed.fill_rates(summary, scorer.marks, t_loop, loop, ahead, summary.lanes)
+
+
+class _Scorer:
+    """The loop: batches from the loader through the lanes, rows into the ledger in order;
+    what it measures on the way (stage times, latencies, commit marks, decode CPU time)."""
+
+    def __init__(self, job: Job, total: int) -> None:
+        self.job, self.total = job, total
+        self.predictor = job.predictor
+        self.committer = OrderedCommitter(job.preds.append, self._committed)
+        self.window = InFlightWindow(0)
+        self.times = dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0)
+        self.latencies: list[float] = []
+        self.marks: list[tuple[float, int]] = []  # (time a batch's rows were written, images)
+        self.done = 0  # rows written this run
+        self.decode_cpu, self.decoded, self.unchecked = 0.0, 0, 0
+        self.last_x: torch.Tensor | None = None  # a full batch on the device, for model-only
+
+    def score(self, loader: ResilientLoader, lanes: Lanes, writer: OutputWriter) -> None:
+        """Every batch of `loader` through the model; rows in order after their outputs."""
+        self.lanes, self.writer = lanes, writer
+        # Batches in flight beyond the one being written: on CUDA one, on a CPU one per lane.
+        self.window = InFlightWindow(lanes.n)
+        while True:
+            try:
+                t_prev = time.perf_counter()
+                for item in loader:
+                    if isinstance(item, CrashRows):
+                        self.committer.add(item.rows)
+                    else:
+                        self._push(item, t_prev)
+                    t_prev = time.perf_counter()
+                for launched in self.window.drain():
+                    self._finish(launched)
+                self.committer.drain()
+                return
+            except RuntimeError as err:  # a decoding worker died while this thread scored
+                self.committer.add(loader.recover(err).rows)
+
+    def settle(self) -> set[str]:
+        """After a decoding worker died: scored batches keep their rows, launched ones whose
+        rows are not in the CSV are decoded and scored again; the paths the CSV holds."""
+        self.window.abandon()
+        self.committer.drain()
+        preds = self.job.preds
+        with contextlib.suppress(Exception):
+            preds.file.flush()
+        return read_done(preds.path)[0]
+
+    def _push(self, batch: Batch, t_prev: float) -> None:
+        t_got = time.perf_counter()
+        self.times["wait"] += t_got - t_prev
+        self.times["decode"] += batch.decode_seconds
+        self.decode_cpu += sum(m.cpu_seconds for m in batch.meta)
+        self.decoded += len(batch.meta)
+        self.unchecked += sum(m.unchecked for m in batch.meta)
+        cfg = self.job.config
+        args = (batch, self.predictor, self.predictor.device, cfg.batch_size, cfg.wants_masks)
+        for launched in self.window.push(self.lanes.submit(launch, *args, t_got)):
+            self._finish(launched)
+
+    def _finish(self, launched: Future) -> None:
+        """Wait for a launched batch's results, make its rows and start its outputs."""
+        f: InFlight = launched.result()
+        scores = results(f, self.predictor, self.times)
+        t_w = time.perf_counter()
+        rows, outputs = self.writer.rows(f.batch, *(scores or (None, None, None, {})))
+        self.times["write"] += time.perf_counter() - t_w
+        if f.x is not None and (f.x.shape[0] == self.job.config.batch_size or self.last_x is None):
+            self.last_x = f.x
+        self.committer.add(rows, outputs, f)
+
+    def _committed(self, waiting: Waiting, t_end: float) -> None:
+        f: InFlight | None = waiting.tag
+        if f is not None:  # crash rows carry no batch
+            self.latencies.append(t_end - f.t_got)
+            self.marks.append((t_end, len(f.batch.ok)))
+        self.done += len(waiting.rows)
+        if self.job.config.progress:
+            self.job.config.progress(self.done, self.total)

@@ -1,0 +1,154 @@
+"""`score_folder`: check a scoring request, load the model, open the ledger, run an engine.
+
+Everything that can be refused is refused before a file is decoded: the options, the output
+folders (a probe file is written in each), the artifact (its sha256, device and precision) and
+the ledger (its lock, its header, a torn last line). Then the local engine
+(`engine_local.run`) or the Ray engine (`engine_ray.run`) scores the files the ledger lacks,
+and the summary is stamped and written as JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ptxfast.files import write_json
+from ptxfast.score import ledger
+from ptxfast.score.config import ScoreConfig, ScoreError, check_masks
+from ptxfast.score.summary import ScoreSummary
+
+__all__ = ["Job", "load", "score_folder"]
+
+
+@dataclass
+class Job:
+    """A checked request and what `score_folder` prepared for the engine."""
+
+    config: ScoreConfig
+    preds: ledger.PredsCsv  # open, locked, its rows read on --resume
+    predictor: Any  # runtime.Predictor (local engine); None on Ray, whose actors load it
+    source: Any  # the artifact's sidecar, or the Predictor passed in
+    t_start: float  # when score_folder was called
+
+
+def score_folder(
+    config: ScoreConfig | str | os.PathLike, out: str | os.PathLike | None = None, **options
+) -> ScoreSummary:
+    """Score every image under a folder into its CSV; returns what happened and how fast.
+
+    Give a `ScoreConfig`, or its fields: `score_folder(root, out, model=..., batch_size=...)`.
+    See `ptxfast.score` for inputs, resume, shards and outputs.
+    """
+    if not isinstance(config, ScoreConfig):
+        config = ScoreConfig(root=config, out=out, **options)
+    t_start = time.perf_counter()
+    config.check()
+    ray_options = _check_engine(config)
+    source = _source(config)
+    config.check_folders()
+    preds = ledger.PredsCsv(config.out, config.resume, config.overwrite)
+    # The model is loaded (sha256 checked, device and precision refused) before the CSV is
+    # touched or a file decoded; on Ray its actors load it, and here only its bytes are checked.
+    try:
+        predictor = _predictor(config, source)
+    except BaseException:  # the file it created goes, and the lock with it
+        preds.discard()
+        raise
+    try:
+        preds.open()
+    except BaseException:
+        preds.close()  # releases the lock too
+        raise
+    job = Job(config, preds, predictor, source, t_start)
+    try:
+        if config.engine == "ray":
+            from ptxfast.score import engine_ray
+
+            return _finish(job, engine_ray.run(job, source, ray_options, config.device))
+        from ptxfast.score import engine_local
+
+        return _finish(job, engine_local.run(job))
+    finally:
+        preds.close()
+
+
+def _check_engine(config: ScoreConfig):
+    """The Ray options when `engine="ray"` (refused without Ray or with a loaded Predictor)."""
+    if config.engine != "ray":
+        return None
+    from ptxfast import runtime
+    from ptxfast.score import engine_ray
+
+    engine_ray.require_ray()
+    options = config.ray or engine_ray.RayOptions()
+    engine_ray.check_options(options)
+    if isinstance(config.model, runtime.Predictor):
+        raise ScoreError(
+            "--engine ray loads the artifact in its model actors: pass its path, not a "
+            "loaded Predictor"
+        )
+    return options
+
+
+def _source(config: ScoreConfig):
+    """The Predictor passed in, or the sidecar of the artifact asked for (mask output checked)."""
+    from ptxfast import artifact, runtime
+
+    if isinstance(config.model, runtime.Predictor):
+        if config.wants_masks:
+            check_masks(config.model.kind, config.model.return_mask, repr(config.model), None)
+        return config.model
+    try:
+        model = config.model
+        sidecar = artifact.read_sidecar(
+            artifact.latest_artifact(config.exports_dir) if model is None else model
+        )
+    except artifact.ArtifactError as err:
+        raise ScoreError(str(err)) from None
+    if config.wants_masks:
+        check_masks(
+            sidecar["kind"],
+            bool(sidecar["return_mask"]),
+            str(sidecar.model_path),
+            sidecar.export_command,
+        )
+    return sidecar
+
+
+def _predictor(config: ScoreConfig, source):
+    from ptxfast import artifact, runtime
+
+    if config.engine == "ray":
+        try:
+            artifact.verify(source)
+        except artifact.ArtifactError as err:
+            raise ScoreError(str(err)) from None
+        return None
+    return source if isinstance(source, runtime.Predictor) else load(source, config.device)
+
+
+def load(sidecar, device: str):
+    """The artifact's predictor on `device`; its refusals as ScoreError."""
+    from ptxfast import runtime
+
+    try:
+        # "auto": the device type the artifact was exported for when it is here, else the CPU.
+        return runtime.load_predictor(sidecar, device=device)
+    except ValueError as err:  # PredictorError, ArtifactError (bytes not the sidecar's)
+        raise ScoreError(str(err)) from None
+
+
+def _finish(job: Job, summary: ScoreSummary) -> ScoreSummary:
+    """Stamp the wall time and write the --json file (every engine's last step)."""
+    summary.seconds = time.perf_counter() - job.t_start
+    path = job.config.summary_json
+    if path is not None:
+        try:
+            write_json(path, summary.as_dict())
+        except OSError as err:
+            if ledger.is_write_error(err):
+                raise ledger.write_failed(path, err) from None
+            raise
+    return summary
