@@ -899,6 +899,7 @@ def score_command(
     from ptxfast.score import ledger
 
     try:
+        parts = score.parse_shard(shard)
         ray_options = None
         if engine == "ray":
             from ptxfast.score.engine_ray import RayOptions
@@ -908,7 +909,7 @@ def score_command(
             raise PtxfastError("--address, --decoders and --actors go with --engine ray")
         config = score.ScoreConfig(
             root=folder, out=out, model=model, device=device, batch_size=batch_size,
-            workers=workers, resume=resume, shard=score.parse_shard(shard), masks_dir=masks_dir,
+            workers=workers, resume=resume, shard=parts, masks_dir=masks_dir,
             seg_dir=seg_dir, sr_dir=sr_dir, overwrite=overwrite, summary_json=json_path,
             exports_dir=exports, lanes=lanes, threads=threads,
             model_only_iters=model_only_iters, engine=engine, ray=ray_options,
