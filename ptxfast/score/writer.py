@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ptxfast.data.dicom import load_image, read_dataset
+from ptxfast.data.resize import resize
 from ptxfast.files import atomic_write
 from ptxfast.score import ledger
 from ptxfast.score.decode import Batch, Meta, one_line
@@ -347,11 +347,7 @@ class OutputWriter:
         """The mask and overlay PNGs of one positive; True when their names were replaced."""
         image, _ = load_image(self.root / rel)
         if image.shape != mask.shape:  # a reader that disagrees with its header
-            image = np.asarray(
-                torch.nn.functional.interpolate(
-                    torch.from_numpy(image)[None, None], size=mask.shape, mode="area"
-                )[0, 0]
-            )
+            image = resize(image, mask.shape)
         names = mask_outputs(self.masks_dir, rel)
         target.path = names[0].path
         write_png_masks(mask, image, names[0].path, names[1].path)
