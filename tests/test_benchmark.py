@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -29,6 +30,12 @@ from ptxfast.benchmarking import (
     summarize_times,
 )
 from ptxfast.benchmarking import run as bench_run
+from ptxfast.benchmarking.timing import (
+    INPUT_BUFFERS,
+    model_only_images_per_s,
+    time_predictor,
+    timed_calls,
+)
 from ptxfast.cli import cli
 from ptxfast.runtime import Outputs
 
@@ -84,6 +91,52 @@ def test_stage_figures_find_the_bound():
     assert f["serial_images_per_s"] == pytest.approx(1000 / 24.6)
     cpu = stage_figures({"decode": 2.0, "h2d": None, "compute": 1.0, "d2h": None}, 1)
     assert cpu["h2d_images_per_s"] is None and cpu["bound"] == "decode"
+
+
+# ----------------------------------------------------------------------------------- timing
+
+
+class _Recorder:
+    """A predictor stand-in that records which input each call got."""
+
+    device = torch.device("cpu")
+    size, input_dtype, channels_last = 8, torch.float32, False
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x):
+        self.seen.append(x.data_ptr())
+
+
+def test_timed_calls_time_each_call_and_stop_at_the_deadline():
+    cpu = torch.device("cpu")
+    seconds = timed_calls(lambda: time.sleep(0.01), cpu, 3)
+    assert len(seconds) == 3 and all(s >= 0.009 for s in seconds)
+    # A deadline already passed: still one call, so a slow model gives a figure.
+    assert len(timed_calls(lambda: None, cpu, 5, deadline=time.perf_counter() - 1)) == 1
+
+
+def test_time_predictor_warms_up_then_times_repeats_on_rotated_inputs():
+    p = _Recorder()
+    times, first = time_predictor(p, 2, warmup=3, iters=5, repeats=2)
+    assert [len(r) for r in times] == [5, 5] and first >= 0
+    assert len(p.seen) == 3 + 10  # the warm-up calls are not timed
+    timed = p.seen[3:]
+    assert timed[0] == p.seen[0]  # the timed calls start again from the first buffer
+    assert len(set(timed)) == INPUT_BUFFERS and timed[INPUT_BUFFERS] == timed[0]
+
+
+def test_model_only_images_per_s_counts_every_lane_and_keeps_to_the_budget():
+    p = _Recorder()
+    x = torch.zeros(4, 1, 8, 8)
+    before = torch.get_num_threads()
+    assert model_only_images_per_s(p, x, iters=3, lanes=2, threads=2) > 0
+    assert len(p.seen) == 1 + 2 * 3  # one warm call, then 3 per lane
+    assert torch.get_num_threads() == before
+    p.seen.clear()
+    model_only_images_per_s(p, x, iters=3, lanes=2, budget_s=0.0)
+    assert len(p.seen) == 1 + 2  # past the budget: one timed batch per lane
 
 
 # ----------------------------------------------------------------------------------- parity
@@ -177,6 +230,77 @@ def test_a_backend_that_fails_at_run_time_is_reported_and_the_rest_go_on(monkeyp
     assert rows["torchscript"]["error"] == "RuntimeError: kernel exploded"
     assert rows["eager"]["status"] == "ok" and rows["eager"]["images_per_s"] > 0
     assert report.complete
+
+
+def test_variants_that_cannot_be_built_get_rows_that_say_why(monkeypatch):
+    from ptxfast.benchmarking.plan import Unavailable
+
+    def build(variant, *args, **kwargs):
+        if variant == "torchscript":
+            raise RuntimeError("tracer broke\nsecond line")
+        raise Unavailable("no model to build this variant from")
+
+    monkeypatch.setattr(bench_run, "build_variant", build)
+    cfg = BenchConfig(
+        name="rn34", size=S, backends=("torchscript", "eager"), batch_sizes=(1,), device="cpu",
+        parity_n=0, stage_n=0,
+    )  # fmt: skip
+    report = run_bench(cfg)
+    rows = {r["variant"]: r for r in report.rows}
+    parity = {p["variant"]: p for p in report.parity}
+    assert rows["torchscript"]["status"] == "failed"
+    assert rows["torchscript"]["error"] == "RuntimeError: tracer broke"
+    assert (
+        parity["torchscript"]["status"] == "failed"
+        and parity["torchscript"]["error"] == "not built"
+    )
+    assert rows["eager"]["status"] == parity["eager"]["status"] == "unavailable"
+    assert (
+        parity["eager"]["error"] == rows["eager"]["error"] == "no model to build this variant from"
+    )
+    assert report.complete and report.notes == ["no parity set (--parity-n 0)"]
+
+
+def test_inductor_is_built_by_the_one_builder_in_the_default_mode(monkeypatch):
+    import ptxfast.runtime as runtime
+    from ptxfast.benchmarking.plan import Source, build_variant
+
+    seen = {}
+
+    def fake(backend, model, **kwargs):
+        seen.update(kwargs, backend=backend)
+        return "predictor"
+
+    monkeypatch.setattr(runtime, "build_predictor", fake)
+    src = Source(NAME, S, torch.nn.Identity(), None, "random init", None)
+    cpu = torch.device("cpu")
+    assert build_variant("inductor-bf16", src, cpu, (1, 32), BenchConfig()) == "predictor"
+    assert seen["backend"] == "inductor" and seen["precision"] == "bf16"
+    assert seen["inductor_mode"] == "default" and seen["dynamic"] is None
+    assert seen["batch"] == (1, 8, 32)
+    seen.clear()
+    build_variant("inductor", src, cpu, (2,), BenchConfig(inductor_mode="max-autotune"))
+    assert seen["inductor_mode"] == "max-autotune" and seen["batch"] == (2, 2, 2)
+    seen.clear()
+    build_variant("torchscript", src, cpu, (1, 2), BenchConfig())
+    assert "inductor_mode" not in seen and seen["backend"] == "torchscript"
+
+
+def test_inductor_predictor_names_its_mode(monkeypatch):
+    from ptxfast.models import build
+    from ptxfast.runtime import available_backends, build_predictor
+
+    if available_backends("cpu")["inductor"]:
+        pytest.skip(available_backends("cpu")["inductor"])
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(kw) or m)
+    model = build("rn34", weights=None).eval()
+    p = build_predictor(
+        "inductor", model, name="rn34", size=S, device="cpu", inductor_mode="default", dynamic=None
+    )
+    assert p.path == "inductor:default" and p.backend == "inductor"
+    assert build_predictor("inductor", model, name="rn34", size=S, device="cpu").path == "inductor"
+    assert compiled == [{"mode": "default", "dynamic": None}, {"mode": None, "dynamic": False}]
 
 
 # ------------------------------------------------------------------------------- end to end
