@@ -1033,7 +1033,7 @@ def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
     "--backends",
     help="Comma list of eager, eager-fp16, eager-bf16, torchscript, torchscript-fp16, "
     "torchscript-bf16, inductor, inductor-fp16, inductor-bf16, tensorrt, tensorrt-fp32, "
-    "artifact [default: every one for this device].",
+    "onnxruntime, openvino, openvino-bf16, artifact [default: every one for this device].",
 )
 @click.option("--batch-sizes", help="Comma list [default: 1,8,32,64 on a GPU, 1,8 on a CPU].")
 @click.option(
