@@ -3,7 +3,7 @@
 `build_report(preds, out, masks_dir=..., summary_json=...)` reads a predictions CSV (the
 `ptxfast score` ledger) and writes one HTML file that needs nothing else: images are JPEG data
 URIs, the script and styles are inline, and a Content Security Policy stops the browser from
-fetching anything (see `pages`). The page holds, top to bottom:
+fetching anything (see `pages`; the HTML itself is `report_page`). The page holds, top to bottom:
 
 - the run's summary: model, artifact sha256, the label threshold (and the operating point when
   the artifact records one), files, scored, failed, positives, images/s (from `--json`, the
@@ -265,6 +265,9 @@ def _reason(err: BaseException) -> str:
 
 @dataclass
 class Card:
+    """A positive shown with images: its radiograph thumbnail and mask overlay as data URIs,
+    or the reason each is missing."""
+
     row: Row
     rank: int
     study: str | None = None
@@ -359,6 +362,7 @@ class _Worklist:
 
     @classmethod
     def of(cls, rows: Sequence[Row]) -> _Worklist:
+        """`rows` sorted into the page's three groups."""
         scored = sorted((r for r in rows if not r.failed), key=lambda r: (-r.prob, r.path))
         return cls(
             positives=[r for r in scored if r.label == "1"],
@@ -367,6 +371,7 @@ class _Worklist:
         )
 
     def counts(self) -> dict[str, int]:
+        """Rows, scored, failed and positives, for the summary."""
         return dict(
             rows=len(self.positives) + len(self.negatives) + len(self.failures),
             scored=len(self.positives) + len(self.negatives),

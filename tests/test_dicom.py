@@ -685,6 +685,20 @@ def test_resize_fractional_factor_is_exact_area_mean() -> None:
     np.testing.assert_allclose(resize(img, 40), expected, atol=1e-6)
 
 
+def test_resize_to_rows_and_columns_is_the_exact_area_mean() -> None:
+    img = np.random.default_rng(2).random((100, 60)).astype(np.float32)
+    # 100 x 60 -> 40 x 24: repeat 2x each way (200 x 120), then 5x5 block means.
+    fine = np.repeat(np.repeat(img, 2, axis=0), 2, axis=1)
+    expected = fine.reshape(40, 5, 24, 5).mean(axis=(1, 3))
+    np.testing.assert_allclose(resize(img, (40, 24)), expected, atol=1e-6)
+    # Integer factors per axis: block means; a mask shrinks to its covered fraction.
+    mask = np.zeros((64, 96), dtype=bool)
+    mask[:32, :48] = True
+    np.testing.assert_array_equal(resize(mask, (2, 3)), [[1, 0.5, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="size"):
+        resize(img, (0, 4))
+
+
 def test_resize_upsamples_linearly_and_keeps_range() -> None:
     ramp = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (16, 1))
     up = resize(ramp, 40)

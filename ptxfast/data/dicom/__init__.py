@@ -8,7 +8,7 @@ uncompressed little-endian pixels are read straight from their file offset (othe
 are decoded to stored values by pydicom's decoders), and rescale + window + MONOCHROME1
 inversion are folded into one affine map. The fast path gives the same pixels as the full
 path (the tests compare them), except that a windowed JPEG 2000 frame read for a much
-smaller size is decoded from a coarser wavelet level (`_j2k_reduced`, within 0.2% at the
+smaller size is decoded from a coarser wavelet level (`native._j2k_reduced`, within 0.2% at the
 99th percentile on phantoms); anything it does not cover falls back to pydicom.
 
 Every unreadable input raises one exception, `ImageReadError`, whose message names the

@@ -65,11 +65,13 @@ def peek(ds: Dataset, keyword: str) -> str | int | float | None:
 
 
 def text_tag(ds: Dataset, keyword: str) -> str | None:
+    """The first value of a tag as text, or None (see `peek`)."""
     value = peek(ds, keyword)
     return None if value is None else str(value)
 
 
 def int_tag(ds: Dataset, keyword: str) -> int | None:
+    """The first value of a tag as an integer, or None when absent or not a number."""
     try:
         value = peek(ds, keyword)
         return None if value is None else int(value)
@@ -78,6 +80,7 @@ def int_tag(ds: Dataset, keyword: str) -> int | None:
 
 
 def float_tag(ds: Dataset, keyword: str) -> float | None:
+    """The first value of a tag as a float, or None when absent (malformed: ValueError)."""
     value = peek(ds, keyword)
     return None if value is None else float(value)
 
@@ -132,6 +135,7 @@ def prepare(ds: Dataset, path: Path) -> None:
 
 
 def dicom_info(ds: Dataset, path: Path, rows: int, columns: int, frames: int) -> ImageInfo:
+    """The identifiers and geometry of a DICOM header as an `ImageInfo`."""
     return ImageInfo(
         path=path,
         sop_instance_uid=text_tag(ds, "SOPInstanceUID"),
