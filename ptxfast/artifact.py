@@ -5,8 +5,9 @@ program, `.onnx` for ONNX Runtime as `<name>.onnx-fp32.onnx` and OpenVINO as
 `<name>.openvino-<precision>.onnx`) and `exports/<name>.<backend>-<precision>.json` says what it is: input size and dtype,
 thresholds, backend, precision, versions, the sha256 of the model file and of the checkpoints it
 came from, and the parity figures measured at export. The model file is written first and the
-sidecar last, each through a temporary file and `os.replace`, so a sidecar never names a file that
-is not complete; every loader checks the model file against the sidecar's sha256 first.
+sidecar last, each through a temporary file and `os.replace` (`ptxfast.files.atomic_write`), so
+a sidecar never names a file that is not complete; every loader checks the model file against
+the sidecar's sha256 first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ptxfast.checkpoint import sha256_file
+from ptxfast.files import write_json
 
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".json"
@@ -82,15 +84,11 @@ def file_stem(name: str, backend: str, precision: str) -> str:
     return f"{name}.{FILE_TAGS.get(backend, backend)}-{precision}"
 
 
-def _atomic_tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_artifact(model_tmp: str | Path, model_path: str | Path, sidecar: dict[str, Any]) -> Path:
     """Move the finished model file `model_tmp` to `model_path` and write its sidecar beside it.
 
     Fills `file`, `sha256`, `format_version` (and `created` when absent) in the sidecar, moves the
-    model into place with `os.replace`, then writes the sidecar through a temporary file. Returns
+    model into place with `os.replace`, then writes the sidecar atomically. Returns
     the sidecar's path. `model_tmp` must be in the same folder (a rename, not a copy).
     """
     model_tmp, model_path = Path(model_tmp), Path(model_path)
@@ -104,15 +102,8 @@ def write_artifact(model_tmp: str | Path, model_path: str | Path, sidecar: dict[
     missing = [k for k in SIDECAR_FIELDS if k not in fields]
     if missing:
         raise ValueError(f"sidecar for {model_path.name} lacks {', '.join(missing)}")
-    side_path = model_path.with_suffix(SIDECAR_SUFFIX)
-    side_tmp = _atomic_tmp(side_path)
-    try:
-        os.replace(model_tmp, model_path)
-        side_tmp.write_text(json.dumps(fields, indent=2, sort_keys=False) + "\n")
-        os.replace(side_tmp, side_path)
-    finally:
-        side_tmp.unlink(missing_ok=True)
-    return side_path
+    os.replace(model_tmp, model_path)  # the model file is complete: moving it is the write
+    return write_json(model_path.with_suffix(SIDECAR_SUFFIX), fields)
 
 
 def utc_now() -> str:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ptxfast import __version__
+from ptxfast.files import atomic_write, write_json
 
 
 class CheckpointError(ValueError):
@@ -35,23 +36,10 @@ class CheckpointError(ValueError):
 EVALUATION_JSON = "evaluation.json"
 
 
-def _atomic(path: Path, write) -> Path:
-    """Call `write(tmp)` on a temporary file in `path`'s folder, then os.replace it onto `path`,
-    so a process killed mid-write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` to `path` atomically (a temporary file in the same folder, then os.replace),
     so a run killed mid-write leaves the previous checkpoint intact."""
-    return _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def evaluation_path(checkpoint: str | Path) -> Path:
@@ -64,8 +52,7 @@ def write_evaluation(checkpoint: str | Path, results: dict[str, Any]) -> Path:
     temperature) beside it, atomically, stamped with the checkpoint's name and sha256."""
     checkpoint = Path(checkpoint)
     doc = {"checkpoint": checkpoint.name, "sha256": sha256_file(checkpoint), **results}
-    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-    return _atomic(evaluation_path(checkpoint), lambda tmp: tmp.write_text(text))
+    return write_json(evaluation_path(checkpoint), doc)
 
 
 def read_evaluation(checkpoint: str | Path) -> dict[str, Any] | None:
@@ -90,18 +77,14 @@ def link_checkpoint(src: str | Path, dst: str | Path) -> Path:
     allows, else a copy), atomically: best.pt then costs no second write of a large file."""
     import shutil
 
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+    def link_or_copy(tmp: Path) -> None:
+        tmp.unlink(missing_ok=True)
         try:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+
+    return atomic_write(dst, link_or_copy)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -37,9 +37,9 @@ from ptxfast.fused import (
     fuse_for_cpu,
     is_cpu_fused,
     quiet_jit,
-    thresholds,
     to_torchscript,
 )
+from ptxfast.fused import thresholds as model_thresholds
 from ptxfast.models import kind_of
 from ptxfast.operating import LabelRule, label_rule
 
@@ -138,12 +138,12 @@ class Predictor:
     """A model ready to score batches: `predictor(x) -> Outputs`, plus what it is.
 
     Attributes: name, kind, size, backend, precision, device, input_dtype, thresholds (label,
-    pixel, min_area, score_k), batch ((min, opt, max) or None), return_mask, channels_last,
-    path (how it was made: trace, ts, dynamo, eager, inductor, onnx:<exporter>), sidecar
-    (artifacts only), mask_output (the module returns a mask, whether or not `return_mask`
-    hands it to callers: ONNX graphs always carry it, so the parity gate measures Dice), rule
-    (`operating.LabelRule`: the artifact's operating point, else the model's default threshold;
-    `label` and `reported` apply it).
+    pixel, min_area, score_k: an artifact's from its sidecar, else the model's rule at `size`),
+    batch ((min, opt, max) or None), return_mask, channels_last, path (how it was made: trace,
+    ts, dynamo, eager, inductor, onnx:<exporter>), sidecar (artifacts only), mask_output (the
+    module returns a mask, whether or not `return_mask` hands it to callers: ONNX graphs always
+    carry it, so the parity gate measures Dice), rule (`operating.LabelRule`: the artifact's
+    operating point, else the model's default threshold; `label` and `reported` apply it).
     """
 
     def __init__(
@@ -164,6 +164,7 @@ class Predictor:
         sidecar: Sidecar | None = None,
         mask_output: bool | None = None,
         rule: LabelRule | None = None,
+        thresholds: dict[str, float | int | None] | None = None,
     ) -> None:
         self.module = module
         self.name = name
@@ -173,7 +174,8 @@ class Predictor:
         self.precision = precision
         self.device = device
         self.input_dtype = input_dtype
-        self.thresholds = thresholds(self.kind, size)
+        # An artifact's are its sidecar's (what the export gate measured); else the model's rule.
+        self.thresholds = dict(thresholds) if thresholds else model_thresholds(self.kind, size)
         self.rule = rule or LabelRule(float(self.thresholds["label"]))
         # The cut on the raw probability (the operating point's, when there is one).
         self.thresholds["label"] = self.rule.raw_threshold
@@ -373,6 +375,7 @@ def load_predictor(
         path=sidecar["path"] + ("+optimized" if optimize and backend == "torchscript" else ""),
         sidecar=sidecar,
         rule=label_rule(sidecar),
+        thresholds=sidecar["thresholds"],
         mask_output="mask" in (sidecar.get("onnx") or {}).get("outputs", ())
         or bool(sidecar["return_mask"]),
     )

@@ -290,6 +290,25 @@ def test_modified_artifact_is_refused(exported, tmp_path):
         load_predictor(copy)
 
 
+def test_predictor_takes_the_sidecars_thresholds(exported, tmp_path):
+    """A loaded artifact labels by what its sidecar records (what the gate measured), not by a
+    rule recomputed from the model's kind and size."""
+    for suffix in (".ts", ".json"):
+        (tmp_path / exported.with_suffix(suffix).name).write_bytes(
+            exported.with_suffix(suffix).read_bytes()
+        )
+    copy = tmp_path / exported.name
+    side = json.loads(copy.read_text())
+    recorded = {"label": 0.42, "pixel": 0.25, "min_area": 9, "score_k": None}
+    assert side["thresholds"] != recorded
+    copy.write_text(json.dumps({**side, "thresholds": recorded}))
+    predictor = load_predictor(copy, device="cpu")
+    assert predictor.thresholds == recorded
+    prob = torch.tensor([0.1, 0.41, 0.43, 0.9])
+    assert predictor.label(prob).tolist() == [False, False, True, True]
+    assert load_predictor(exported, device="cpu").thresholds["min_area"] == 6  # the original
+
+
 class _Payload:
     """Pickles to a call that writes a marker file: running it would prove code execution."""
 
