@@ -2,7 +2,7 @@
 
 Each variant is a `ptxfast.runtime.Predictor` (what scoring runs): eager fp32 (the baseline, as
 a training script would run it), TorchScript fp32 (traced, frozen, channels_last, convolutions
-fused onto oneDNN by `ptxfast.fused.fuse_for_cpu`) and TorchScript bf16 (the same graph in bf16),
+fused onto oneDNN by `ptxfast.cpu_fusion.fuse_for_cpu`) and TorchScript bf16 (the same graph in bf16),
 plus, on request, eager bf16 autocast, the frozen graphs without the CPU rewrite ("frozen
 only"), `optimize_for_inference` and inductor. All variants are built and warmed up first, then
 timed interleaved — one call of each in turn, `--iters` rounds — so load that comes and goes on

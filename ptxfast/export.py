@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import MODEL_NAMES, read_toml, shipped_dir, shipped_toml
+from ptxfast import MODEL_NAMES, cpu_fusion, read_toml, shipped_dir, shipped_toml
 from ptxfast.artifact import EXTENSIONS, file_stem, utc_now, write_artifact
 from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from ptxfast.environment import DeviceError, cpu_bf16, resolve_device, versions
@@ -652,6 +652,7 @@ def _build_candidate(
         path = "trace"
         actual, weights = graph_precision(loaded)
         source = "dtype of the frozen graph's weight constants"
+        fusion = {"cpu_fusion": cpu_fusion.describe(loaded)}  # the torch it is bound to
     else:
         from ptxfast import trt
 
@@ -663,7 +664,7 @@ def _build_candidate(
             compiled.save(f)
         loaded = trt.load(tmp, compiled.path, p.device)
         path, actual, source = compiled.path, compiled.precision, compiled.precision_source
-        weights = {}
+        weights, fusion = {}, {}
     predictor = Predictor(
         loaded, device=p.device, input_dtype=dtype, path=path, **common
     )  # fmt: skip
@@ -677,6 +678,7 @@ def _build_candidate(
         },
         "input_dtype": str(dtype).replace("torch.", ""),
         "channels_last": True,
+        **fusion,
     }
     return _Candidate(backend, precision, predictor, tmp, ext, fields, time.perf_counter() - start)
 

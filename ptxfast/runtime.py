@@ -8,7 +8,7 @@ fused with `return_mask`. It moves and casts the input itself (non_blocking, cha
 - `load_predictor(artifact)` runs an exported artifact after checking its sha256.
 - `build_predictor(backend, model)` makes one on the fly (benchmarks): `eager` (fp32, or autocast
   fp16 on CUDA / bf16), `torchscript` (traced, frozen, channels_last; fp32 / fp16 / bf16; on the
-  CPU rewritten onto fused oneDNN convolutions, `ptxfast.fused.fuse_for_cpu`),
+  CPU rewritten onto fused oneDNN convolutions, `ptxfast.cpu_fusion.fuse_for_cpu`),
   `tensorrt` (FP16 via Torch-TensorRT), `inductor` (`torch.compile`), `onnxruntime` and
   `openvino` (the fused graph exported to ONNX, `ptxfast.onnx_graph`; OpenVINO fp32 or bf16).
 - `available_backends(device)` says which can run here and, for the others, what is missing.
@@ -28,17 +28,9 @@ from torch import nn
 
 from ptxfast import MODEL_NAMES
 from ptxfast.artifact import ArtifactError, Sidecar, read_sidecar, verify
+from ptxfast.cpu_fusion import cpu_fusion_available, fuse_for_cpu, is_cpu_fused, torch_mismatch
 from ptxfast.environment import DeviceError, resolve_device
-from ptxfast.fused import (
-    DTYPE_NAMES,
-    PRECISIONS,
-    cpu_fusion_available,
-    fuse,
-    fuse_for_cpu,
-    is_cpu_fused,
-    quiet_jit,
-    to_torchscript,
-)
+from ptxfast.fused import DTYPE_NAMES, PRECISIONS, fuse, quiet_jit, to_torchscript
 from ptxfast.fused import thresholds as model_thresholds
 from ptxfast.models import kind_of
 from ptxfast.operating import LabelRule, label_rule
@@ -294,21 +286,46 @@ def load_predictor(
 
     device "auto": the device type the artifact was exported for when it is here, else the CPU.
     TorchScript files load with `torch.jit.load`. CPU artifacts are exported with their
-    convolutions already fused onto oneDNN (`ptxfast.fused.fuse_for_cpu`); one exported before
-    that is rewritten here on load when it runs on the CPU (`cpu_fusion`, on by default: exact in
-    fp32 and faster in every case measured). `optimize` also applies
-    `torch.jit.optimize_for_inference` (TorchScript only; its result cannot be saved, so it is a
-    load-time choice; on a fused graph it measured no faster, so it stays off by default).
-    TensorRT ones need torch-tensorrt and a GPU.
+    convolutions already fused onto oneDNN (`ptxfast.cpu_fusion.fuse_for_cpu`) and run only under
+    the torch release that fused them (the sidecar's `cpu_fusion.torch`; another one is refused:
+    re-export); one exported unfused is rewritten here on load when it runs on the CPU
+    (`cpu_fusion`, on by default: exact in fp32 and faster in every case measured). `optimize`
+    also applies `torch.jit.optimize_for_inference` (TorchScript only; its result cannot be
+    saved, so it is a load-time choice; on a fused graph it measured no faster, so it stays off
+    by default). TensorRT ones need torch-tensorrt and a GPU.
     """
     sidecar = artifact if isinstance(artifact, Sidecar) else read_sidecar(artifact)
     file = verify(sidecar)
     dev = _artifact_device(sidecar, device)
-    backend = sidecar["backend"]
-    precision = sidecar["precision"]["requested"]
-    size = int(sidecar["input"]["size"])
-    input_dtype = getattr(torch, sidecar["input"]["dtype"])
-    channels_last = bool(sidecar["input"].get("channels_last", True))
+    _require_runnable(sidecar, file, dev)
+    module = _load_module(sidecar, file, dev)
+    torchscript = sidecar["backend"] == "torchscript"
+    if torchscript:
+        module = _ready_torchscript(module, sidecar, file, dev, optimize, cpu_fusion)
+    b, size = sidecar["batch"], int(sidecar["input"]["size"])
+    return Predictor(
+        module,
+        name=sidecar["name"],
+        size=size,
+        backend=sidecar["backend"],
+        precision=sidecar["precision"]["requested"],
+        device=dev,
+        input_dtype=getattr(torch, sidecar["input"]["dtype"]),
+        batch=(int(b["min"]), int(b["opt"]), int(b["max"])),
+        return_mask=bool(sidecar["return_mask"]),
+        channels_last=bool(sidecar["input"].get("channels_last", True)),
+        path=sidecar["path"] + ("+optimized" if optimize and torchscript else ""),
+        sidecar=sidecar,
+        rule=label_rule(sidecar),
+        thresholds=sidecar["thresholds"],
+        mask_output="mask" in (sidecar.get("onnx") or {}).get("outputs", ())
+        or bool(sidecar["return_mask"]),
+    )
+
+
+def _require_runnable(sidecar: Sidecar, file: Path, dev: torch.device) -> None:
+    """Refuse, before loading, an artifact this machine or this torch cannot run."""
+    backend, precision = sidecar["backend"], sidecar["precision"]["requested"]
     if backend == "tensorrt":
         from ptxfast import trt
 
@@ -320,39 +337,67 @@ def load_predictor(
         if reason is not None:
             raise PredictorError(f"{file} is an ONNX artifact for {backend}: {reason}")
     elif precision == "fp16" and dev.type != "cuda":
+        flag = "cascade" if sidecar["kind"] == "cascade" else "model"
         raise PredictorError(
             f"{file} is an fp16 artifact for CUDA GPUs and this device is {dev}; run it on a GPU "
-            f"or export a CPU one (ptxfast export --{'cascade' if sidecar['kind'] == 'cascade' else 'model'} "
-            f"{sidecar['name']} --profile cpu-fp32)"
+            f"or export a CPU one (ptxfast export --{flag} {sidecar['name']} --profile cpu-fp32)"
         )
+    _refuse_other_torch(sidecar, file, (sidecar.get("cpu_fusion") or {}).get("torch"))
+
+
+def _refuse_other_torch(sidecar: Sidecar, file: Path, recorded: str | None) -> None:
+    reason = torch_mismatch(recorded)
+    if reason is not None:
+        raise PredictorError(f"{file} was {reason}; re-export it (`{sidecar.export_command}`)")
+
+
+def _load_module(sidecar: Sidecar, file: Path, dev: torch.device):
+    """The artifact's runnable module; unreadable files as ArtifactError (re-export)."""
+    backend = sidecar["backend"]
     try:
         if backend == "tensorrt":
             from ptxfast import trt
 
-            module = trt.load(file, sidecar["path"], dev)
-        elif backend in ONNX_BACKENDS:
-            module = _onnx_module(backend, file, precision, sidecar.get("runtime") or {}, dev)
-        else:
-            with quiet_jit():
-                module = torch.jit.load(str(file), map_location=dev).eval()
+            return trt.load(file, sidecar["path"], dev)
+        if backend in ONNX_BACKENDS:
+            precision = sidecar["precision"]["requested"]
+            return _onnx_module(backend, file, precision, sidecar.get("runtime") or {}, dev)
+        with quiet_jit():
+            return torch.jit.load(str(file), map_location=dev).eval()
     except (PredictorError, DeviceError):
         raise
     except (RuntimeError, ValueError, OSError) as err:
         raise ArtifactError(
             f"{file} could not be loaded ({_first_line(err)}); re-export it"
         ) from None
-    if backend == "torchscript" and dev.type != "cpu" and is_cpu_fused(module):
-        raise PredictorError(
-            f"{file} was exported for the CPU (its convolutions are oneDNN kernels) and cannot "
-            f"run on {dev}; export it for {dev.type} (ptxfast export ... --device {dev.type})"
-        )
+
+
+def _ready_torchscript(
+    module: torch.jit.ScriptModule,
+    sidecar: Sidecar,
+    file: Path,
+    dev: torch.device,
+    optimize: bool,
+    cpu_fusion: bool,
+) -> torch.jit.ScriptModule:
+    """A loaded TorchScript artifact checked for `dev`, CPU-fused when it is not yet (and
+    `cpu_fusion`), optimized on request."""
+    if is_cpu_fused(module):
+        if dev.type != "cpu":
+            raise PredictorError(
+                f"{file} was exported for the CPU (its convolutions are oneDNN kernels) and cannot "
+                f"run on {dev}; export it for {dev.type} (ptxfast export ... --device {dev.type})"
+            )
+        if "cpu_fusion" not in sidecar:  # exported before sidecars named the fusing torch
+            _refuse_other_torch(sidecar, file, sidecar["versions"].get("torch"))
     try:
-        if backend == "torchscript" and cpu_fusion and dev.type == "cpu" and cpu_fusion_available():
-            example = torch.rand(1, 1, size, size).to(input_dtype)
-            if channels_last:
+        if cpu_fusion and dev.type == "cpu" and cpu_fusion_available():
+            size = int(sidecar["input"]["size"])
+            example = torch.rand(1, 1, size, size).to(getattr(torch, sidecar["input"]["dtype"]))
+            if sidecar["input"].get("channels_last", True):
                 example = example.contiguous(memory_format=torch.channels_last)
             fuse_for_cpu(module, example)  # a no-op on an artifact fused at export
-        if backend == "torchscript" and optimize:
+        if optimize:
             with quiet_jit():
                 module = torch.jit.optimize_for_inference(module)
     except RuntimeError as err:
@@ -360,25 +405,7 @@ def load_predictor(
             f"{file} could not be optimized for {dev} ({_first_line(err)}); "
             "load it with cpu_fusion=False, optimize=False"
         ) from None
-    b = sidecar["batch"]
-    return Predictor(
-        module,
-        name=sidecar["name"],
-        size=size,
-        backend=backend,
-        precision=precision,
-        device=dev,
-        input_dtype=input_dtype,
-        batch=(int(b["min"]), int(b["opt"]), int(b["max"])),
-        return_mask=bool(sidecar["return_mask"]),
-        channels_last=channels_last,
-        path=sidecar["path"] + ("+optimized" if optimize and backend == "torchscript" else ""),
-        sidecar=sidecar,
-        rule=label_rule(sidecar),
-        thresholds=sidecar["thresholds"],
-        mask_output="mask" in (sidecar.get("onnx") or {}).get("outputs", ())
-        or bool(sidecar["return_mask"]),
-    )
+    return module
 
 
 def _onnx_module(
@@ -444,7 +471,7 @@ def build_predictor(
     max-autotune-no-cudagraphs on GPU, the default on CPU). `size` defaults to the checkpoint's.
     `optimize`: torchscript only, `torch.jit.optimize_for_inference` on the frozen graph.
     `cpu_fusion`: torchscript on the CPU, rewrite the frozen graph onto fused oneDNN convolutions
-    (`ptxfast.fused.fuse_for_cpu`; off only to measure what it brings). `onnx_file`
+    (`ptxfast.cpu_fusion.fuse_for_cpu`; off only to measure what it brings). `onnx_file`
     (onnxruntime / openvino): run this ONNX export of the same model when it exists, else
     export there, so several runtimes share one export; None: a temporary file.
     `inductor_mode` (inductor): a torch.compile mode ("default", "max-autotune", ...) instead of

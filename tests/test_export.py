@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ptxfast import CASCADES
+from ptxfast import CASCADES, MODEL_NAMES
 from ptxfast.artifact import (
     SIDECAR_FIELDS,
     ArtifactError,
@@ -27,6 +27,7 @@ from ptxfast.artifact import (
 )
 from ptxfast.checkpoint import checkpoint_header, sha256_file
 from ptxfast.cli import cli
+from ptxfast.cpu_fusion import REWRITE_ATOL, cpu_fusion_available, fuse_for_cpu, is_cpu_fused
 from ptxfast.export import (
     DEFAULT_TOLERANCES,
     PROFILE_DIR,
@@ -40,14 +41,7 @@ from ptxfast.export import (
     parse_batch,
     plan,
 )
-from ptxfast.fused import (
-    Fused,
-    cpu_fusion_available,
-    fuse,
-    fuse_for_cpu,
-    quiet_jit,
-    to_torchscript,
-)
+from ptxfast.fused import DTYPE_NAMES, Fused, example_input, fuse, quiet_jit, to_torchscript
 from ptxfast.models import (
     PIXEL_THRESHOLD,
     build,
@@ -55,7 +49,7 @@ from ptxfast.models import (
     segmenter_label,
     segmenter_score,
 )
-from ptxfast.runtime import load_predictor
+from ptxfast.runtime import PredictorError, load_predictor
 from ptxfast.training import write_untrained
 
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
@@ -207,6 +201,76 @@ def test_cpu_fusion_rewrites_every_step_exactly(size):
     with torch.inference_mode():
         torch.testing.assert_close(frozen(x), block(x), atol=1e-5, rtol=1e-5)  # another batch
     assert fuse_for_cpu(frozen, x[:1])["convs"] == 0  # already fused: left alone
+
+
+@pytest.mark.skipif(not cpu_fusion_available(), reason="this torch has no oneDNN fused conv")
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_cpu_rewrite_of_every_model_equals_eager(name):
+    """Each of the eight models at 64², batch 1: every convolution moves onto oneDNN and the
+    rewritten graph gives the eager probabilities and areas (bf16 too, on CPUs with bf16 units)."""
+    torch.manual_seed(0)
+    model = build(name, weights=None).eval()
+    dtypes = [torch.float32] + ([torch.bfloat16] if cpu_fusion_available(torch.bfloat16) else [])
+    for dtype in dtypes:
+        fused = fuse(model, name, S, precision=DTYPE_NAMES[dtype])
+        frozen = to_torchscript(fused, (1, 1, 1), "cpu", check=False, cpu_fusion=False)
+        x = example_input(fused, 1, "cpu")
+        convs = len(list(frozen.graph.findAllNodes("aten::_convolution")))
+        counts = fuse_for_cpu(frozen, x)
+        assert counts["convs"] == convs > 0 and is_cpu_fused(frozen)
+        assert not list(frozen.graph.findAllNodes("aten::_convolution"))
+        with torch.inference_mode():
+            want, got = fused(x), frozen(x)
+        torch.testing.assert_close(got[0], want[0], atol=REWRITE_ATOL[dtype], rtol=0)
+        assert (got[1].long() - want[1].long()).abs().max() <= (1 if dtype == torch.float32 else 4)
+
+
+def test_changed_schema_falls_back_to_the_frozen_graph(monkeypatch, caplog):
+    """A fused convolution whose arguments are not the ones the rewrite writes: no rewrite, one
+    logged line, and the plain frozen graph (still equal to eager)."""
+    from ptxfast import cpu_fusion
+
+    changed = dict(cpu_fusion.POINTWISE_SCHEMAS)
+    changed[""] = (*changed[""][:-1], "algorithm_v2")
+    monkeypatch.setattr(cpu_fusion, "POINTWISE_SCHEMAS", changed)
+    monkeypatch.setattr(cpu_fusion, "_logged", set())
+    if cpu_fusion._registered():
+        assert "algorithm_v2" in cpu_fusion.schema_problem()
+    torch.manual_seed(0)
+    model = build("rn34", weights=None).eval()
+    fused = fuse(model, "rn34", S)
+    with caplog.at_level("WARNING", logger="ptxfast.cpu_fusion"):
+        frozen = to_torchscript(fused, (1, 1, 2), "cpu")
+        assert not cpu_fusion_available()
+    assert not is_cpu_fused(frozen)
+    if cpu_fusion._registered():
+        lines = [r.getMessage() for r in caplog.records if r.name == "ptxfast.cpu_fusion"]
+        assert len(lines) == 1 and "plain frozen graph" in lines[0], lines
+    x = torch.rand(2, 1, S, S)
+    with torch.inference_mode():
+        torch.testing.assert_close(frozen(x)[0], fused(x)[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not cpu_fusion_available(), reason="this torch has no oneDNN fused conv")
+def test_cpu_fused_artifact_from_another_torch_is_refused(exported, tmp_path):
+    side = json.loads(exported.read_text())
+    assert side["cpu_fusion"]["torch"] == torch.__version__ and side["cpu_fusion"]["nodes"] > 0
+    for suffix in (".ts", ".json"):
+        (tmp_path / exported.with_suffix(suffix).name).write_bytes(
+            exported.with_suffix(suffix).read_bytes()
+        )
+    copy = tmp_path / exported.name
+    copy.write_text(json.dumps({**side, "cpu_fusion": {**side["cpu_fusion"], "torch": "2.0.1"}}))
+    with pytest.raises(PredictorError, match=r"torch 2\.0\.1 .*; re-export it") as err:
+        load_predictor(copy, device="cpu")
+    assert "\n" not in str(err.value) and "ptxfast export --cascade rn34un+rn34" in str(err.value)
+    # A sidecar from before the `cpu_fusion` field: the torch of its `versions` decides.
+    old = {k: v for k, v in side.items() if k != "cpu_fusion"}
+    copy.write_text(json.dumps({**old, "versions": {**side["versions"], "torch": "2.0.1"}}))
+    with pytest.raises(PredictorError, match="re-export it"):
+        load_predictor(copy, device="cpu")
+    copy.write_text(json.dumps(old))
+    assert load_predictor(copy, device="cpu").sidecar["versions"]["torch"] == torch.__version__
 
 
 # ------------------------------------------------------------------------------- the artifact

@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
+from ptxfast.cpu_fusion import cpu_fusion_available, is_cpu_fused
 from ptxfast.export import ExportConfig, export_model
-from ptxfast.fused import cpu_fusion_available, fuse, is_cpu_fused
+from ptxfast.fused import fuse
 from ptxfast.models import PIXEL_THRESHOLD, build
 from ptxfast.runtime import (
     BACKENDS,
