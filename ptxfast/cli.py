@@ -643,10 +643,9 @@ def export_command(
       ptxfast export --model eb3un --backend torchscript --precision fp32
       ptxfast export --cascade eb3un+eb3 --operating-point recall=0.95 --tta hflip
     """
-    from rich.table import Table
-
     from ptxfast.artifact import ArtifactError
     from ptxfast.export import ExportConfig, ExportError, ParityError, export_model, parse_batch
+    from ptxfast.export.render import parity_table, result_tables
     from ptxfast.runtime import PredictorError
 
     if bool(cascade) == bool(model):
@@ -654,114 +653,29 @@ def export_command(
             "name one model: --cascade NAME (a cascade) or --model NAME (the other four)"
         )
     name = cascade or model
-    from ptxfast import CASCADES, MODEL_NAMES
-
-    if cascade and cascade not in CASCADES:
-        raise PtxfastError(
-            f"--cascade {cascade!r} is not a cascade; choose one of {', '.join(CASCADES)}"
-        )
-    if model and (model not in MODEL_NAMES or model in CASCADES):
-        others = [n for n in MODEL_NAMES if n not in CASCADES]
-        hint = f" (use --cascade {model})" if model in CASCADES else ""
-        raise PtxfastError(f"--model {model!r}: choose one of {', '.join(others)}{hint}")
-
-    def figures_table(parity: dict) -> Table:
-        table = Table(title="parity against eager fp32", show_header=False)
-        table.add_column(justify="right", style="bold")
-        table.add_column()
-        table.add_row(
-            "data",
-            f"{parity.get('source')} ({parity.get('n')} images, {parity.get('n_pos')} positive)",
-        )
-        table.add_row("label agreement", f"{parity['agreement']:.2%}")
-        for key, what in (("f1", "F1"), ("recall", "recall"), ("auc", "ROC-AUC"), ("dice", "Dice")):
-            if parity.get(key) is not None and parity.get(f"{key}_ref") is not None:
-                table.add_row(
-                    f"{what} eager → artifact",
-                    f"{parity[f'{key}_ref']:.4f} → {parity[key]:.4f} "
-                    f"(Δ {parity[key] - parity[f'{key}_ref']:+.4f})",
-                )
-        table.add_row(
-            "max |Δprob|", f"{parity['max_abs_diff']:.3g} (mean {parity['mean_abs_diff']:.2g})"
-        )
-        if parity.get("max_abs_delta_area") is not None:
-            table.add_row("max |Δarea|", f"{parity['max_abs_delta_area']} px")
-        tol = parity.get("tolerance", {})
-        table.add_row("tolerance", ", ".join(f"{k} {v:g}" for k, v in tol.items() if v is not None))
-        return table
-
     try:
         cfg = ExportConfig(
-            name=name, runs=runs, out=out, checkpoint=checkpoint, backend=backend,
-            precision=precision, batch=parse_batch(batch) if batch else None, size=size,
-            device=device, data=data, profile=profile, return_mask=return_mask,
-            parity_n=parity_n, seed=seed, min_agreement=min_agreement, max_df1=max_df1,
-            max_drecall=max_drecall, max_dprob=max_dprob, max_dauc=max_dauc, max_ddice=max_ddice,
+            name=name, option="cascade" if cascade else "model", runs=runs, out=out,
+            checkpoint=checkpoint, backend=backend, precision=precision,
+            batch=parse_batch(batch) if batch else None, size=size, device=device, data=data,
+            profile=profile, return_mask=return_mask, parity_n=parity_n, seed=seed,
+            min_agreement=min_agreement, max_df1=max_df1, max_drecall=max_drecall,
+            max_dprob=max_dprob, max_dauc=max_dauc, max_ddice=max_ddice,
             operating_point=operating_point, tta=tta,
         )  # fmt: skip
         result = export_model(
             cfg, say=lambda line: console.print(line, highlight=False, markup=False)
         )
     except ParityError as e:
-        console.print(figures_table(e.figures))
+        console.print(parity_table(e.figures))
         raise PtxfastError(str(e)) from None
     except (ExportError, ArtifactError, PredictorError) as e:
         raise PtxfastError(str(e)) from None
     except RuntimeError as e:  # a TensorRT build failure: one line, not a traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PtxfastError(f"export of {name} failed: {first}") from None
-
-    s = result.sidecar
-    table = Table(title=f"exported {name}", show_header=False)
-    table.add_column(justify="right", style="bold")
-    table.add_column()
-    table.add_row("artifact", str(result.model_path))
-    table.add_row("sidecar", str(result.sidecar_path))
-    table.add_row("backend", f"{s['backend']} ({s['path']}) on {s['device']}")
-    prec = s["precision"]
-    table.add_row(
-        "precision", f"{prec['requested']} requested, {prec['actual']} measured ({prec['source']})"
-    )
-    table.add_row(
-        "input",
-        f"N×1×{s['input']['size']}×{s['input']['size']} {s['input']['dtype']}, batch {s['batch']['min']}:{s['batch']['opt']}:{s['batch']['max']}",
-    )
-    th = s["thresholds"]
-    rule = f"prob > {th['label']}" + (
-        f"; area = pixels > {th['pixel']}" if th["pixel"] is not None else ""
-    )
-    table.add_row("label rule", rule + ("; returns the mask" if s["return_mask"] else ""))
-    from ptxfast.operating import describe
-
-    table.add_row("operating point", describe(s))
-    if s.get("tta", "none") != "none":
-        table.add_row("test-time aug.", f"{s['tta']}: the image and its mirror, averaged")
-    table.add_row("sha256", s["sha256"])
-    table.add_row("time", f"{result.seconds:.1f} s")
-    Console().print(table)
-    Console().print(figures_table(s["parity"]))
-    if s.get("selection"):
-        Console().print(selection_table(s["selection"]))
-
-
-def selection_table(selection: dict):
-    """The CPU default choice: each candidate's speed and gate, the chosen one marked."""
-    from rich.table import Table
-
-    table = Table(title=f"CPU candidates ({selection['how']})")
-    for col in ("backend", "precision", "images/s", "max |Δprob|", "agreement", "gate"):
-        table.add_column(col, justify="right" if col in ("images/s", "max |Δprob|") else "left")
-    for c in selection["candidates"]:
-        gate = "passed" if c["passed"] else "failed: " + "; ".join(c["failed"])
-        table.add_row(
-            ("→ " if c["chosen"] else "") + c["backend"],
-            c["precision"],
-            f"{c['images_per_s']:.1f}" if c["images_per_s"] else "—",
-            f"{c['max_abs_diff']:.2g}" if c["max_abs_diff"] is not None else "—",
-            f"{c['agreement']:.2%}" if c["agreement"] is not None else "—",
-            gate,
-        )
-    return table
+    for table in result_tables(result):
+        Console().print(table)
 
 
 # ---------------------------------------------------------------- score

@@ -11,14 +11,13 @@ fused with `return_mask`. It moves and casts the input itself (non_blocking, cha
   CPU rewritten onto fused oneDNN convolutions, `ptxfast.cpu_fusion.fuse_for_cpu`),
   `tensorrt` (FP16 via Torch-TensorRT), `inductor` (`torch.compile`), `onnxruntime` and
   `openvino` (the fused graph exported to ONNX, `ptxfast.onnx_graph`; OpenVINO fp32 or bf16).
-- `available_backends(device)` says which can run here and, for the others, what is missing.
+- `available_backends(device)` (`ptxfast.backends`) says which can run here and, for the
+  others, what is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,19 +27,20 @@ from torch import nn
 
 from ptxfast import MODEL_NAMES
 from ptxfast.artifact import ArtifactError, Sidecar, read_sidecar, verify
+from ptxfast.backends import (
+    BACKENDS,
+    ONNX_BACKENDS,
+    PredictorError,
+    available_backends,
+    check_precision,
+    require_backend,
+)
 from ptxfast.cpu_fusion import cpu_fusion_available, fuse_for_cpu, is_cpu_fused, torch_mismatch
 from ptxfast.environment import DeviceError, resolve_device
 from ptxfast.fused import DTYPE_NAMES, PRECISIONS, fuse, quiet_jit, to_torchscript
 from ptxfast.fused import thresholds as model_thresholds
 from ptxfast.models import kind_of
 from ptxfast.operating import LabelRule, label_rule
-
-BACKENDS = ("eager", "torchscript", "tensorrt", "inductor", "onnxruntime", "openvino")
-ONNX_BACKENDS = ("onnxruntime", "openvino")  # they run the ONNX file of the fused graph
-
-
-class PredictorError(ValueError):
-    """A predictor that cannot be made or run as asked; the message says what to do."""
 
 
 class Outputs(NamedTuple):
@@ -60,70 +60,6 @@ def pad_batch(x: torch.Tensor, n: int) -> torch.Tensor:
     if x.shape[0] >= n:
         return x
     return torch.cat([x, x[-1:].expand(n - x.shape[0], *x.shape[1:])])
-
-
-def _inductor_reason(device: torch.device) -> str | None:
-    if not hasattr(torch, "compile"):
-        return "inductor needs torch.compile (torch >= 2.0)"
-    if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except Exception as err:
-            return (
-                f"inductor on CUDA needs triton ({type(err).__name__}: {err}); pip install triton"
-            )
-        return None
-    compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
-    if not any(c and shutil.which(c) for c in compilers):
-        return (
-            "inductor on CPU needs a C++ compiler (g++ or clang++) on PATH; "
-            "install one (e.g. apt-get install g++) or set CXX"
-        )
-    return None
-
-
-def available_backends(device: str | torch.device | None = "auto") -> dict[str, str | None]:
-    """{backend: None if it can run on `device`, else the reason it cannot}."""
-    from ptxfast import onnx_graph, trt
-
-    dev = resolve_device(device)
-    openvino = onnx_graph.unavailable_reason("openvino")
-    if openvino is None and dev.type != "cpu":
-        openvino = f"the openvino backend runs on the CPU here, not {dev}; use --device cpu"
-    return {
-        "eager": None,
-        "torchscript": None if hasattr(torch.jit, "trace") else "this torch has no torch.jit",
-        "tensorrt": trt.unavailable_reason(dev),
-        "inductor": _inductor_reason(dev),
-        "onnxruntime": onnx_graph.unavailable_reason("onnx")
-        or onnx_graph.unavailable_reason("onnxruntime"),
-        "openvino": onnx_graph.unavailable_reason("onnx") or openvino,
-    }
-
-
-def require_backend(backend: str, device: torch.device) -> None:
-    """Raise a PredictorError naming what is missing when `backend` cannot run on `device`."""
-    if backend not in BACKENDS:
-        raise PredictorError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    reason = available_backends(device)[backend]
-    if reason is not None:
-        raise PredictorError(reason)
-
-
-def check_precision(backend: str, precision: str, device: torch.device) -> None:
-    """Refuse precisions a backend cannot run on a device type, with what to use instead."""
-    if precision not in PRECISIONS:
-        raise PredictorError(f"precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise PredictorError(
-            "fp16 runs on CUDA GPUs; on a CPU use --precision bf16 (CPUs with bf16 units) or fp32"
-        )
-    if backend == "tensorrt" and precision == "bf16":
-        raise PredictorError("the tensorrt backend exports fp16 or fp32; use --precision fp16")
-    if backend == "onnxruntime" and precision != "fp32":
-        raise PredictorError(
-            "the onnxruntime backend runs the fp32 ONNX graph; for bf16 use --backend openvino"
-        )
 
 
 class Predictor:
@@ -514,7 +450,27 @@ def build_predictor(
         return_mask=return_mask,
         channels_last=channels_last,
     )
-    dtype = PRECISIONS[precision]
+    module, path = _compiled(
+        backend, fused, batch, dev, channels_last=channels_last, check_trace=check_trace,
+        optimize=optimize, cpu_fusion=cpu_fusion, inductor_mode=inductor_mode, dynamic=dynamic,
+    )  # fmt: skip
+    return Predictor(module, input_dtype=PRECISIONS[precision], path=path, **common)
+
+
+def _compiled(
+    backend: str,
+    fused: nn.Module,
+    batch: tuple[int, int, int],
+    dev: torch.device,
+    *,
+    channels_last: bool,
+    check_trace: bool,
+    optimize: bool,
+    cpu_fusion: bool,
+    inductor_mode: str | None,
+    dynamic: bool | None,
+) -> tuple[Callable[[torch.Tensor], Any], str]:
+    """(module, path) of a fused model compiled by torchscript, tensorrt or inductor."""
     if backend == "torchscript":
         scripted = to_torchscript(
             fused, batch, dev, channels_last=channels_last, check=check_trace, cpu_fusion=cpu_fusion
@@ -522,17 +478,17 @@ def build_predictor(
         if optimize:
             with quiet_jit():
                 scripted = torch.jit.optimize_for_inference(scripted)
-        path = "trace+optimized" if optimize else "trace"
-        return Predictor(scripted, input_dtype=dtype, path=path, **common)
+        return scripted, "trace+optimized" if optimize else "trace"
     if backend == "tensorrt":
         from ptxfast import trt
 
-        compiled = trt.compile_fused(fused, size=size, batch=batch, device=dev, dtype=dtype)
-        return Predictor(compiled.module, input_dtype=dtype, path=compiled.path, **common)
+        compiled = trt.compile_fused(
+            fused, size=fused.size, batch=batch, device=dev, dtype=fused.dtype
+        )
+        return compiled.module, compiled.path
     mode = inductor_mode or ("max-autotune-no-cudagraphs" if dev.type == "cuda" else None)
     compiled = torch.compile(fused, mode=mode, dynamic=dynamic)
-    path = f"inductor:{inductor_mode}" if inductor_mode else "inductor"
-    return Predictor(compiled, input_dtype=dtype, path=path, **common)
+    return compiled, f"inductor:{inductor_mode}" if inductor_mode else "inductor"
 
 
 def _onnx_predictor(

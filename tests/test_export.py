@@ -403,7 +403,7 @@ def test_checkpoint_with_pickled_code_is_refused_unrun(tmp_path):
 
 
 def test_parity_gate_fails_a_perturbed_artifact_and_writes_nothing(runs, tmp_path, monkeypatch):
-    import ptxfast.export as export_module
+    import ptxfast.export.candidates as export_module
 
     real = export_module.to_torchscript
 
