@@ -506,6 +506,30 @@ def _operating_point_table(report, fmt):
 
 
 # ---------------------------------------------------------------- export
+# The parity-gate tolerances export takes (ExportConfig fields of the same names).
+_TOLERANCE_OPTIONS = (
+    ("--min-agreement", click.FloatRange(0, 1),
+     "Least share of labels equal to eager fp32's [default: 0.995; bf16 0.99]."),
+    ("--max-df1", click.FloatRange(min=0),
+     "Largest |ΔF1| vs eager fp32 [default: 0.01; bf16 0.02]."),
+    ("--max-drecall", click.FloatRange(min=0),
+     "Largest |Δrecall| vs eager fp32 [default: reported, not gated]."),
+    ("--max-dauc", click.FloatRange(min=0),
+     "Largest |ΔROC-AUC| vs eager fp32 [default: 0.01; bf16 0.02]."),
+    ("--max-ddice", click.FloatRange(min=0),
+     "Largest |Δ mean Dice| of the masks vs eager fp32 [default: 0.01; bf16 0.02]."),
+    ("--max-dprob", click.FloatRange(min=0),
+     "Largest |Δprobability| [default: fp32 1e-4, fp16 0.02, bf16 0.15]."),
+)  # fmt: skip
+
+
+def _tolerance_options(command):
+    """Add the `_TOLERANCE_OPTIONS` to a click command, in the table's order."""
+    for flag, kind, text in reversed(_TOLERANCE_OPTIONS):
+        command = click.option(flag, type=kind, help=text)(command)
+    return command
+
+
 @cli.command("export")
 @click.option(
     "--cascade",
@@ -578,36 +602,7 @@ def _operating_point_table(report, fmt):
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the synthetic phantoms."
 )
-@click.option(
-    "--min-agreement",
-    type=click.FloatRange(0, 1),
-    help="Least share of labels equal to eager fp32's [default: 0.995; bf16 0.99].",
-)
-@click.option(
-    "--max-df1",
-    type=click.FloatRange(min=0),
-    help="Largest |ΔF1| vs eager fp32 [default: 0.01; bf16 0.02].",
-)
-@click.option(
-    "--max-drecall",
-    type=click.FloatRange(min=0),
-    help="Largest |Δrecall| vs eager fp32 [default: reported, not gated].",
-)
-@click.option(
-    "--max-dauc",
-    type=click.FloatRange(min=0),
-    help="Largest |ΔROC-AUC| vs eager fp32 [default: 0.01; bf16 0.02].",
-)
-@click.option(
-    "--max-ddice",
-    type=click.FloatRange(min=0),
-    help="Largest |Δ mean Dice| of the masks vs eager fp32 [default: 0.01; bf16 0.02].",
-)
-@click.option(
-    "--max-dprob",
-    type=click.FloatRange(min=0),
-    help="Largest |Δprobability| [default: fp32 1e-4, fp16 0.02, bf16 0.15].",
-)
+@_tolerance_options
 @click.option(
     "--operating-point",
     metavar="recall=R|threshold=T|calibrated",

@@ -107,12 +107,8 @@ class Predictor:
         self.rule = rule or LabelRule(float(self.thresholds["label"]))
         # The cut on the raw probability (the operating point's, when there is one).
         self.thresholds["label"] = self.rule.raw_threshold
-        self.batch = batch
-        self.return_mask = return_mask
-        self.channels_last = channels_last
-        self.autocast_dtype = autocast_dtype
-        self.path = path
-        self.sidecar = sidecar
+        self.batch, self.return_mask, self.channels_last = batch, return_mask, channels_last
+        self.autocast_dtype, self.path, self.sidecar = autocast_dtype, path, sidecar
         self.mask_output = return_mask if mask_output is None else mask_output
         # TensorRT engines hold a fixed batch range; other backends take any batch.
         self._strict_batch = backend == "tensorrt" and batch is not None
@@ -422,15 +418,9 @@ def build_predictor(
     if not size:
         raise PredictorError(f"build_predictor({name}) needs size= (no checkpoint to read it from)")
     common = dict(
-        name=name,
-        size=size,
-        backend=backend,
-        precision=precision,
-        device=dev,
-        batch=batch,
-        return_mask=return_mask,
-        channels_last=channels_last,
-    )
+        name=name, size=size, backend=backend, precision=precision, device=dev, batch=batch,
+        return_mask=return_mask, channels_last=channels_last,
+    )  # fmt: skip
     if backend == "eager":
         fused = fuse(
             model, name, size, device=dev, return_mask=return_mask, channels_last=channels_last

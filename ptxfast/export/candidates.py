@@ -52,18 +52,22 @@ def artifact_stem(p: Plan, backend: str, precision: str) -> str:
     return file_stem(p.name, backend, precision) + ("" if p.tta == "none" else f"-{p.tta}")
 
 
-def build_candidate(
-    backend: str,
-    precision: str,
-    model: torch.nn.Module,
-    p: Plan,
-    size: int,
-    out: Path,
-    onnx_file: dict[str, Any],
-) -> Candidate:
-    """Build, save and load back one artifact; `onnx_file` caches the ONNX export that the
+@dataclass
+class Build:
+    """What every candidate of one export is built from."""
+
+    model: torch.nn.Module  # the fp32 eval model of the checkpoint
+    plan: Plan
+    size: int
+    out: Path  # the output folder: candidate files wait there under temporary names
+    onnx_file: dict[str, Any] = field(default_factory=dict)  # the ONNX export candidates share
+
+
+def build_candidate(backend: str, precision: str, job: Build) -> Candidate:
+    """Build, save and load back one artifact; `job.onnx_file` caches the ONNX export that the
     ONNX Runtime and OpenVINO candidates share."""
     start = time.perf_counter()
+    model, p, size, out = job.model, job.plan, job.size, job.out
     tmp = out / f".{artifact_stem(p, backend, precision)}.{os.getpid()}.tmp"
     dtype = PRECISIONS[precision]
     common = dict(
@@ -72,7 +76,7 @@ def build_candidate(
     )  # fmt: skip
     try:
         if backend in ONNX_BACKENDS:
-            return _onnx_candidate(backend, precision, model, p, size, out, onnx_file, common)
+            return _onnx_candidate(backend, precision, job, common)
         candidate = fuse(
             model, p.name, size, precision=precision, device=p.device,
             return_mask=p.return_mask, tta=p.tta,
@@ -122,20 +126,13 @@ def build_candidate(
     return Candidate(backend, precision, predictor, tmp, ext, fields, time.perf_counter() - start)
 
 
-def _onnx_candidate(
-    backend: str,
-    precision: str,
-    model: torch.nn.Module,
-    p: Plan,
-    size: int,
-    out: Path,
-    onnx_file: dict[str, Any],
-    common: dict[str, Any],
-) -> Candidate:
+def _onnx_candidate(backend: str, precision: str, job: Build, common: dict[str, Any]) -> Candidate:
+    """An ONNX Runtime or OpenVINO candidate over the fp32 ONNX export (made once per export)."""
     from ptxfast import onnx_graph
     from ptxfast.runtime import _onnx_module
 
     start = time.perf_counter()
+    model, p, size, out, onnx_file = job.model, job.plan, job.size, job.out, job.onnx_file
     if "path" not in onnx_file:
         tmp = out / f".{p.name}.onnx.{os.getpid()}.tmp"
         fused = fuse(

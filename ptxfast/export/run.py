@@ -21,6 +21,7 @@ from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from ptxfast.environment import versions
 from ptxfast.export.candidates import (
     SELECTION_CALLS,
+    Build,
     Candidate,
     artifact_stem,
     build_candidate,
@@ -175,7 +176,7 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     built: list[Candidate] = []
-    onnx_file: dict[str, Any] = {}
+    job = Build(model, p, size, out)
     try:
         batches, source = parity_source(cfg, state, size, p.batch[1])
         batches = list(batches)
@@ -186,7 +187,7 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
         if operating is not None:
             operating["val"] = _validation_figures(reference, ref, source, cfg.n_boot)
             say(f"{p.name}: labels {describe({'operating_point': operating})}")
-        _build_and_gate(p, model, size, out, (batches, ref), built, onnx_file, say)
+        _build_and_gate(job, (batches, ref), built, say)
         chosen, selection = _choose(p, built, size, source, say)
         sidecar = _sidecar(p, chosen, size, ckpt, state, cfg, source, operating)
         if selection is not None:
@@ -196,8 +197,8 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
     finally:
         for c in built:
             c.tmp.unlink(missing_ok=True)
-        if "path" in onnx_file:
-            onnx_file["path"].unlink(missing_ok=True)
+        if "path" in job.onnx_file:
+            job.onnx_file["path"].unlink(missing_ok=True)
     return ExportResult(
         sidecar_path=side,
         model_path=final,
@@ -231,24 +232,21 @@ def _reference(model: torch.nn.Module, p: Plan, size: int) -> Predictor:
 
 
 def _build_and_gate(
-    p: Plan,
-    model: torch.nn.Module,
-    size: int,
-    out: Path,
+    job: Build,
     data: tuple[list, dict[str, Any]],
     built: list[Candidate],
-    onnx_file: dict[str, Any],
     say: Callable[[str], None],
 ) -> None:
     """Build each planned candidate into `built` (so the caller removes its file whatever
     happens) and gate it on `data` (the batches and the reference's outputs on them). In a
     choice between several, one that cannot be built is left out with a line."""
     batches, ref = data
+    p, size = job.plan, job.size
     for backend, precision in p.candidates:
         verb = "compiling" if backend == "tensorrt" else "building"
         say(f"{p.name}: {verb} {backend} {precision} at {size}² on {p.device}")
         try:
-            c = build_candidate(backend, precision, model, p, size, out, onnx_file)
+            c = build_candidate(backend, precision, job)
         except ExportError as err:
             if len(p.candidates) == 1:
                 raise
