@@ -10,7 +10,6 @@ import torch
 
 from ptxfast.metrics import (
     CI_METRICS,
-    _auc,
     area_grid,
     binary_metrics,
     bootstrap_ci,
@@ -30,6 +29,7 @@ from ptxfast.metrics import (
     tune_cutoffs,
     wilson_interval,
 )
+from ptxfast.metrics.images import _auc
 from ptxfast.models import PIXEL_THRESHOLD, min_area, score_k, segmenter_score
 
 LABELS = np.array([1, 1, 1, 0, 0, 0, 0, 1])
