@@ -34,8 +34,7 @@ import torch
 from torch import nn
 
 from ptxfast.cpu_fusion import REWRITE_ATOL, fuse_for_cpu
-from ptxfast.models import PIXEL_THRESHOLD, kind_of, min_area, score_k, segmenter_score
-from ptxfast.training import CLASSIFIER_THRESHOLD
+from ptxfast.models import PIXEL_THRESHOLD, kind_of, score_k, segmenter_score
 
 TTAS = ("none", "hflip")  # test-time augmentation inside the graph
 
@@ -49,23 +48,6 @@ DTYPE_NAMES = {v: k for k, v in PRECISIONS.items()}
 
 class FusedError(ValueError):
     """A model that cannot be fused or traced as asked; the message says what to change."""
-
-
-def label_threshold(kind: str) -> float:
-    """The probability above which the fused model's image label is positive: 0.5 for classifiers
-    and cascades (as training scores them); 0.3 on a segmenter's k-th largest pixel."""
-    return PIXEL_THRESHOLD if kind == "segmenter" else CLASSIFIER_THRESHOLD
-
-
-def thresholds(kind: str, size: int) -> dict[str, float | int | None]:
-    """The label rule of a fused model as recorded in sidecars and on predictors."""
-    has_mask = kind != "classifier"
-    return {
-        "label": label_threshold(kind),
-        "pixel": PIXEL_THRESHOLD if has_mask else None,
-        "min_area": min_area(size) if has_mask else None,
-        "score_k": score_k(size) if kind == "segmenter" else None,
-    }
 
 
 class Fused(nn.Module):

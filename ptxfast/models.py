@@ -1,4 +1,9 @@
-"""The paper's eight models, built by name, plus the segmenter → label rule.
+"""The paper's eight models, built by name, and the rules that turn their outputs into labels.
+
+The label rules live here once, beside the models: `CLASSIFIER_THRESHOLD` (classifiers and
+cascades), `PIXEL_THRESHOLD` and `min_area` (segmenters), `score_k` / `segmenter_score` (the
+segmenter's continuous image score), and `label_threshold` / `thresholds`, the per-kind rule the
+fused graph, training, evaluation, export sidecars and predictors all apply.
 
 Every model takes N×1×S×S float images in [0, 1] and normalizes them itself (gray repeated to
 three channels, ImageNet mean/std as buffers), so an exported graph takes the single channel the
@@ -29,8 +34,10 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The paper's segmenter → image label rule: a pixel is positive when p > 0.3, an image is
-# positive when more than 375 pixels (at 512², scaled by area) are.
+# The paper's label rules. Classifiers and cascades: an image is positive when its probability is
+# above 0.5. Segmenters: a pixel is positive when p > 0.3, an image when more than 375 pixels (at
+# 512², scaled by area) are.
+CLASSIFIER_THRESHOLD = 0.5
 PIXEL_THRESHOLD = 0.3
 _MIN_AREA_AT_512 = 375
 
@@ -65,6 +72,25 @@ def segmenter_label(prob: torch.Tensor, size: int | None = None) -> torch.Tensor
     """The paper's hard image label (bool, shape N) from mask probabilities N×1×S×S."""
     area = min_area(size if size is not None else prob.shape[-1])
     return (prob > PIXEL_THRESHOLD).flatten(1).sum(1) > area
+
+
+def label_threshold(kind: str) -> float:
+    """The image probability above which a model of `kind` says positive: CLASSIFIER_THRESHOLD
+    for classifiers and cascades; PIXEL_THRESHOLD on a segmenter's k-th largest pixel."""
+    return PIXEL_THRESHOLD if kind == "segmenter" else CLASSIFIER_THRESHOLD
+
+
+def thresholds(kind: str, size: int) -> dict[str, float | int | None]:
+    """The whole label rule of a model of `kind` at size×size, as sidecars and predictors
+    record it: the image threshold, and for models with a mask its pixel threshold and min
+    area (segmenters: also the k of their image score)."""
+    has_mask = kind != "classifier"
+    return {
+        "label": label_threshold(kind),
+        "pixel": PIXEL_THRESHOLD if has_mask else None,
+        "min_area": min_area(size) if has_mask else None,
+        "score_k": score_k(size) if kind == "segmenter" else None,
+    }
 
 
 def kind_of(name: str) -> str:

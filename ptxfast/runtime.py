@@ -38,8 +38,8 @@ from ptxfast.backends import (
 from ptxfast.cpu_fusion import cpu_fusion_available, fuse_for_cpu, is_cpu_fused, torch_mismatch
 from ptxfast.environment import DeviceError, resolve_device
 from ptxfast.fused import DTYPE_NAMES, PRECISIONS, fuse, quiet_jit, to_torchscript
-from ptxfast.fused import thresholds as model_thresholds
 from ptxfast.models import kind_of
+from ptxfast.models import thresholds as model_thresholds
 from ptxfast.operating import LabelRule, label_rule
 
 

@@ -33,8 +33,8 @@ from ptxfast.export.config import ExportConfig, ExportError, ExportResult, Parit
 from ptxfast.export.data import parity_source
 from ptxfast.export.gate import collect_outputs, compare_outputs, gate
 from ptxfast.export.plan import Plan, plan
-from ptxfast.fused import FusedError, fuse, thresholds
-from ptxfast.models import build, cascade_parts, kind_of
+from ptxfast.fused import FusedError, fuse
+from ptxfast.models import build, cascade_parts, kind_of, thresholds
 from ptxfast.operating import OperatingPointError, describe, label_rule
 from ptxfast.operating import resolve as resolve_operating_point
 from ptxfast.runtime import Predictor
