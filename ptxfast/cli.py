@@ -44,15 +44,43 @@ def main(args: list[str] | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _warnings_shown(*categories: type[Warning]) -> Iterator[None]:
+def _warnings_shown(
+    *categories: type[Warning], live: bool = False, speak: bool = True, models_log: bool = False
+) -> Iterator[None]:
     """Collect the warnings of `categories` raised in the block and print each as one line
-    once the block has finished (not when it raised: the error is what the user needs)."""
-    with warnings.catch_warnings(record=True) as caught:
-        for category in categories:
-            warnings.simplefilter("always", category)
-        yield
-    for w in caught:
-        console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False)
+    once the block has finished (not when it raised: the error is what the user needs).
+
+    `live`: print each as it happens instead (a run that lasts, such as training); `speak=False`
+    prints none (torchrun ranks other than 0); `models_log`: the model builder's log warnings
+    (no ImageNet weights on disk) are printed the same way instead of going to the log.
+    """
+    import logging
+
+    def show(message, *args, **kwargs) -> None:
+        if speak:
+            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+    class _Warn(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            show(record.getMessage())
+
+    log, handler = logging.getLogger("ptxfast.models"), _Warn(logging.WARNING)
+    if models_log:
+        log.addHandler(handler)
+        log.propagate = False
+    try:
+        with warnings.catch_warnings(record=not live) as caught:
+            if live:
+                warnings.showwarning = show
+            for category in categories:
+                warnings.simplefilter("always", category)
+            yield
+    finally:
+        if models_log:
+            log.removeHandler(handler)
+            log.propagate = True
+    for w in caught or ():
+        show(w.message)
 
 
 # ---------------------------------------------------------------- synth
@@ -178,79 +206,32 @@ def split_command(data: Path, seed: int, force: bool) -> None:
     help="Initial weights: a state-dict file, 'imagenet' (from disk caches) or 'none'.",
 )
 @click.option("--resume", is_flag=True, help="Continue from RUNS/<arch>/last.pt.")
-def train_command(
-    arch, data, runs, recipe, epochs, size, batch_size, lr, device, workers, seed, weights, resume
-) -> None:
+def train_command(arch, recipe, resume, **overrides) -> None:
     """Train one of the eight models (or all) with a recipe; writes RUNS/<arch>/best.pt.
 
     \b
     Cascades need their segmenter's RUNS/<seg>/best.pt. Under torchrun
     (torchrun --nproc_per_node N -m ptxfast train ...) training is data-parallel.
     """
-    import logging
     import os
-    import warnings
 
-    from rich.table import Table
-
-    from ptxfast import checkpoint, training
-    from ptxfast.data import datasets
+    from ptxfast import checkpoint, environment, training
+    from ptxfast.data import records
+    from ptxfast.training.render import results_table
 
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
-
-    def show(message, *args, **kwargs) -> None:
-        if rank0:
-            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
-
-    class _Warn(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            show(record.getMessage())
-
-    models_log = logging.getLogger("ptxfast.models")
-    handler = _Warn(logging.WARNING)
-    models_log.addHandler(handler)
-    models_log.propagate = False
-    overrides = dict(
-        data=data,
-        runs=runs,
-        epochs=epochs,
-        size=size,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
-        workers=workers,
-        seed=seed,
-        weights=weights,
-    )
+    # `overrides`: the recipe settings given as options (data, runs, epochs, size, batch_size,
+    # lr, device, workers, seed, weights); None keeps the recipe's.
+    errors = (training.TrainError, checkpoint.CheckpointError, environment.DeviceError)
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = show
-            warnings.simplefilter("always", datasets.DatasetWarning)
+        with _warnings_shown(records.DatasetWarning, live=True, speak=rank0, models_log=True):
             results = training.train_models(
                 arch, recipe, resume=resume, console=console, **overrides
             )
-    except (training.TrainError, checkpoint.CheckpointError, datasets.DatasetError) as e:
+    except (*errors, records.DatasetError) as e:
         raise PtxfastError(str(e)) from None
-    finally:
-        models_log.removeHandler(handler)
-        models_log.propagate = True
-    if not rank0:
-        return
-    table = Table(title=f"training ({recipe})")
-    for name in ("model", "best epoch", "val F1", "test F1", "test recall", "test AUC", "run"):
-        table.add_column(name, justify="left" if name in ("model", "run") else "right")
-    for r in results:
-        t = r["test"] or {}
-        table.add_row(
-            r["arch"],
-            f"{r['best_epoch']}/{r['epochs']}",
-            f"{r['val'].get('val_f1', float('nan')):.3f}",
-            f"{t.get('f1', float('nan')):.3f}",
-            f"{t.get('recall', float('nan')):.3f}",
-            f"{t.get('auc', float('nan')):.3f}",
-            r["run_dir"],
-        )
-    Console().print(table)
+    if rank0:
+        Console().print(results_table(results, recipe))
 
 
 # ---------------------------------------------------------------- evaluate
@@ -344,25 +325,15 @@ def evaluate_command(
       ptxfast evaluate --runs runs --target-recall 0.9
       ptxfast evaluate --target-recall 0.9 --target-recall 0.95 --tune-cutoffs
     """
-    import math
-    import warnings
+    from ptxfast import checkpoint, environment, evaluation
+    from ptxfast.data import records
+    from ptxfast.evaluation import render
 
-    from rich import box
-    from rich.table import Table
-
-    from ptxfast import checkpoint, evaluation
-    from ptxfast.data import datasets
-
-    def fmt(v, digits: int = 3) -> str:
-        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-    targets = _target_recalls(target_recalls)
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", datasets.DatasetWarning)
-        try:
-            report = evaluation.evaluate_runs(
-                runs,
+    errors = (evaluation.EvalError, checkpoint.CheckpointError, environment.DeviceError)
+    try:
+        with _warnings_shown(records.DatasetWarning):
+            cfg = evaluation.EvalConfig(
+                runs=runs,
                 data=data,
                 out=out,
                 models=models,
@@ -371,77 +342,18 @@ def evaluate_command(
                 tune=tune_cutoffs,
                 overlays=overlays,
                 workers=workers,
-                progress=lambda line: console.print(line, highlight=False),
-                target_recalls=targets,
+                target_recalls=_target_recalls(target_recalls),
                 n_boot=n_boot,
             )
-        except (evaluation.EvalError, checkpoint.CheckpointError, datasets.DatasetError) as e:
-            raise PtxfastError(str(e)) from None
-    for w in caught:
-        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-
-    # Size and test-set counts go in the title when every model shares them (the usual case),
-    # so the table fits an 80-column log; specificity and Dice over all images are in the files.
-    sizes = {r.size for r in report.results}
-    counts = {(r.metrics["n"], r.metrics["n_pos"]) for r in report.results}
-    title = "test split"
-    if len(counts) == 1:
-        n, n_pos = counts.pop()
-        title += f": {n} images ({n_pos} with pneumothorax)"
-    if len(sizes) == 1:
-        title += f" at {next(iter(sizes))}²"
-    tuned = any(r.tuned for r in report.results)
-    table = Table(
-        title=title,
-        caption="tuned: cut-offs chosen on the validation split" if tuned else None,
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-    )
-    columns = ("model", "cut-off") + (("n (pos)",) if "images" not in title else ())
-    columns += ("F1", "recall", "prec.", "AUC", "TN FP FN TP", "Dice+")
-    for name in columns:
-        left = name in ("model", "cut-off")
-        table.add_column(name, justify="left" if left else "right", no_wrap=True)
-
-    def row(name: str, cut: str, m: dict, style: str | None = None) -> None:
-        n = (f"{m['n']} ({m['n_pos']})",) if "n (pos)" in columns else ()
-        table.add_row(
-            name,
-            cut,
-            *n,
-            *(fmt(m[k]) for k in ("f1", "recall", "precision", "auc")),
-            f"{m['tn']} {m['fp']} {m['fn']} {m['tp']}",
-            fmt(m["dice_pos"]),
-            style=style,
-        )
-
-    kind = None
-    for r in report.results:
-        if kind is not None and r.kind != kind:
-            table.add_section()
-        kind, c = r.kind, r.cutoffs
-        size = f" @{r.size}" if len(sizes) > 1 else ""
-        if r.kind == "segmenter":
-            cut = f"p>{c['pixel_threshold']:g} >{c['min_area']}px"
-        else:
-            cut = f"p>{c['threshold']:g}"
-        row(f"{r.name}{size}", cut, r.metrics)
-        if r.tuned:
-            t = r.tuned
-            cut = f"p>{t['pixel_threshold']:g} >{t['min_area']}px"
-            row("  tuned", cut, t["metrics"], style="italic")
-    if report.missing:
-        table.add_section()
-        for name in report.missing:
-            table.add_row(name, "not trained", *[""] * (len(columns) - 2), style="dim")
-    Console().print(table)
+            report = evaluation.run_evaluation(
+                cfg, progress=lambda line: console.print(line, highlight=False)
+            )
+    except (*errors, records.DatasetError) as e:
+        raise PtxfastError(str(e)) from None
+    Console().print(render.metrics_table(report))
     if any(r.operating_points for r in report.results):
-        Console().print(_operating_point_table(report, fmt))
-    console.print(
-        f"wrote {len(report.files)} files to {report.out} in {report.seconds:.1f} s: "
-        + ", ".join(sorted({p.name for p in report.files.values()})),
-        highlight=False,
-    )
+        Console().print(render.operating_point_table(report))
+    console.print(render.files_line(report), highlight=False)
 
 
 def _target_recalls(values: tuple[str, ...]) -> tuple[float, ...]:
@@ -462,47 +374,6 @@ def _target_recalls(values: tuple[str, ...]) -> tuple[float, ...]:
             raise PtxfastError(f"--target-recall {v}: give a recall in (0, 1], e.g. 0.9, or none")
         out.append(r)
     return tuple(out)
-
-
-def _operating_point_table(report, fmt):
-    """Test figures with 95% CIs at the thresholds chosen on validation, and calibration."""
-    from rich import box
-    from rich.table import Table
-
-    n_boot = report.n_boot
-    table = Table(
-        title="operating points: threshold chosen on validation, figures on test [95% CI]",
-        caption=f"CIs: stratified bootstrap, {n_boot} resamples; T: temperature fitted on "
-        "validation, ECE on test before → after",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
-    )
-    columns = ("model", "target", "thr.", "sensitivity", "specificity", "PPV", "NPV", "F1", "AUC")
-    for name in columns:
-        table.add_column(name, justify="left" if name == "model" else "right")
-    table.add_column("T / ECE", justify="right")
-
-    def ci(c: dict) -> str:
-        return f"{fmt(c['value'], 2)} [{fmt(c['lo'], 2)}, {fmt(c['hi'], 2)}]"
-
-    for r in report.results:
-        cal = r.calibration
-        t_ece = (
-            f"{cal['temperature']:.2f} / {cal['ece_test_before']:.2f}→{cal['ece_test_after']:.2f}"
-            if cal
-            else "—"
-        )
-        for i, op in enumerate(r.operating_points):
-            c = op["ci"]
-            table.add_row(
-                r.name if i == 0 else "",
-                f"≥{op['target_recall']:g}" + ("" if op["reached"] else " (!)"),
-                f"{op['threshold']:.3g}",
-                *(ci(c[k]) for k in ("recall", "specificity", "precision", "npv", "f1")),
-                ci(c["auc"]) if i == 0 else "",
-                t_ece if i == 0 else "",
-            )
-    return table
 
 
 # ---------------------------------------------------------------- export

@@ -303,22 +303,9 @@ def _place_labels(fig, ax, texts: list, gaps: list[float], radii: list[float]) -
         placed.append(extent(t))
 
 
-def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path) -> Path:
-    """Recall (y) against F1 (x) of (label, kind, recall, f1) points, coloured by kind; labels
-    containing "tuned" are drawn hollow. Labels move apart where points crowd."""
-    from matplotlib.lines import Line2D
-
-    fig = _figure(6.6, 5.8)
-    ax = fig.add_subplot()
-    xs = [p[3] for p in points] or [0.0]
-    ys = [p[2] for p in points] or [0.0]
-    pad = 0.06
-    x0, x1 = max(-0.03, min(xs) - pad), min(1.03, max(xs) + pad)
-    y0, y1 = max(-0.03, min(ys) - pad), min(1.03, max(ys) + pad)
-    ax.set_xlim(x0, x1)
-    ax.set_ylim(y0, y1)
-    kinds_seen: list[str] = []
-    texts, gaps, radii = [], [], []
+def _draw_points(ax, points: Sequence[tuple[str, str, float, float]], x0: float, x1: float):
+    """Scatter and label each (label, kind, recall, f1) point; returns the labels, their gaps
+    and the ring radii (for `_place_labels`) and the kinds in order of appearance."""
 
     def place(f1: float, recall: float) -> tuple[float, float]:
         return round(f1, 3), round(recall, 3)
@@ -327,6 +314,8 @@ def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path)
     for _, _, recall, f1 in points:
         crowd[place(f1, recall)] = crowd.get(place(f1, recall), 0) + 1
     seen: dict[tuple[float, float], int] = {}
+    kinds_seen: list[str] = []
+    texts, gaps, radii = [], [], []
     for label, kind, recall, f1 in points:
         tuned = "tuned" in label
         operating = OPERATING_POINT in label
@@ -368,35 +357,44 @@ def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path)
         radii.append(radius)
         if kind not in kinds_seen:
             kinds_seen.append(kind)
-    _place_labels(fig, ax, texts, gaps, radii)
+    return texts, gaps, radii, kinds_seen
+
+
+def _recall_f1_legend(points: Sequence[tuple[str, str, float, float]], kinds: list[str]) -> list:
+    """Legend handles: one filled marker per kind, hollow ones for tuned and chosen points."""
+    from matplotlib.lines import Line2D
+
+    def hollow(marker: str, label: str) -> Line2D:
+        return Line2D(
+            [], [], marker=marker, linestyle="", markerfacecolor="white", color="gray", label=label
+        )
+
     handles = [
         Line2D([], [], marker="o", linestyle="", color=KIND_COLORS.get(k, "black"), label=k)
-        for k in kinds_seen
+        for k in kinds
     ]
     if any("tuned" in p[0] for p in points):
-        handles.append(
-            Line2D(
-                [],
-                [],
-                marker="o",
-                linestyle="",
-                markerfacecolor="white",
-                color="gray",
-                label="tuned cut-offs",
-            )
-        )
+        handles.append(hollow("o", "tuned cut-offs"))
     if any(OPERATING_POINT in p[0] for p in points):
-        handles.append(
-            Line2D(
-                [],
-                [],
-                marker="D",
-                linestyle="",
-                markerfacecolor="white",
-                color="gray",
-                label="threshold chosen on validation",
-            )
-        )
+        handles.append(hollow("D", "threshold chosen on validation"))
+    return handles
+
+
+def recall_f1(points: Sequence[tuple[str, str, float, float]], path: str | Path) -> Path:
+    """Recall (y) against F1 (x) of (label, kind, recall, f1) points, coloured by kind; labels
+    containing "tuned" are drawn hollow. Labels move apart where points crowd."""
+    fig = _figure(6.6, 5.8)
+    ax = fig.add_subplot()
+    xs = [p[3] for p in points] or [0.0]
+    ys = [p[2] for p in points] or [0.0]
+    pad = 0.06
+    x0, x1 = max(-0.03, min(xs) - pad), min(1.03, max(xs) + pad)
+    y0, y1 = max(-0.03, min(ys) - pad), min(1.03, max(ys) + pad)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    texts, gaps, radii, kinds = _draw_points(ax, points, x0, x1)
+    _place_labels(fig, ax, texts, gaps, radii)
+    handles = _recall_f1_legend(points, kinds)
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     ax.set_xlabel("F1")
     ax.set_ylabel("recall")

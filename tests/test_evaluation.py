@@ -244,7 +244,8 @@ def test_target_recall_errors_and_none(runs, tmp_path):
 
 
 def test_all_negative_validation_is_a_clear_error(tmp_path):
-    from ptxfast.evaluation import _choose_thresholds, _Outputs
+    from ptxfast.evaluation.infer import Outputs as _Outputs
+    from ptxfast.evaluation.points import choose_thresholds as _choose_thresholds
 
     val = _Outputs(np.zeros(5, dtype=int), np.linspace(0.1, 0.9, 5), np.zeros(5))
     with pytest.raises(EvalError, match="holds no pneumothorax .*--target-recall none"):

@@ -212,7 +212,7 @@ def test_bn_momentum_and_threads_settings(tmp_path, monkeypatch):
         _cfg(tmp_path, bn_momentum=1.5)
     with pytest.raises(TrainError, match="loss"):
         _cfg(tmp_path, loss="dice")
-    import ptxfast.training as training
+    import ptxfast.training.loop as training
 
     before, seen = torch.get_num_threads(), []
     real = training.train_one_epoch
@@ -359,7 +359,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) ->
     logging.getLogger("ptxfast.models").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")
-    import ptxfast.training as training
+    import ptxfast.training.loop as training
 
     real = training.train_one_epoch
 
