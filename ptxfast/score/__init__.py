@@ -57,7 +57,8 @@ The modules:
 - summary.py    `ScoreSummary`, counts read back from the ledger, the printed table
 - speed.py      steady rate, model-only timing, the shared-core bound
 - run.py        `score_folder`: checks, model, ledger, engine, JSON
-- engine_local.py, engine_ray.py   the two engines (this machine; a Ray cluster)
+- engine_local.py, engine_ray.py   the two engines (this machine; a Ray cluster), and
+  ray_stages.py  the Ray engine's decoder and model actors
 """
 
 from ptxfast.score.config import ScoreConfig, ScoreError

@@ -115,7 +115,9 @@ def _warm(predictor, loader: ResilientLoader, batch: int) -> None:
             loader.defer(err)
 
 
-def _summarise(summary, job: Job, scorer: _Scorer, paths: set[str], t_loop, loop) -> None:
+def _summarise(
+    summary: ScoreSummary, job: Job, scorer: _Scorer, paths: set[str], t_loop: float, loop: float
+) -> None:
     """Counts from the ledger, the loop's rates and times."""
     config = job.config
     count(summary, job.preds.path, paths)

@@ -59,7 +59,7 @@ class ScoreSummary:
     srs_written: int = 0
     sr_not_dicom: int = 0  # scored PNG/JPEG inputs, which get no DICOM SR
     # Inputs whose output names (SOPInstanceUID or input path) were unsafe and replaced by a
-    # hash of the input's path (outputs.safe_output_path).
+    # hash of the input's path (writer.safe_output_path).
     names_replaced: int = 0
     output_errors: list[str] = field(default_factory=list)
     skipped_examples: list[str] = field(default_factory=list)

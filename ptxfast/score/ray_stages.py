@@ -1,0 +1,272 @@
+"""The two Ray Data stages of `ptxfast score --engine ray` (see `engine_ray`): decoder actors,
+each decoding in a forked child process so that a file that kills its decoder kills only the
+child, and model actors, which score decoded batches with the local engine's own parts and
+return CSV rows with the counters the driver adds to the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import socket
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ptxfast.benchmarking.timing import model_only_images_per_s
+from ptxfast.score import pipeline
+from ptxfast.score.decode import Files, Meta, collate, worker_init
+from ptxfast.score.dicom_out import model_identity
+from ptxfast.score.ledger import CSV_COLUMNS
+from ptxfast.score.run import load
+from ptxfast.score.summary import ScoreSummary
+from ptxfast.score.writer import OutputWriter, wait_outputs
+
+__all__ = ["COUNTERS", "Decoder", "Scorer"]
+
+_DECODE_ATTEMPTS = 2  # fresh decoding processes a file may kill before it is an error row
+# What OutputWriter counts in the summary, carried back from the model actors with the rows.
+COUNTERS = (
+    "masks_written", "segs_written", "seg_not_dicom", "srs_written", "sr_not_dicom",
+    "names_replaced",
+)  # fmt: skip
+_NULLABLE = {f.name for f in fields(Meta) if "None" in str(f.type)}
+
+
+# ------------------------------------------------------------------------------- decoding
+
+
+class _ChildDied(Exception):
+    """The decoding process died (or hung and was killed) before it answered."""
+
+
+def _child_main(conn, root: Path, size: int, eligibility: str) -> None:
+    worker_init(0)
+    while True:
+        try:
+            paths = conn.recv()
+        except EOFError:  # the actor went away
+            return
+        state = torch.zeros(len(paths), dtype=torch.int64)
+        files = Files(root, paths, size, state, eligibility)
+        conn.send([files[i] for i in range(len(paths))])
+
+
+class _Child:
+    """One forked process that decodes for a decoder actor, started again after it dies."""
+
+    def __init__(self, root: Path, size: int, timeout: float, eligibility: str) -> None:
+        self.root, self.size, self.timeout = root, size, timeout
+        self.eligibility = eligibility
+        self.proc = None
+        self.conn = None
+        self.started = 0
+
+    def decode(self, paths: list[str]) -> list[tuple]:
+        """(image or None, _Meta, seconds) per path, as `decode.Files` gives them; raises _ChildDied."""
+        if self.proc is None or not self.proc.is_alive():
+            self._start()
+        self.conn.send(paths)
+        if self.conn.poll(self.timeout):
+            try:
+                return self.conn.recv()
+            except (EOFError, OSError):
+                pass
+            self.proc.join(5)
+            code = self.proc.exitcode
+            self._stop()
+            raise _ChildDied(f"its process exited with code {code}")
+        self._stop()
+        raise _ChildDied(f"no answer within {self.timeout:.0f} s")
+
+    def _start(self) -> None:
+        # fork: the child starts at once with ptxfast already imported, as DataLoader workers do.
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_child_main, args=(child, self.root, self.size, self.eligibility), daemon=True
+        )
+        self.proc.start()
+        child.close()
+        self.started += 1
+
+    def _stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                self.proc.kill()
+                self.proc.join(5)
+            self.conn.close()
+        self.proc = self.conn = None
+
+
+class Decoder:
+    """Ray Data stage: a batch of {index, path} records → decoded images and their metadata.
+
+    Never raises for a file: a decoder failure is the file's `error`, and a file that kills
+    the decoding process is isolated (see the module docstring)."""
+
+    def __init__(self, root: str, size: int, timeout: float, eligibility: str) -> None:
+        self.size = size
+        # The rule runs in the decoding process, on the header it parses (as locally).
+        self.child = _Child(Path(root), size, timeout, eligibility)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [str(p) for p in batch["path"]]
+        before = self.child.started
+        try:
+            items = self.child.decode(paths)
+        except _ChildDied:
+            items = [self._isolated(p) for p in paths]
+        restarts = max(0, self.child.started - before - (before == 0))
+        return _decoded_columns(batch["index"], paths, items, self.size, restarts)
+
+    def _isolated(self, path: str) -> tuple:
+        why = ""
+        for _ in range(_DECODE_ATTEMPTS):
+            try:
+                return self.child.decode([path])[0]
+            except _ChildDied as err:
+                why = str(err)
+        if "no answer" in why:
+            error = f"decoding did not finish ({why})"
+        else:
+            error = f"the decoder crashed on this file ({why}, {_DECODE_ATTEMPTS} times)"
+        return None, Meta(index=0, error=error), 0.0
+
+
+def _decoded_columns(
+    index: np.ndarray, paths: list[str], items: list[tuple], size: int, restarts: int
+) -> dict[str, np.ndarray]:
+    n = len(paths)
+    images = np.zeros((n, size, size), dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+    for j, (img, _, _) in enumerate(items):
+        if img is not None:
+            images[j], ok[j] = img, True
+    cols: dict[str, np.ndarray] = {"index": np.asarray(index, dtype=np.int64)}
+    cols["path"] = np.asarray(paths, dtype=object)
+    cols["image"], cols["ok"] = images, ok
+    for f in fields(Meta):
+        if f.name == "index":
+            continue
+        values = [getattr(m, f.name) for _, m, _ in items]
+        if f.name in _NULLABLE:
+            values = ["" if v is None else v for v in values]
+        cols[f"meta_{f.name}"] = np.asarray(values, dtype=object)
+    cols["decode_s"] = np.asarray([s for _, _, s in items], dtype=np.float64)
+    cols["decoder_restarts"] = np.zeros(n, dtype=np.int64)
+    cols["decoder_restarts"][:1] = restarts
+    cols["t_decoded"] = np.full(n, time.time())
+    return cols
+
+
+def _items(batch: dict[str, np.ndarray]) -> list[tuple]:
+    """The decoder's columns back into `decode.Files` items, each `Meta` indexed by its position."""
+    items = []
+    names = [f.name for f in fields(Meta) if f.name != "index"]
+    for j in range(len(batch["path"])):
+        kw = {}
+        for name in names:
+            v = batch[f"meta_{name}"][j]
+            kw[name] = None if name in _NULLABLE and v == "" else _plain(v)
+        meta = Meta(index=j, **kw)
+        img = np.asarray(batch["image"][j], dtype=np.float32) if batch["ok"][j] else None
+        items.append((img, meta, float(batch["decode_s"][j])))
+    return items
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+# ---------------------------------------------------------------------------------- model
+
+
+class Scorer:
+    """Ray Data stage: decoded batches → CSV rows (the local engine's strings), with the
+    positives' masks and SEGs (and the SRs) written before the rows are returned."""
+
+    def __init__(
+        self,
+        sidecar: str,
+        device: str,
+        root: str,
+        masks_dir: str | None,
+        seg_dir: str | None,
+        sr_dir: str | None,
+        batch_size: int,
+        threads: int | None,
+        model_only_iters: int,
+    ) -> None:
+        from ptxfast import artifact
+
+        if threads:
+            torch.set_num_threads(threads)
+        side = artifact.read_sidecar(sidecar)
+        self.predictor = load(side, device)  # the sha256 is checked again here
+        self.batch_size = batch_size
+        self.want_masks = masks_dir is not None or seg_dir is not None
+        self.predictor.warmup(batch_size, iters=2)
+        self.model_only = 0.0
+        if model_only_iters > 0:
+            x = torch.rand(batch_size, 1, self.predictor.size, self.predictor.size)
+            self.model_only = model_only_images_per_s(self.predictor, x, model_only_iters)
+        self.paths: dict[int, str] = {}  # the current batch's positions → paths, for OutputWriter
+        self.counts = ScoreSummary(
+            root=root, out="", model=self.predictor.name, artifact=sidecar,
+            backend=self.predictor.backend, precision=self.predictor.precision,
+            device=str(self.predictor.device), batch_size=batch_size, workers=0,
+            threads=torch.get_num_threads(), shard=(1, 1),
+        )  # fmt: skip
+        self.writer = OutputWriter(
+            Path(root),
+            self.paths,
+            self.counts,
+            Path(masks_dir) if masks_dir else None,
+            Path(seg_dir) if seg_dir else None,
+            model_identity(self.predictor),
+            sr_dir=Path(sr_dir) if sr_dir else None,
+        )
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        paths = [str(p) for p in batch["path"]]
+        self.paths.clear()
+        self.paths.update(enumerate(paths))
+        b = collate(_items(batch))
+        times = {"transfer": 0.0, "compute": 0.0}
+        f = pipeline.launch(
+            b, self.predictor, self.predictor.device, self.batch_size, self.want_masks, 0.0
+        )
+        scores = pipeline.results(f, self.predictor, times)
+        rows, outputs = self.writer.rows(b, *(scores or (None, None, None, {})))
+        wait_outputs(outputs)  # the files exist before their rows leave this actor
+        n = len(rows)
+        cols = {
+            c: np.asarray([r[i] for r in rows], dtype=object) for i, c in enumerate(CSV_COLUMNS)
+        }
+        first = np.zeros(n, dtype=np.float64)
+        counted = {key: getattr(self.counts, key) for key in COUNTERS}
+        for key, value in (
+            ("compute_s", times["compute"]),
+            ("transfer_s", times["transfer"]),
+            ("model_only", self.model_only),
+            *counted.items(),
+        ):
+            cols[key] = first.copy()
+            cols[key][:1] = value
+            if key in counted:
+                setattr(self.counts, key, 0)
+        cols["output_errors"] = np.asarray(
+            ["\n".join(self.counts.output_errors)] + [""] * (n - 1), dtype=object
+        )
+        self.counts.output_errors = []
+        cols["actor"] = np.asarray([self.name] * n, dtype=object)
+        for key in ("decode_s", "decoder_restarts", "t_decoded"):
+            cols[key] = batch[key]
+        return cols
