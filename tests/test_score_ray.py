@@ -87,10 +87,13 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _scorer_actors() -> list[int]:
+    from ptxfast.score.ray_stages import Scorer
+
+    title = f"MapBatches({Scorer.__name__})".encode()  # how Ray names the model actors
     pids = []
     for pid in _descendants(os.getpid()):
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"MapBatches(_Scorer)" in f.read():
+            if title in f.read():
                 pids.append(pid)
     return pids
 
