@@ -293,7 +293,7 @@ def _load_module(sidecar: Sidecar, file: Path, dev: torch.device):
             return trt.load(file, sidecar["path"], dev)
         if backend in ONNX_BACKENDS:
             precision = sidecar["precision"]["requested"]
-            return _onnx_module(backend, file, precision, sidecar.get("runtime") or {}, dev)
+            return onnx_module(backend, file, precision, sidecar.get("runtime") or {}, dev)
         with quiet_jit():
             return torch.jit.load(str(file), map_location=dev).eval()
     except (PredictorError, DeviceError):
@@ -340,7 +340,7 @@ def _ready_torchscript(
     return module
 
 
-def _onnx_module(
+def onnx_module(
     backend: str, file: Path, precision: str, runtime: dict[str, Any], device: torch.device
 ):
     """The runtime callable over an ONNX file (`ptxfast.onnx_graph`); errors as PredictorError."""
@@ -504,7 +504,7 @@ def _onnx_predictor(
                 info = onnx_graph.describe(path)
             else:
                 info = onnx_graph.to_onnx(fused, path)
-            module = _onnx_module(backend, path, precision, {}, torch.device("cpu"))
+            module = onnx_module(backend, path, precision, {}, torch.device("cpu"))
     except onnx_graph.OnnxError as err:
         raise PredictorError(str(err)) from None
     common = {**common, "channels_last": False, "device": torch.device("cpu")}
@@ -524,6 +524,7 @@ __all__ = [
     "build_predictor",
     "check_precision",
     "load_predictor",
+    "onnx_module",
     "require_backend",
     "resolve_device",
 ]

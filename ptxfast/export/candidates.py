@@ -22,7 +22,7 @@ from ptxfast.artifact import EXTENSIONS, file_stem
 from ptxfast.export.config import ExportError
 from ptxfast.export.plan import Plan
 from ptxfast.fused import PRECISIONS, FusedError, fuse, graph_precision, quiet_jit, to_torchscript
-from ptxfast.runtime import ONNX_BACKENDS, Predictor, PredictorError
+from ptxfast.runtime import ONNX_BACKENDS, Predictor, PredictorError, onnx_module
 
 SELECTION_CALLS = 5  # timed calls of each candidate (after 2 warm-up calls), interleaved
 
@@ -129,7 +129,6 @@ def build_candidate(backend: str, precision: str, job: Build) -> Candidate:
 def _onnx_candidate(backend: str, precision: str, job: Build, common: dict[str, Any]) -> Candidate:
     """An ONNX Runtime or OpenVINO candidate over the fp32 ONNX export (made once per export)."""
     from ptxfast import onnx_graph
-    from ptxfast.runtime import _onnx_module
 
     start = time.perf_counter()
     model, p, size, out, onnx_file = job.model, job.plan, job.size, job.out, job.onnx_file
@@ -147,7 +146,7 @@ def _onnx_candidate(backend: str, precision: str, job: Build, common: dict[str, 
         onnx_file["seconds"] = time.perf_counter() - start
     tmp, info = onnx_file["path"], onnx_file["info"]
     try:
-        module = _onnx_module(backend, tmp, precision, {}, torch.device("cpu"))
+        module = onnx_module(backend, tmp, precision, {}, torch.device("cpu"))
     except PredictorError as err:
         raise ExportError(str(err)) from None
     path = f"onnx:{info['exporter']}"
