@@ -511,7 +511,7 @@ def export_command(
     """
     from ptxfast.artifact import ArtifactError
     from ptxfast.export import ExportConfig, ExportError, ParityError, export_model, parse_batch
-    from ptxfast.export.render import parity_table, result_tables
+    from ptxfast.export.render import figures_table, result_tables
     from ptxfast.runtime import PredictorError
 
     if bool(cascade) == bool(model):
@@ -533,7 +533,7 @@ def export_command(
             cfg, say=lambda line: console.print(line, highlight=False, markup=False)
         )
     except ParityError as e:
-        console.print(parity_table(e.figures))
+        console.print(figures_table(e.figures))
         raise PtxfastError(str(e)) from None
     except (ExportError, ArtifactError, PredictorError) as e:
         raise PtxfastError(str(e)) from None

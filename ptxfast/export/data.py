@@ -2,7 +2,7 @@
 
 `phantom_batches` draws synthetic radiographs in memory (every sixth positive, the validation
 split's 1 : 5, with their true masks); `dataset_batches` reads a dataset's validation split;
-`parity_source` chooses between them for an export (--data, the recipe's dataset, phantoms).
+`gate_data` chooses between them for an export (--data, the recipe's dataset, phantoms).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def dataset_batches(
     return ((x, y, m) for x, m, y in loader), len(ds)
 
 
-def parity_source(cfg: ExportConfig, state: dict[str, Any], size: int, batch: int):
+def gate_data(cfg: ExportConfig, state: dict[str, Any], size: int, batch: int):
     """(batches, description): --data, else the recipe's dataset if it is here, else phantoms.
     Batches are (images, labels, true masks)."""
     recipe = state.get("recipe") or {}

@@ -1,6 +1,6 @@
 """The tables `ptxfast export` prints: the artifact made, its parity figures, the CPU choice.
 
-`result_tables(result)` draws an `ExportResult`; `parity_table(figures)` the gate's figures
+`result_tables(result)` draws an `ExportResult`; `figures_table(figures)` the gate's figures
 (also shown with a ParityError's refusal); `selection_table(selection)` the CPU default
 choice, each candidate's speed and gate with the chosen one marked.
 """
@@ -22,7 +22,7 @@ def _two_columns(title: str) -> Table:
     return table
 
 
-def parity_table(parity: dict[str, Any]) -> Table:
+def figures_table(parity: dict[str, Any]) -> Table:
     """The parity figures against eager fp32 (`metrics.parity` keys) and the tolerance."""
     table = _two_columns("parity against eager fp32")
     table.add_row(
@@ -92,7 +92,7 @@ def result_tables(result: ExportResult) -> list[Table]:
         table.add_row("test-time aug.", f"{s['tta']}: the image and its mirror, averaged")
     table.add_row("sha256", s["sha256"])
     table.add_row("time", f"{result.seconds:.1f} s")
-    tables = [table, parity_table(s["parity"])]
+    tables = [table, figures_table(s["parity"])]
     if s.get("selection"):
         tables.append(selection_table(s["selection"]))
     return tables

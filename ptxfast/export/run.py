@@ -30,7 +30,7 @@ from ptxfast.export.candidates import (
     time_predictors,
 )
 from ptxfast.export.config import ExportConfig, ExportError, ExportResult, ParityError
-from ptxfast.export.data import parity_source
+from ptxfast.export.data import gate_data
 from ptxfast.export.gate import collect_outputs, compare_outputs, gate
 from ptxfast.export.plan import Plan, plan
 from ptxfast.fused import FusedError, fuse
@@ -178,7 +178,7 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
     built: list[Candidate] = []
     job = Build(model, p, size, out)
     try:
-        batches, source = parity_source(cfg, state, size, p.batch[1])
+        batches, source = gate_data(cfg, state, size, p.batch[1])
         batches = list(batches)
         say(
             f"{p.name}: parity against eager fp32 on {source['source']} ({source['n_planned']} images)"
