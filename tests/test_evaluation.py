@@ -251,3 +251,32 @@ def test_all_negative_validation_is_a_clear_error(tmp_path):
     with pytest.raises(EvalError, match="holds no pneumothorax .*--target-recall none"):
         _choose_thresholds("rn34", tmp_path, val, (0.9,))
     assert _choose_thresholds("rn34", tmp_path, val, ()) == []
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_scorer_is_the_fused_forward_with_its_logits(name, offline):
+    """Evaluation and training score through Fused.forward itself; the logits they also need
+    are the ones behind its probabilities, and the tap leaves no hook behind."""
+    from ptxfast.forward import FusedScorer
+    from ptxfast.fused import Fused
+    from ptxfast.models import kind_of
+
+    torch.manual_seed(0)
+    model = build(name, weights=None).eval()
+    for p in model.parameters():  # away from the zero-initialized head's p = 0.5 for all
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.05)
+    kind, x = kind_of(name), torch.rand(2, 1, S, S)
+    with torch.inference_mode():
+        got = FusedScorer(model, kind, S)(x)
+        want = Fused(model, kind, S, return_mask=kind != "classifier")(x)
+    torch.testing.assert_close(got.prob, want[0], rtol=0, atol=0)
+    # The logits still rank two images whose float32 probabilities may both saturate at 1.
+    assert not torch.equal(got.logit[0], got.logit[1])
+    torch.testing.assert_close(torch.sigmoid(got.logit), got.prob)
+    if kind == "classifier":
+        assert got.mask is None and got.raw.shape == (2, 1)
+    else:
+        torch.testing.assert_close(got.mask, want[2], rtol=0, atol=0)
+    tapped = model.classifier if kind == "cascade" else model
+    assert not tapped._forward_hooks
