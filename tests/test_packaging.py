@@ -44,3 +44,7 @@ def test_wheel_carries_recipes_and_profiles(tmp_path: Path) -> None:
     for name in ("train", "export"):
         for toml in (ROOT / name).glob("*.toml"):
             assert f"ptxfast/_{name}/{toml.name}" in names
+    # Every module of the checkout's package is in the wheel (a subpackage missing from
+    # pyproject's list would import in the checkout and fail once installed).
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ptxfast").rglob("*.py")}
+    assert not modules - names, f"not in the wheel: {sorted(modules - names)}"
