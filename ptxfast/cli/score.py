@@ -1,0 +1,235 @@
+"""score and report: a folder of DICOMs to predictions, then to an HTML worklist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ptxfast.cli.app import PtxfastError, cli, console
+
+
+@cli.command("score")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Predictions CSV: path,sop_instance_uid,probability,label,mask_area,error.",
+)
+@click.option(
+    "--model",
+    "model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Artifact (model file or its .json sidecar) [default: the newest under --exports].",
+)
+@click.option(
+    "--exports",
+    default="exports",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the default artifact is looked for.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Decoding processes [default: 1 on CPU, all cores but one (max 16) with a GPU; "
+    "0 decodes in-process].",
+)
+@click.option(
+    "--lanes",
+    type=click.IntRange(min=1),
+    help="CPU: batches the model runs at once, side by side [default: one per core].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU: torch threads per lane [default: 1, or the cores divided by --lanes]; the "
+    "decoding workers share the cores.",
+)
+@click.option("--resume", is_flag=True, help="Continue OUT: skip files it already has a row for.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@click.option(
+    "--shard",
+    default="1/1",
+    show_default=True,
+    help="K/N: score the K-th of every N files (i % N == K-1), one CSV per shard.",
+)
+@click.option(
+    "--masks",
+    "masks_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="PNG mask and overlay per positive (needs an artifact exported with --return-mask).",
+)
+@click.option(
+    "--dicom-seg",
+    "seg_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="DICOM Segmentation per positive DICOM, named <SOPInstanceUID>.dcm (a hash of its "
+    "path when the UID is not a valid DICOM UID).",
+)
+@click.option(
+    "--dicom-sr",
+    "sr_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="DICOM SR per scored DICOM (finding, probability, model; the SEG of a positive with "
+    "--dicom-seg), named like the SEGs.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the summary as JSON.",
+)
+@click.option(
+    "--model-only-iters",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Batches timed for the model-only throughput (0: skip).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine; ray: a Ray cluster (decoders on every CPU, one model actor per "
+    "GPU or CPU lane), same CSV and --resume (needs pip install 'ptxfast[ray]').",
+)
+@click.option(
+    "--address",
+    help="--engine ray: the cluster (auto: the one `ray start` runs here; ray://host:10001) "
+    "[default: Ray's, or a new cluster of this machine].",
+)
+@click.option(
+    "--decoders",
+    type=click.IntRange(min=1),
+    help="--engine ray: decoder actors [default: the CPUs the model actors leave, or "
+    "CPUs / 8 without GPUs].",
+)
+@click.option(
+    "--actors",
+    type=click.IntRange(min=1),
+    help="--engine ray: model actors [default: one per GPU, or one per CPU without GPUs].",
+)
+@click.option(
+    "--eligibility",
+    type=click.Choice(["strict", "default", "off"]),
+    default="default",
+    show_default=True,
+    help="Label chest radiographs only, read from each DICOM header before decoding: default "
+    "refuses other modalities (CT, MR, US, SR...), lateral views and other body parts; strict "
+    "also files whose header says nothing (PNG/JPEG); off scores every decodable image.",
+)
+def score_command(
+    folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
+    shard, masks_dir, seg_dir, sr_dir, json_path, model_only_iters, engine, address, decoders,
+    actors, eligibility,
+) -> None:  # fmt: skip
+    """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
+
+    \b
+    Files are found recursively and sorted; errors (corrupt, truncated, not an image) are rows
+    with an empty probability, never a stop. Rows are fsync'd batch by batch: after an
+    interruption run the same command with --resume. N machines: --shard 1/N ... N/N, then
+      head -n 1 preds-1.csv > preds.csv && tail -q -n +2 preds-*.csv >> preds.csv
+    or one run over a Ray cluster: --engine ray (see README, "Scoring on a cluster").
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ptxfast import score
+    from ptxfast.score import ledger
+
+    try:
+        parts = score.parse_shard(shard)
+        ray_options = None
+        if engine == "ray":
+            from ptxfast.score.engine_ray import RayOptions
+
+            ray_options = RayOptions(address=address, decoders=decoders, actors=actors)
+        elif address or decoders or actors:
+            raise PtxfastError("--address, --decoders and --actors go with --engine ray")
+        config = score.ScoreConfig(
+            root=folder, out=out, model=model, device=device, batch_size=batch_size,
+            workers=workers, resume=resume, shard=parts, masks_dir=masks_dir,
+            seg_dir=seg_dir, sr_dir=sr_dir, overwrite=overwrite, summary_json=json_path,
+            exports_dir=exports, lanes=lanes, threads=threads,
+            model_only_iters=model_only_iters, engine=engine, ray=ray_options,
+            eligibility=eligibility,
+        )  # fmt: skip
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("scoring", total=None)
+            config.progress = lambda done, total: bar.update(task, completed=done, total=total)
+            s = score.score_folder(config)
+    except (score.ScoreError, ledger.LedgerError) as e:
+        # ledger: another run holds --out, or a file could not be written (disk full...).
+        raise PtxfastError(str(e)) from None
+    score.print_summary(s, config, console)
+
+
+# ---------------------------------------------------------------- report
+@cli.command("report")
+@click.argument("preds", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write [default: report.html beside PREDS].",
+)
+@click.option(
+    "--masks",
+    "masks_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The run's --masks folder: overlays of the predicted masks on the cards.",
+)
+@click.option(
+    "--json",
+    "summary_json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The run's --json summary: model, artifact sha256, threshold, images/s, scored folder.",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The scored folder, for thumbnails [default: the one --json names].",
+)
+@click.option(
+    "--top",
+    default=48,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Positives shown as cards with thumbnails; the rest are listed as text.",
+)
+@click.option(
+    "--page-size", default=200, show_default=True, type=click.IntRange(min=1), help="Rows per page."
+)
+def report_command(preds, out, masks_dir, summary_json, root, top, page_size) -> None:
+    """Write a scoring run's worklist as one self-contained HTML file.
+
+    \b
+    Summary, a histogram of the probabilities, the positives by probability (the most probable
+    with a thumbnail and the mask overlay), the failures with their errors, and the negatives.
+    Images are embedded; the page fetches nothing from the network.
+      ptxfast score dicoms/ --out preds.csv --masks masks/ --json score.json
+      ptxfast report preds.csv --masks masks/ --json score.json --out report.html
+    """
+    from ptxfast import report
+
+    try:
+        r = report.build_report(
+            preds, out or preds.with_name("report.html"), masks_dir=masks_dir,
+            summary_json=summary_json, root=root, top=top, page_size=page_size,
+        )  # fmt: skip
+    except report.ReportError as e:
+        raise PtxfastError(str(e)) from None
+    for line in r.lines():
+        console.print(line, highlight=False)
+    click.echo(str(r.path))
