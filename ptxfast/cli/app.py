@@ -5,12 +5,19 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
 console = Console(stderr=True)
+
+# The path types the commands' options take.
+FILE = click.Path(dir_okay=False, path_type=Path)
+DIR = click.Path(file_okay=False, path_type=Path)
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 class PtxfastError(click.ClickException):

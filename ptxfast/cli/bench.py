@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from rich.console import Console
 
-from ptxfast.cli.app import PtxfastError, cli, console
+from ptxfast.cli.app import DIR, EXISTING_DIR, FILE, PtxfastError, cli, console
 
 
 def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
@@ -28,7 +26,7 @@ def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
 @click.option(
     "--model",
     "model",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Exported artifact (model file or .json sidecar); on-the-fly backends use its checkpoint.",
 )
 @click.option(
@@ -37,14 +35,12 @@ def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
     help="Model to build on the fly: a cascade (or any of the eight) from RUNS/<name>/best.pt, "
     "else at random init.",
 )
-@click.option(
-    "--runs", type=click.Path(file_okay=False, path_type=Path), help="Checkpoints [default: runs]."
-)
+@click.option("--runs", type=DIR, help="Checkpoints [default: runs].")
 @click.option(
     "--exports",
     default="exports",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="Where a run without --model/--cascade looks for the newest artifact.",
 )
 @click.option(
@@ -61,7 +57,7 @@ def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
 )
 @click.option(
     "--data",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=EXISTING_DIR,
     help="Labelled dataset: its test split is the parity set and gives the files to decode "
     "[default: the model's training data, else synthetic phantoms].",
 )
@@ -86,19 +82,19 @@ def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
 @click.option(
     "--json",
     "json_out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Write every figure as JSON (rewritten after each row).",
 )
 @click.option(
     "--markdown",
     "markdown_out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Write the tables as markdown (rewritten after each row).",
 )
 @click.option(
     "--plots",
     "plots_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="Write throughput.png and latency.png (against batch size, per backend) here.",
 )
 def bench_command(

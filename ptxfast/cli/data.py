@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ptxfast.cli.app import PtxfastError, cli, console, warnings_shown
+from ptxfast.cli.app import DIR, EXISTING_DIR, FILE, PtxfastError, cli, console, warnings_shown
 
 
 @cli.command("synth")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=DIR)
 @click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of images.")
 @click.option("--seed", required=True, type=int, help="Same seed and options, same bytes.")
 @click.option(
@@ -36,11 +36,7 @@ from ptxfast.cli.app import PtxfastError, cli, console, warnings_shown
     type=click.Choice(["candid", "siim"]),
     help="candid: Pneumothorax_reports.csv + images/; siim: train-rle.csv + dicom-images-train/.",
 )
-@click.option(
-    "--preview",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also save a PNG grid with mask outlines.",
-)
+@click.option("--preview", type=FILE, help="Also save a PNG grid with mask outlines.")
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Worker processes [default: min(2, CPUs)]."
 )
@@ -70,7 +66,7 @@ def synth_command(out, n, seed, size, positive_rate, fmt, preview, workers, over
     "--data",
     "data",
     required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=EXISTING_DIR,
     help="Dataset folder (CANDID-PTX Pneumothorax_reports.csv or SIIM-ACR train-rle.csv).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of a newly made split.")

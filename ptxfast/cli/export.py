@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from rich.console import Console
 
-from ptxfast.cli.app import PtxfastError, cli, console
+from ptxfast.cli.app import DIR, EXISTING_DIR, FILE, PtxfastError, cli, console
 
 # The parity-gate tolerances export takes (ExportConfig fields of the same names).
 _TOLERANCE_OPTIONS = (
@@ -46,19 +44,19 @@ def _tolerance_options(command):
     "--runs",
     default="runs",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="Checkpoints: RUNS/<name>/best.pt.",
 )
 @click.option(
     "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Export this checkpoint instead of RUNS/<name>/best.pt.",
 )
 @click.option(
     "--out",
     default="exports",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="Artifacts go to OUT/<name>.<backend>-<precision>.{ts,ep,onnx,json}.",
 )
 @click.option(
@@ -83,7 +81,7 @@ def _tolerance_options(command):
 @click.option("--device", help="cpu, cuda, cuda:1 [default: cuda when present].")
 @click.option(
     "--data",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=EXISTING_DIR,
     help="Labelled dataset whose validation split gates parity [default: the recipe's, else synthetic phantoms].",
 )
 @click.option(

@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from ptxfast.cli.app import PtxfastError, cli, console
+from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console
 
 
 @cli.command("score")
-@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("folder", type=DIR)
 @click.option(
     "--out",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Predictions CSV: path,sop_instance_uid,probability,label,mask_area,error.",
 )
 @click.option(
     "--model",
     "model",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Artifact (model file or its .json sidecar) [default: the newest under --exports].",
 )
 @click.option(
     "--exports",
     default="exports",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="Where the default artifact is looked for.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
@@ -60,29 +58,24 @@ from ptxfast.cli.app import PtxfastError, cli, console
 @click.option(
     "--masks",
     "masks_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="PNG mask and overlay per positive (needs an artifact exported with --return-mask).",
 )
 @click.option(
     "--dicom-seg",
     "seg_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="DICOM Segmentation per positive DICOM, named <SOPInstanceUID>.dcm (a hash of its "
     "path when the UID is not a valid DICOM UID).",
 )
 @click.option(
     "--dicom-sr",
     "sr_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="DICOM SR per scored DICOM (finding, probability, model; the SEG of a positive with "
     "--dicom-seg), named like the SEGs.",
 )
-@click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also write the summary as JSON.",
-)
+@click.option("--json", "json_path", type=FILE, help="Also write the summary as JSON.")
 @click.option(
     "--model-only-iters",
     default=5,
@@ -178,27 +171,27 @@ def score_command(
 
 # ---------------------------------------------------------------- report
 @cli.command("report")
-@click.argument("preds", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("preds", type=FILE)
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="The HTML file to write [default: report.html beside PREDS].",
 )
 @click.option(
     "--masks",
     "masks_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="The run's --masks folder: overlays of the predicted masks on the cards.",
 )
 @click.option(
     "--json",
     "summary_json",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="The run's --json summary: model, artifact sha256, threshold, images/s, scored folder.",
 )
 @click.option(
     "--root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="The scored folder, for thumbnails [default: the one --json names].",
 )
 @click.option(

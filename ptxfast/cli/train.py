@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from rich.console import Console
 
-from ptxfast.cli.app import PtxfastError, cli, console, warnings_shown
+from ptxfast.cli.app import DIR, EXISTING_DIR, PtxfastError, cli, console, warnings_shown
 
 
 @cli.command("train")
@@ -17,16 +15,12 @@ from ptxfast.cli.app import PtxfastError, cli, console, warnings_shown
     help="Model name (rn34, eb3, rn34un, eb3un, rn34un+rn34, rn34un+eb3, eb3un+rn34, eb3un+eb3) "
     "or all (segmenters before their cascades).",
 )
-@click.option(
-    "--data",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Dataset folder (CANDID-PTX or SIIM-ACR layout).",
-)
+@click.option("--data", type=EXISTING_DIR, help="Dataset folder (CANDID-PTX or SIIM-ACR layout).")
 @click.option(
     "--runs",
     default="runs",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="Checkpoints and logs go to RUNS/<arch>/.",
 )
 @click.option(
@@ -81,17 +75,17 @@ def train_command(arch, recipe, resume, **overrides) -> None:
     "--runs",
     default="runs",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="Folder of trained models (RUNS/<model>/best.pt).",
 )
 @click.option(
     "--data",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=EXISTING_DIR,
     help="Dataset folder [default: the one each checkpoint was trained on].",
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIR,
     help="Where metrics.json, metrics.csv and the figures go [default: RUNS/eval].",
 )
 @click.option(
