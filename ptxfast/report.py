@@ -230,7 +230,7 @@ def _inside(root: Path, rel: str) -> Path | None:
 
 def _mask_files(masks_dir: Path, rel: str) -> tuple[Path, Path] | None:
     """The mask and overlay PNGs `ptxfast score --masks` wrote for the input `rel`, when the
-    mask exists (named by the scorer's own rule, `outputs.mask_outputs`)."""
+    mask exists (named by the scorer's own rule, `score.writer.mask_outputs`)."""
     from ptxfast.score.writer import UnsafeOutputPath, mask_outputs
 
     try:
