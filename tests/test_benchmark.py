@@ -22,7 +22,7 @@ from ptxfast.benchmarking import (
     ROW_KEYS,
     STAGE_KEYS,
     BenchConfig,
-    parity_row,
+    agreement_row,
     percentiles,
     plan_variants,
     run_bench,
@@ -160,7 +160,7 @@ def test_parity_figures_on_constructed_predictions():
     ref = np.array([0.9, 0.8, 0.2, 0.6, 0.4, 0.1], dtype=np.float32)  # TP TP TN FP FN TN
     new = [0.9, 0.3, 0.2, 0.7, 0.6, 0.1]  # TP FN TN FP TP TN: one label flips each way
     batches = [(torch.zeros(2, 1, 4, 4), torch.zeros(2))] * 3
-    row = parity_row(_Fixed(new), batches, labels, ref, {"variant": "x"})
+    row = agreement_row(_Fixed(new), batches, labels, ref, {"variant": "x"})
     assert set(row) == set(PARITY_KEYS) and row["status"] == "ok" and row["variant"] == "x"
     assert row["agreement"] == pytest.approx(4 / 6) and row["n_disagree"] == 2
     assert row["f1_ref"] == pytest.approx(2 / 3) and row["f1"] == pytest.approx(2 / 3)
@@ -169,11 +169,11 @@ def test_parity_figures_on_constructed_predictions():
     assert row["max_abs_diff"] == pytest.approx(0.5)
     assert row["n"] == 6 and row["n_pos"] == 3 and row["threshold"] == 0.5
     # All positive: recall rises to 1, F1 to 2·3/(2·3+3).
-    row = parity_row(_Fixed([0.9] * 6), batches, labels, ref)
+    row = agreement_row(_Fixed([0.9] * 6), batches, labels, ref)
     assert row["recall"] == 1.0 and row["delta_recall"] == pytest.approx(1 / 3)
     assert row["f1"] == pytest.approx(6 / 9)
     # A predictor that raises is a failed row, not an exception.
-    broken = parity_row(_Fixed([0.5] * 2), batches, labels, ref)
+    broken = agreement_row(_Fixed([0.5] * 2), batches, labels, ref)
     assert broken["status"] == "failed" and "IndexError" in broken["error"]
 
 

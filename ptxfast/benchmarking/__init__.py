@@ -33,7 +33,7 @@ The modules, one idea each:
 
 from ptxfast.benchmarking.config import BenchConfig, BenchError
 from ptxfast.benchmarking.measure import energy_per_image, measure
-from ptxfast.benchmarking.parity import parity_row
+from ptxfast.benchmarking.parity import agreement_row
 from ptxfast.benchmarking.plan import DEFAULT_CPU, DEFAULT_GPU, VARIANTS, plan_variants
 from ptxfast.benchmarking.render import to_markdown, write_plots
 from ptxfast.benchmarking.results import PARITY_KEYS, ROW_KEYS, STAGE_KEYS, BenchReport
@@ -62,7 +62,7 @@ __all__ = [
     "measure",
     "measure_stages",
     "model_only_images_per_s",
-    "parity_row",
+    "agreement_row",
     "percentiles",
     "plan_variants",
     "run_bench",

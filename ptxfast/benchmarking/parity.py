@@ -21,7 +21,7 @@ __all__ = [
     "Reference",
     "eager_reference",
     "labelled_set",
-    "parity_row",
+    "agreement_row",
     "probabilities",
 ]
 
@@ -108,7 +108,7 @@ def eager_reference(src, device: torch.device, batches, seed: int) -> Reference:
     return Reference(reference, probabilities(reference, batches), build_s)
 
 
-def parity_row(
+def agreement_row(
     predictor, batches, labels, ref_probs, base: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """A PARITY_KEYS row: `metrics.parity` of `predictor`'s probabilities on `batches` against

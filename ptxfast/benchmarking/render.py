@@ -18,8 +18,8 @@ __all__ = [
     "STAGE_HEADER",
     "THROUGHPUT_HEADER",
     "not_measured",
-    "parity_cells",
-    "parity_table",
+    "agreement_cells",
+    "agreement_table",
     "print_report",
     "stage_cells",
     "throughput_cells",
@@ -73,7 +73,7 @@ PARITY_HEADER = (
 STAGE_HEADER = ("variant", "batch", "decode", "host→device", "compute", "device→host", "bound")
 
 
-def parity_cells(p: dict[str, Any]) -> list[str]:
+def agreement_cells(p: dict[str, Any]) -> list[str]:
     """The cells of one parity row."""
     if p["status"] != "ok":
         return [p["variant"], p["status"], "", "", ""]
@@ -147,11 +147,11 @@ def not_measured(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return out
 
 
-def parity_table(report: dict[str, Any]) -> list[list[str]] | None:
+def agreement_table(report: dict[str, Any]) -> list[list[str]] | None:
     """The parity table's cells, None when no variant's parity was measured."""
     if not any(p["status"] == "ok" for p in report["parity"]):
         return None
-    return [parity_cells(p) for p in report["parity"] if p["status"] in ("ok", "failed")]
+    return [agreement_cells(p) for p in report["parity"] if p["status"] in ("ok", "failed")]
 
 
 def _parity_set(data: dict[str, Any]) -> str:
@@ -198,7 +198,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         out.append("## Not measured\n")
         out += [f"- **{variant}**{where}: {why}" for variant, where, why in missing]
         out.append("")
-    parity = parity_table(report)
+    parity = agreement_table(report)
     if parity is not None:
         out.append("## Parity against eager fp32\n")
         out.append(_md_table(PARITY_HEADER, parity))
@@ -236,7 +236,7 @@ def print_report(
     out.print(_rich_table(title(report), *throughput_table(report["rows"])))
     for variant, where, why in not_measured(report["rows"]):
         log.print(f"[yellow]{variant}{where}:[/] {why}")
-    parity = parity_table(report)
+    parity = agreement_table(report)
     if parity is not None:
         caption = f"parity against eager fp32 on {_parity_set(report['data'])}"
         out.print(_rich_table(caption, PARITY_HEADER, parity))

@@ -20,9 +20,9 @@ from ptxfast.benchmarking.measure import measure
 from ptxfast.benchmarking.parity import (
     ParitySet,
     Reference,
+    agreement_row,
     eager_reference,
     labelled_set,
-    parity_row,
 )
 from ptxfast.benchmarking.plan import (
     VARIANTS,
@@ -178,7 +178,7 @@ class _Run:
         timed = self._time(variant, predictor, base, build_s)
         ps, ref = self.parity_set, self.reference
         ref_probs = ref.probs if ref is not None else None
-        self.report.parity.append(parity_row(predictor, ps.batches, ps.labels, ref_probs, base))
+        self.report.parity.append(agreement_row(predictor, ps.batches, ps.labels, ref_probs, base))
         if self.stages is not None and self.stages.images is not None and timed:
             self.report.stages.append(
                 stage_row(predictor, self.stages, max(timed), base["variant"])
