@@ -7,15 +7,13 @@ TensorRT tests need torch-tensorrt and a CUDA GPU and skip without them.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from fresh_process import run_fresh
 
 from ptxfast import CASCADES, MODEL_NAMES
 from ptxfast.artifact import (
@@ -327,13 +325,7 @@ def test_artifact_runs_in_a_process_without_ptxfast(exported, tmp_path):
         "assert 'ptxfast' not in sys.modules, 'ptxfast was imported'\n"
         "print('ok', prob.shape[0])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["OMP_NUM_THREADS"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok 3"
+    assert run_fresh(code, tmp_path) == "ok 3"
 
 
 def test_modified_artifact_is_refused(exported, tmp_path):

@@ -9,8 +9,6 @@ default choice keeps the fastest candidate that passes its gate.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from fresh_process import run_fresh
 
 from ptxfast.artifact import ArtifactError, read_sidecar
 from ptxfast.export import ExportConfig, ExportError, choose_default, export_model
@@ -112,13 +111,7 @@ def test_onnx_runs_in_a_process_with_only_onnxruntime(cascade_artifact, tmp_path
         "assert 'torch' not in sys.modules and 'ptxfast' not in sys.modules, 'imported'\n"
         "print('ok', prob.shape[0])\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["OMP_NUM_THREADS"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok 3"
+    assert run_fresh(code, tmp_path) == "ok 3"
 
 
 def test_modified_onnx_is_refused(cascade_artifact, tmp_path):

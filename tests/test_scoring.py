@@ -28,7 +28,6 @@ from PIL import Image
 from pydicom import uid
 
 from ptxfast import runtime, score
-from ptxfast.checkpoint import checkpoint_header, save_checkpoint
 from ptxfast.cli import cli
 from ptxfast.data import synth
 from ptxfast.score import decode, inputs, ledger, pipeline, speed, writer
@@ -51,30 +50,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    """A 64² rn34un TorchScript artifact with its mask output, made by ptxfast.export."""
-    from ptxfast import models
-    from ptxfast.export import ExportConfig, export_model
-
-    base = tmp_path_factory.mktemp("artifact")
-    torch.manual_seed(0)
-    model = models.build("rn34un", weights=None)
-    ckpt = base / "runs" / "rn34un" / "best.pt"
-    state = {**checkpoint_header("rn34un", SIZE), "model": model.state_dict(), "epoch": 0}
-    save_checkpoint({**state, "metric": 0.0, "recipe": {}}, ckpt)
-    cfg = ExportConfig(
-        name="rn34un",
-        runs=base / "runs",
-        out=base / "exports",
-        checkpoint=ckpt,
-        backend="torchscript",
-        precision="fp32",
-        device="cpu",
-        return_mask=True,
-        parity_n=2,
-        batch=(1, 2, 2),
-    )
-    return export_model(cfg).sidecar_path
+def artifact(rn34un_artifact) -> Path:
+    """A 64² rn34un TorchScript artifact with its mask output, made by ptxfast.export
+    (conftest's, random weights of seed 0)."""
+    return rn34un_artifact()
 
 
 @pytest.fixture(scope="module")
