@@ -10,6 +10,10 @@ three channels, ImageNet mean/std as buffers), so an exported graph takes the si
 host already has. Forward passes contain no data-dependent Python control flow, so every model
 traces with `torch.jit.trace` and fuses into one graph.
 
+smp and timm (and the torchvision and torch._dynamo they pull in, seconds of start-up) are
+imported where a network is built, so a process that only loads an exported artifact and applies
+the label rules, as `ptxfast score` does, never imports them.
+
 ImageNet initialization reads weights from disk only (Hugging Face / timm / smp caches, the torch
 hub checkpoint folder, or a file the user names); nothing here touches the network.
 """
@@ -22,8 +26,6 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import segmentation_models_pytorch as smp
-import timm
 import torch
 from torch import nn
 
@@ -162,6 +164,8 @@ class Classifier(_FrozenStatsMixin, nn.Module):
     """timm backbone with one logit. Input N×1×S×S (or N×3×S×S for cascades) in [0, 1] → N×1."""
 
     def __init__(self, arch: str) -> None:
+        import timm
+
         super().__init__()
         self.normalize = _Normalize()
         self.net = timm.create_model(arch, pretrained=False, num_classes=1)
@@ -180,6 +184,8 @@ class Segmenter(_FrozenStatsMixin, nn.Module):
     """smp U-Net. Input N×1×S×S in [0, 1] (S divisible by 32) → mask logits N×1×S×S."""
 
     def __init__(self, encoder: str) -> None:
+        import segmentation_models_pytorch as smp
+
         super().__init__()
         self.normalize = _Normalize()
         self.net = smp.Unet(encoder_name=encoder, encoder_weights=None, classes=1)
@@ -316,6 +322,9 @@ def _imagenet_candidates(name: str) -> tuple[list[Callable[[], Path | None]], li
     def add_file(path: Path) -> None:
         finders.append(lambda: path if path.is_file() else None)
         places.append(str(path))
+
+    import segmentation_models_pytorch as smp
+    import timm
 
     timm_files = ("model.safetensors", "pytorch_model.bin")
     if name in _TIMM_ARCH:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from fresh_process import run_fresh
 from PIL import Image
 from pydicom import uid
 
@@ -429,6 +430,21 @@ def test_no_artifact_and_maskless_artifact_are_clear_errors(folder, artifact, tm
         with pytest.raises(score.ScoreError, match="sha256"):
             score.score_folder(folder, out, model=other / artifact.name, overwrite=True)
     assert not (tmp_path / "new.csv").exists() and "a.dcm" in kept.read_text()
+
+
+def test_scoring_never_imports_the_network_builders(folder, artifact, tmp_path):
+    """`ptxfast score` loads an exported graph: smp, timm and the torchvision and torch._dynamo
+    they pull in (seconds of start-up in every process) stay unimported."""
+    code = (
+        "import sys\n"
+        "from ptxfast.cli import cli\n"
+        f"cli.main(['score', {str(folder)!r}, '--out', 'p.csv', '--model', {str(artifact)!r},"
+        " '--workers', '0', '--model-only-iters', '0', '--device', 'cpu'], standalone_mode=False)\n"
+        "heavy = ('segmentation_models_pytorch', 'timm', 'torchvision', 'torch._dynamo')\n"
+        "print('imported:', [m for m in heavy if m in sys.modules])\n"
+    )
+    assert run_fresh(code, tmp_path).splitlines()[-1] == "imported: []"
+    assert (tmp_path / "p.csv").read_text().startswith(HEADER)
 
 
 def test_find_inputs_claims_hidden_and_exclusions(folder, tmp_path):
