@@ -1,11 +1,13 @@
-"""The command group, its console and error type, and the warning capture every command shares."""
+"""The command group, its console and error type, the options several commands take, and the
+warning capture every command shares."""
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -18,6 +20,73 @@ FILE = click.Path(dir_okay=False, path_type=Path)
 DIR = click.Path(file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def option(*decls: str, min: int | None = None, **attrs: Any) -> Decorator:
+    """`click.option` with the commands' conventions: `min=N` takes an integer of at least N
+    (click.IntRange), and a default other than None is shown in --help."""
+    if min is not None:
+        attrs["type"] = click.IntRange(min=min)
+    if attrs.get("default") is not None:
+        attrs.setdefault("show_default", True)
+    return click.option(*decls, **attrs)
+
+
+# The options several commands take: one flag, type and default each; the help says what the
+# option means to that command.
+def device_option(
+    help: str = "auto, cuda, cuda:N or cpu.", default: str | None = "auto"
+) -> Decorator:
+    """--device: where the model runs."""
+    return option("--device", default=default, help=help)
+
+
+def batch_size_option(default: int | None = None, help: str | None = None) -> Decorator:
+    """--batch-size: images per forward pass."""
+    return option("--batch-size", min=1, default=default, help=help)
+
+
+def workers_option(help: str, default: int | None = None, min: int = 0) -> Decorator:
+    """--workers: worker processes (decoding, or drawing phantoms); 0, where `min` allows it,
+    works in-process."""
+    return option("--workers", min=min, default=default, help=help)
+
+
+def threads_option(help: str) -> Decorator:
+    """--threads: torch threads on a CPU."""
+    return option("--threads", min=1, help=help)
+
+
+def size_option(help: str, default: int | None = None) -> Decorator:
+    """--size: the image side in pixels, 32 at the least."""
+    return option("--size", min=32, default=default, help=help)
+
+
+def seed_option(help: str, default: int | None = 0, required: bool = False) -> Decorator:
+    """--seed: same seed, same phantoms, inputs or split."""
+    return option("--seed", type=int, default=default, required=required, help=help)
+
+
+def runs_option(help: str, default: str | None = "runs") -> Decorator:
+    """--runs: the folder of trained models, RUNS/<name>/best.pt."""
+    return option("--runs", type=DIR, default=default, help=help)
+
+
+def exports_option(help: str) -> Decorator:
+    """--exports: the folder of exported artifacts."""
+    return option("--exports", type=DIR, default="exports", help=help)
+
+
+def data_option(help: str, required: bool = False) -> Decorator:
+    """--data: a labelled dataset folder (CANDID-PTX or SIIM-ACR layout)."""
+    return option("--data", type=EXISTING_DIR, required=required, help=help)
+
+
+def json_option(dest: str, help: str) -> Decorator:
+    """--json: a JSON file, passed to the command as `dest`."""
+    return option("--json", dest, type=FILE, help=help)
 
 
 class PtxfastError(click.ClickException):

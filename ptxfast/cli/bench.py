@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import click
 from rich.console import Console
 
-from ptxfast.cli.app import DIR, EXISTING_DIR, FILE, PtxfastError, cli, console
+from ptxfast.cli import app
+from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
 
 
-def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
+def _int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
@@ -16,82 +16,60 @@ def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         values = ()
     if not values or min(values) < 1:
-        raise PtxfastError(
-            f"{option} {text!r}: give positive integers separated by commas, e.g. 1,8"
-        )
+        raise PtxfastError(f"{flag} {text!r}: give positive integers separated by commas, e.g. 1,8")
     return values
 
 
 @cli.command("bench")
-@click.option(
+@option(
     "--model",
-    "model",
     type=FILE,
     help="Exported artifact (model file or .json sidecar); on-the-fly backends use its checkpoint.",
 )
-@click.option(
+@option(
     "--cascade",
     "name",
     help="Model to build on the fly: a cascade (or any of the eight) from RUNS/<name>/best.pt, "
     "else at random init.",
 )
-@click.option("--runs", type=DIR, help="Checkpoints [default: runs].")
-@click.option(
-    "--exports",
-    default="exports",
-    show_default=True,
-    type=DIR,
-    help="Where a run without --model/--cascade looks for the newest artifact.",
-)
-@click.option(
+@app.runs_option("Checkpoints [default: runs].", default=None)
+@app.exports_option("Where a run without --model/--cascade looks for the newest artifact.")
+@option(
     "--backends",
     help="Comma list of eager, eager-fp16, eager-bf16, torchscript, torchscript-fp16, "
     "torchscript-bf16, inductor, inductor-fp16, inductor-bf16, tensorrt, tensorrt-fp32, "
     "onnxruntime, openvino, openvino-bf16, artifact [default: every one for this device].",
 )
-@click.option("--batch-sizes", help="Comma list [default: 1,8,32,64 on a GPU, 1,8 on a CPU].")
-@click.option(
-    "--size",
-    type=click.IntRange(min=32),
-    help="Input side [default: the artifact's or checkpoint's; else 512 GPU, 128 CPU].",
+@option("--batch-sizes", help="Comma list [default: 1,8,32,64 on a GPU, 1,8 on a CPU].")
+@app.size_option("Input side [default: the artifact's or checkpoint's; else 512 GPU, 128 CPU].")
+@app.data_option(
+    "Labelled dataset: its test split is the parity set and gives the files to decode "
+    "[default: the model's training data, else synthetic phantoms]."
 )
-@click.option(
-    "--data",
-    type=EXISTING_DIR,
-    help="Labelled dataset: its test split is the parity set and gives the files to decode "
-    "[default: the model's training data, else synthetic phantoms].",
-)
-@click.option("--iters", type=click.IntRange(min=1), help="Timed calls per repeat [GPU 20, CPU 4].")
-@click.option("--warmup", type=click.IntRange(min=1), help="Untimed calls first [GPU 5, CPU 2].")
-@click.option("--repeats", type=click.IntRange(min=1), help="Repeats of --iters [GPU 3, CPU 2].")
-@click.option(
-    "--parity-n", type=click.IntRange(min=0), help="Parity images, 0 for none [GPU 64, CPU 32]."
-)
-@click.option(
+@option("--iters", min=1, help="Timed calls per repeat [GPU 20, CPU 4].")
+@option("--warmup", min=1, help="Untimed calls first [GPU 5, CPU 2].")
+@option("--repeats", min=1, help="Repeats of --iters [GPU 3, CPU 2].")
+@option("--parity-n", min=0, help="Parity images, 0 for none [GPU 64, CPU 32].")
+@option(
     "--stage-files",
-    type=click.IntRange(min=0),
+    min=0,
     help="Files decoded for the stage breakdown, 0 for none [GPU 24, CPU 8].",
 )
-@click.option(
+@option(
     "--inductor-mode",
     help="torch.compile mode for inductor (e.g. max-autotune) [default: torch's default].",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
-@click.option("--threads", type=click.IntRange(min=1), help="Torch threads on a CPU.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Inputs and phantoms.")
-@click.option(
-    "--json",
-    "json_out",
-    type=FILE,
-    help="Write every figure as JSON (rewritten after each row).",
-)
-@click.option(
+@app.device_option()
+@app.threads_option("Torch threads on a CPU.")
+@app.seed_option("Inputs and phantoms.")
+@app.json_option("json_out", "Write every figure as JSON (rewritten after each row).")
+@option(
     "--markdown",
     "markdown_out",
     type=FILE,
     help="Write the tables as markdown (rewritten after each row).",
 )
-@click.option(
+@option(
     "--plots",
     "plots_dir",
     type=DIR,

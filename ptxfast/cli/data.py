@@ -7,40 +7,31 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ptxfast.cli.app import DIR, EXISTING_DIR, FILE, PtxfastError, cli, console, warnings_shown
+from ptxfast.cli import app
+from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option, warnings_shown
 
 
 @cli.command("synth")
 @click.argument("out", type=DIR)
-@click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of images.")
-@click.option("--seed", required=True, type=int, help="Same seed and options, same bytes.")
-@click.option(
-    "--size",
-    default=1024,
-    show_default=True,
-    type=click.IntRange(min=32),
-    help="Image side in pixels.",
-)
-@click.option(
+@option("--n", "n", required=True, min=1, help="Number of images.")
+@app.seed_option("Same seed and options, same bytes.", default=None, required=True)
+@app.size_option("Image side in pixels.", default=1024)
+@option(
     "--positive-rate",
     default=0.17,
-    show_default=True,
     type=click.FloatRange(0.0, 1.0),
     help="Share of images with a pneumothorax (CANDID-PTX: 3,196 of 19,237).",
 )
-@click.option(
+@option(
     "--format",
     "fmt",
     default="candid",
-    show_default=True,
     type=click.Choice(["candid", "siim"]),
     help="candid: Pneumothorax_reports.csv + images/; siim: train-rle.csv + dicom-images-train/.",
 )
-@click.option("--preview", type=FILE, help="Also save a PNG grid with mask outlines.")
-@click.option(
-    "--workers", type=click.IntRange(min=1), help="Worker processes [default: min(2, CPUs)]."
-)
-@click.option("--overwrite", is_flag=True, help="Replace a different dataset already in OUT.")
+@option("--preview", type=FILE, help="Also save a PNG grid with mask outlines.")
+@app.workers_option("Worker processes [default: min(2, CPUs)].", min=1)
+@option("--overwrite", is_flag=True, help="Replace a different dataset already in OUT.")
 def synth_command(out, n, seed, size, positive_rate, fmt, preview, workers, overwrite) -> None:
     """Write N synthetic chest radiographs with pneumothorax masks to OUT.
 
@@ -62,15 +53,12 @@ def synth_command(out, n, seed, size, positive_rate, fmt, preview, workers, over
 
 # ---------------------------------------------------------------- split
 @cli.command("split")
-@click.option(
-    "--data",
-    "data",
+@app.data_option(
+    "Dataset folder (CANDID-PTX Pneumothorax_reports.csv or SIIM-ACR train-rle.csv).",
     required=True,
-    type=EXISTING_DIR,
-    help="Dataset folder (CANDID-PTX Pneumothorax_reports.csv or SIIM-ACR train-rle.csv).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of a newly made split.")
-@click.option("--force", is_flag=True, help="Remake DATA/splits.csv even if it exists.")
+@app.seed_option("Seed of a newly made split.")
+@option("--force", is_flag=True, help="Remake DATA/splits.csv even if it exists.")
 def split_command(data: Path, seed: int, force: bool) -> None:
     """Make (or read) DATA/splits.csv, the train/pool/val/test split every stage uses.
 

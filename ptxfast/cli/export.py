@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from ptxfast.cli.app import DIR, EXISTING_DIR, FILE, PtxfastError, cli, console
+from ptxfast.cli import app
+from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
 
 # The parity-gate tolerances export takes (ExportConfig fields of the same names).
 _TOLERANCE_OPTIONS = (
@@ -27,95 +28,67 @@ _TOLERANCE_OPTIONS = (
 def _tolerance_options(command):
     """Add the `_TOLERANCE_OPTIONS` to a click command, in the table's order."""
     for flag, kind, text in reversed(_TOLERANCE_OPTIONS):
-        command = click.option(flag, type=kind, help=text)(command)
+        command = option(flag, type=kind, help=text)(command)
     return command
 
 
 @cli.command("export")
-@click.option(
-    "--cascade",
-    "cascade",
-    help="Cascade to export: rn34un+rn34, rn34un+eb3, eb3un+rn34, eb3un+eb3.",
-)
-@click.option(
-    "--model", "model", help="Classifier or segmenter to export: rn34, eb3, rn34un, eb3un."
-)
-@click.option(
-    "--runs",
-    default="runs",
-    show_default=True,
-    type=DIR,
-    help="Checkpoints: RUNS/<name>/best.pt.",
-)
-@click.option(
-    "--checkpoint",
-    type=FILE,
-    help="Export this checkpoint instead of RUNS/<name>/best.pt.",
-)
-@click.option(
+@option("--cascade", help="Cascade to export: rn34un+rn34, rn34un+eb3, eb3un+rn34, eb3un+eb3.")
+@option("--model", help="Classifier or segmenter to export: rn34, eb3, rn34un, eb3un.")
+@app.runs_option("Checkpoints: RUNS/<name>/best.pt.")
+@option("--checkpoint", type=FILE, help="Export this checkpoint instead of RUNS/<name>/best.pt.")
+@option(
     "--out",
     default="exports",
-    show_default=True,
     type=DIR,
     help="Artifacts go to OUT/<name>.<backend>-<precision>.{ts,ep,onnx,json}.",
 )
-@click.option(
+@option(
     "--backend",
     type=click.Choice(["tensorrt", "torchscript", "onnxruntime", "onnx", "openvino"]),
     help="[default: on CUDA tensorrt where it can run, else torchscript; on a CPU the fastest "
     "candidate that passes the gate] onnx = onnxruntime (the portable .onnx artifact).",
 )
-@click.option(
+@option(
     "--precision",
     type=click.Choice(["fp16", "bf16", "fp32"]),
     help="[default: fp16 on CUDA, fp32 on CPU]; bf16 suits CPUs with bf16 units (avx512_bf16, AMX).",
 )
-@click.option(
-    "--batch", "batch", help="Batch range MIN:OPT:MAX the artifact serves [default: 1:8:32]."
+@option("--batch", help="Batch range MIN:OPT:MAX the artifact serves [default: 1:8:32].")
+@app.size_option("Input side in pixels [default: the checkpoint's training size].")
+@app.device_option("cpu, cuda, cuda:1 [default: cuda when present].", default=None)
+@app.data_option(
+    "Labelled dataset whose validation split gates parity [default: the recipe's, else synthetic "
+    "phantoms]."
 )
-@click.option(
-    "--size",
-    type=click.IntRange(min=32),
-    help="Input side in pixels [default: the checkpoint's training size].",
-)
-@click.option("--device", help="cpu, cuda, cuda:1 [default: cuda when present].")
-@click.option(
-    "--data",
-    type=EXISTING_DIR,
-    help="Labelled dataset whose validation split gates parity [default: the recipe's, else synthetic phantoms].",
-)
-@click.option(
+@option(
     "--profile",
     help="Export profile: a name in export/ (cpu-fp32, cpu-bf16, gpu-fp16, ...) or a .toml file.",
 )
-@click.option(
+@option(
     "--return-mask/--no-return-mask",
     default=None,
     help="Also return the N×1×S×S mask [default: no].",
 )
-@click.option(
+@option(
     "--parity-n",
-    type=click.IntRange(min=1),
+    min=1,
     default=200,
-    show_default=True,
     help="Synthetic phantoms for the gate when there is no dataset.",
 )
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the synthetic phantoms."
-)
+@app.seed_option("Seed of the synthetic phantoms.")
 @_tolerance_options
-@click.option(
+@option(
     "--operating-point",
     metavar="recall=R|threshold=T|calibrated",
     help="How the artifact labels: the threshold `ptxfast evaluate` chose on validation for "
     "recall R, a given threshold T, or calibrated probabilities above 0.5 [default: the "
     "model's rule, p > 0.5; segmenters 0.3].",
 )
-@click.option(
+@option(
     "--tta",
     type=click.Choice(["none", "hflip"]),
     default="none",
-    show_default=True,
     help="hflip: average each image with its left-right mirror inside the graph (2x compute).",
 )
 def export_command(

@@ -4,114 +4,100 @@ from __future__ import annotations
 
 import click
 
-from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console
+from ptxfast.cli import app
+from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
 
 
 @cli.command("score")
 @click.argument("folder", type=DIR)
-@click.option(
+@option(
     "--out",
     required=True,
     type=FILE,
     help="Predictions CSV: path,sop_instance_uid,probability,label,mask_area,error.",
 )
-@click.option(
+@option(
     "--model",
-    "model",
     type=FILE,
     help="Artifact (model file or its .json sidecar) [default: the newest under --exports].",
 )
-@click.option(
-    "--exports",
-    default="exports",
-    show_default=True,
-    type=DIR,
-    help="Where the default artifact is looked for.",
+@app.exports_option("Where the default artifact is looked for.")
+@app.device_option()
+@app.batch_size_option(16)
+@app.workers_option(
+    "Decoding processes [default: 1 on CPU, all cores but one (max 16) with a GPU; "
+    "0 decodes in-process]."
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N or cpu.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    help="Decoding processes [default: 1 on CPU, all cores but one (max 16) with a GPU; "
-    "0 decodes in-process].",
-)
-@click.option(
+@option(
     "--lanes",
-    type=click.IntRange(min=1),
+    min=1,
     help="CPU: batches the model runs at once, side by side [default: one per core].",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    help="CPU: torch threads per lane [default: 1, or the cores divided by --lanes]; the "
-    "decoding workers share the cores.",
+@app.threads_option(
+    "CPU: torch threads per lane [default: 1, or the cores divided by --lanes]; the "
+    "decoding workers share the cores."
 )
-@click.option("--resume", is_flag=True, help="Continue OUT: skip files it already has a row for.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
-@click.option(
+@option("--resume", is_flag=True, help="Continue OUT: skip files it already has a row for.")
+@option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@option(
     "--shard",
     default="1/1",
-    show_default=True,
     help="K/N: score the K-th of every N files (i % N == K-1), one CSV per shard.",
 )
-@click.option(
+@option(
     "--masks",
     "masks_dir",
     type=DIR,
     help="PNG mask and overlay per positive (needs an artifact exported with --return-mask).",
 )
-@click.option(
+@option(
     "--dicom-seg",
     "seg_dir",
     type=DIR,
     help="DICOM Segmentation per positive DICOM, named <SOPInstanceUID>.dcm (a hash of its "
     "path when the UID is not a valid DICOM UID).",
 )
-@click.option(
+@option(
     "--dicom-sr",
     "sr_dir",
     type=DIR,
     help="DICOM SR per scored DICOM (finding, probability, model; the SEG of a positive with "
     "--dicom-seg), named like the SEGs.",
 )
-@click.option("--json", "json_path", type=FILE, help="Also write the summary as JSON.")
-@click.option(
+@app.json_option("json_path", "Also write the summary as JSON.")
+@option(
     "--model-only-iters",
     default=5,
-    show_default=True,
-    type=click.IntRange(min=0),
+    min=0,
     help="Batches timed for the model-only throughput (0: skip).",
 )
-@click.option(
+@option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
-    show_default=True,
     help="local: this machine; ray: a Ray cluster (decoders on every CPU, one model actor per "
     "GPU or CPU lane), same CSV and --resume (needs pip install 'ptxfast[ray]').",
 )
-@click.option(
+@option(
     "--address",
     help="--engine ray: the cluster (auto: the one `ray start` runs here; ray://host:10001) "
     "[default: Ray's, or a new cluster of this machine].",
 )
-@click.option(
+@option(
     "--decoders",
-    type=click.IntRange(min=1),
+    min=1,
     help="--engine ray: decoder actors [default: the CPUs the model actors leave, or "
     "CPUs / 8 without GPUs].",
 )
-@click.option(
+@option(
     "--actors",
-    type=click.IntRange(min=1),
+    min=1,
     help="--engine ray: model actors [default: one per GPU, or one per CPU without GPUs].",
 )
-@click.option(
+@option(
     "--eligibility",
     type=click.Choice(["strict", "default", "off"]),
     default="default",
-    show_default=True,
     help="Label chest radiographs only, read from each DICOM header before decoding: default "
     "refuses other modalities (CT, MR, US, SR...), lateral views and other body parts; strict "
     "also files whose header says nothing (PNG/JPEG); off scores every decodable image.",
@@ -172,38 +158,27 @@ def score_command(
 # ---------------------------------------------------------------- report
 @cli.command("report")
 @click.argument("preds", type=FILE)
-@click.option(
-    "--out",
-    type=FILE,
-    help="The HTML file to write [default: report.html beside PREDS].",
-)
-@click.option(
+@option("--out", type=FILE, help="The HTML file to write [default: report.html beside PREDS].")
+@option(
     "--masks",
     "masks_dir",
     type=DIR,
     help="The run's --masks folder: overlays of the predicted masks on the cards.",
 )
-@click.option(
-    "--json",
+@app.json_option(
     "summary_json",
-    type=FILE,
-    help="The run's --json summary: model, artifact sha256, threshold, images/s, scored folder.",
+    "The run's --json summary: model, artifact sha256, threshold, images/s, scored folder.",
 )
-@click.option(
-    "--root",
-    type=DIR,
-    help="The scored folder, for thumbnails [default: the one --json names].",
+@option(
+    "--root", type=DIR, help="The scored folder, for thumbnails [default: the one --json names]."
 )
-@click.option(
+@option(
     "--top",
     default=48,
-    show_default=True,
-    type=click.IntRange(min=0),
+    min=0,
     help="Positives shown as cards with thumbnails; the rest are listed as text.",
 )
-@click.option(
-    "--page-size", default=200, show_default=True, type=click.IntRange(min=1), help="Rows per page."
-)
+@option("--page-size", default=200, min=1, help="Rows per page.")
 def report_command(preds, out, masks_dir, summary_json, root, top, page_size) -> None:
     """Write a scoring run's worklist as one self-contained HTML file.
 

@@ -2,45 +2,38 @@
 
 from __future__ import annotations
 
-import click
 from rich.console import Console
 
-from ptxfast.cli.app import DIR, EXISTING_DIR, PtxfastError, cli, console, warnings_shown
+from ptxfast.cli import app
+from ptxfast.cli.app import DIR, PtxfastError, cli, console, option, warnings_shown
 
 
 @cli.command("train")
-@click.option(
+@option(
     "--arch",
     required=True,
     help="Model name (rn34, eb3, rn34un, eb3un, rn34un+rn34, rn34un+eb3, eb3un+rn34, eb3un+eb3) "
     "or all (segmenters before their cascades).",
 )
-@click.option("--data", type=EXISTING_DIR, help="Dataset folder (CANDID-PTX or SIIM-ACR layout).")
-@click.option(
-    "--runs",
-    default="runs",
-    show_default=True,
-    type=DIR,
-    help="Checkpoints and logs go to RUNS/<arch>/.",
-)
-@click.option(
+@app.data_option("Dataset folder (CANDID-PTX or SIIM-ACR layout).")
+@app.runs_option("Checkpoints and logs go to RUNS/<arch>/.")
+@option(
     "--recipe",
     default="paper",
-    show_default=True,
     help="paper, quick, or a path to a recipe .toml (train/paper.toml shows the format).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epochs.")
-@click.option("--size", type=click.IntRange(min=32), help="Input side in pixels (multiple of 32).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size.")
-@click.option("--lr", type=float, help="Override the recipe's learning rate.")
-@click.option("--device", help="cpu, cuda, cuda:1 (default: the recipe's, auto).")
-@click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes.")
-@click.option("--seed", type=int, help="Seed for weights init, data order and a new split.")
-@click.option(
+@option("--epochs", min=1, help="Override the recipe's epochs.")
+@app.size_option("Input side in pixels (multiple of 32).")
+@app.batch_size_option(help="Override the recipe's batch size.")
+@option("--lr", type=float, help="Override the recipe's learning rate.")
+@app.device_option("cpu, cuda, cuda:1 (default: the recipe's, auto).", default=None)
+@app.workers_option("DataLoader worker processes.")
+@app.seed_option("Seed for weights init, data order and a new split.", default=None)
+@option(
     "--weights",
     help="Initial weights: a state-dict file, 'imagenet' (from disk caches) or 'none'.",
 )
-@click.option("--resume", is_flag=True, help="Continue from RUNS/<arch>/last.pt.")
+@option("--resume", is_flag=True, help="Continue from RUNS/<arch>/last.pt.")
 def train_command(arch, recipe, resume, **overrides) -> None:
     """Train one of the eight models (or all) with a recipe; writes RUNS/<arch>/best.pt.
 
@@ -71,49 +64,29 @@ def train_command(arch, recipe, resume, **overrides) -> None:
 
 # ---------------------------------------------------------------- evaluate
 @cli.command("evaluate")
-@click.option(
-    "--runs",
-    default="runs",
-    show_default=True,
-    type=DIR,
-    help="Folder of trained models (RUNS/<model>/best.pt).",
-)
-@click.option(
-    "--data",
-    type=EXISTING_DIR,
-    help="Dataset folder [default: the one each checkpoint was trained on].",
-)
-@click.option(
+@app.runs_option("Folder of trained models (RUNS/<model>/best.pt).")
+@app.data_option("Dataset folder [default: the one each checkpoint was trained on].")
+@option(
     "--out",
     type=DIR,
     help="Where metrics.json, metrics.csv and the figures go [default: RUNS/eval].",
 )
-@click.option(
-    "--models",
-    help="Comma-separated model names [default: every trained one of the eight].",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--workers",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="DataLoader worker processes for decoding.",
-)
-@click.option(
+@option("--models", help="Comma-separated model names [default: every trained one of the eight].")
+@app.device_option("auto, cpu, cuda or cuda:N.")
+@app.batch_size_option(8)
+@app.workers_option("DataLoader worker processes for decoding.", default=0)
+@option(
     "--tune-cutoffs",
     is_flag=True,
     help="Also tune the segmenters' pixel threshold and min area on the validation split (by F1).",
 )
-@click.option(
+@option(
     "--overlays",
     default=8,
-    show_default=True,
-    type=click.IntRange(min=0),
+    min=0,
     help="Images per mask-overlay figure (segmenters and cascades); 0 for none.",
 )
-@click.option(
+@option(
     "--target-recall",
     "target_recalls",
     multiple=True,
@@ -121,12 +94,11 @@ def train_command(arch, recipe, resume, **overrides) -> None:
     help="Operating point: the highest threshold whose validation recall is at least R, "
     "applied to test (repeatable; 'none' for no operating points) [default: 0.9 and 0.95].",
 )
-@click.option(
+@option(
     "--bootstrap",
     "n_boot",
     default=2000,
-    show_default=True,
-    type=click.IntRange(min=100),
+    min=100,
     help="Stratified bootstrap resamples behind each 95% CI.",
 )
 def evaluate_command(
