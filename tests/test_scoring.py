@@ -347,6 +347,9 @@ def test_parallelism_fills_the_cores(monkeypatch, tmp_path):
     assert pipeline.parallelism(cpu, 2, None) == (2, 4)
     assert pipeline.parallelism(cpu, 3, 3) == (3, 3)
     assert pipeline.parallelism(gpu, None, None) == (1, None)
+    # A runtime with its own thread pool (ONNX Runtime, OpenVINO) gets one lane on every core.
+    assert pipeline.parallelism(cpu, None, None, pooled=True) == (1, 8)
+    assert pipeline.parallelism(cpu, None, 4, pooled=True) == (2, 4)
     with pytest.raises(score.ScoreError, match="--lanes"):
         score.score_folder(tmp_path, tmp_path / "x.csv", lanes=0)
 

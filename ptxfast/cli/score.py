@@ -31,7 +31,8 @@ from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
 @option(
     "--lanes",
     min=1,
-    help="CPU: batches the model runs at once, side by side [default: one per core].",
+    help="CPU: batches the model runs at once, side by side [default: one per core; one for "
+    "ONNX Runtime and OpenVINO artifacts, which run their own threads].",
 )
 @app.threads_option(
     "CPU: torch threads per lane [default: 1, or the cores divided by --lanes]; the "

@@ -22,6 +22,7 @@ from concurrent.futures import Future
 
 import torch
 
+from ptxfast.backends import ONNX_BACKENDS
 from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.score import inputs, speed
 from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
@@ -62,7 +63,8 @@ def run(job: Job) -> ScoreSummary:
     scorer = _Scorer(job, len(todo))
     loader = ResilientLoader(files, todo, settings, scorer.settle)
     all_threads = torch.get_num_threads()
-    lanes, threads = parallelism(dev, config.lanes, config.threads)
+    pooled = predictor.backend in ONNX_BACKENDS  # they thread themselves
+    lanes, threads = parallelism(dev, config.lanes, config.threads, pooled)
     if threads:
         torch.set_num_threads(threads)  # lane threads started later take this count too
     _warm(predictor, loader, min(config.batch_size, len(todo)))

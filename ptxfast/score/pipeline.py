@@ -249,7 +249,7 @@ def default_workers(device: torch.device) -> int:
 
 
 def parallelism(
-    device: torch.device, lanes: int | None, threads: int | None
+    device: torch.device, lanes: int | None, threads: int | None, pooled: bool = False
 ) -> tuple[int, int | None]:
     """(lanes, torch threads per lane) for the model; threads None leaves torch's (GPU).
 
@@ -260,12 +260,18 @@ def parallelism(
     2 lanes x 1 thread ran the eb3un+eb3 artifact at 181-186 images/s against 120-150 for
     1 lane x 2 threads (and ~92 for one thread). Given one of the two, the other fills the
     cores.
+
+    `pooled`: the backend runs its own thread pool over the cores (ONNX Runtime, OpenVINO;
+    torch's thread count does not reach it), so by default one lane feeds it: side by side,
+    calls only contend for that pool (ONNX Runtime, eb3un+eb3 at 128² on 2 cores: 22 images/s
+    in 2 lanes against 26-30 in one) or queue for the same infer requests (OpenVINO: the same
+    rate either way).
     """
     if device.type != "cpu":
         return 1, None
     n = cores()
     if lanes is None and threads is None:
-        return n, 1
+        return (1, n) if pooled else (n, 1)
     if lanes is None:
         return max(1, n // threads), threads
     return lanes, threads or max(1, n // lanes)
