@@ -123,7 +123,9 @@ def is_cpu_fused(scripted: torch.jit.ScriptModule) -> bool:
     return any(True for _ in scripted.graph.findAllNodes(_POINTWISE))
 
 
-def fuse_for_cpu(scripted: torch.jit.ScriptModule, example: torch.Tensor) -> dict[str, int]:
+def fuse_for_cpu(
+    scripted: torch.jit.ScriptModule, example: torch.Tensor, dtype: torch.dtype | None = None
+) -> dict[str, int]:
     """Rewrite a frozen graph, in place, into the form that runs fastest on a CPU; counts by kind.
 
     Frozen as traced, the graph leaves kernel choice to `aten::_convolution`, which on one
@@ -142,14 +144,15 @@ def fuse_for_cpu(scripted: torch.jit.ScriptModule, example: torch.Tensor) -> dic
 
     Ops the rewrite adds are aten/mkldnn operators, so the graph still saves and loads with
     `torch.jit.save` / `torch.jit.load` in a process that has only torch. `example` (one input
-    batch of the graph's size, dtype and layout) is run once to learn the shapes the residual
-    adds, SE products and pools need checked. A graph that already has fused convolutions is
+    batch of the graph's size, input dtype and layout) is run once to learn the shapes the
+    residual adds, SE products and pools need checked; `dtype` is the dtype the graph computes
+    in (default: the example's; a bf16 graph takes float32 images). A graph that already has fused convolutions is
     left as it is. Call it before the module first runs: a TorchScript method's executor keeps
     its own copy of the graph from the first call on.
     """
     counts = {"convs": 0, "unary": 0, "adds": 0, "pads": 0, "pools": 0, "muls": 0}
     graph = scripted.graph
-    if is_cpu_fused(scripted) or not cpu_fusion_available(example.dtype):
+    if is_cpu_fused(scripted) or not cpu_fusion_available(dtype or example.dtype):
         return counts
     shapes = _probe(scripted, example)
     for conv in list(graph.findAllNodes("aten::_convolution")):

@@ -127,6 +127,8 @@ class _Normalize(nn.Module):
 
     `expand` repeats a single channel without copying and leaves a 3-channel input unchanged, so
     classifiers accept both the plain image and a cascade's [img, img, mask] with one code path.
+    It computes in its buffers' dtype (the model's) and, after `normalise_in_float32`, in
+    float32 before casting to `out_dtype`.
     """
 
     def __init__(self) -> None:
@@ -134,9 +136,24 @@ class _Normalize(nn.Module):
         # Non-persistent: constants of the architecture, not learned state; checkpoints stay clean.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.out_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        x = (x.expand(-1, 3, -1, -1).to(self.mean.dtype) - self.mean) / self.std
+        return x if self.out_dtype is None else x.to(self.out_dtype)
+
+
+def normalise_in_float32(model: nn.Module) -> nn.Module:
+    """Make the normalisers of `model` (cast to its inference dtype) compute in float32 with
+    the exact ImageNet constants and hand the model's dtype on: a bf16 model then gets its
+    image rounded once, after normalising, instead of the image, the constants, the
+    difference and the quotient each rounded to bf16. A float32 model is unchanged."""
+    for m in model.modules():
+        if isinstance(m, _Normalize) and m.mean.dtype != torch.float32:
+            m.out_dtype = m.mean.dtype
+            m.mean = torch.tensor(IMAGENET_MEAN, device=m.mean.device).view(1, 3, 1, 1)
+            m.std = torch.tensor(IMAGENET_STD, device=m.std.device).view(1, 3, 1, 1)
+    return model
 
 
 class _FrozenStatsMixin:

@@ -37,7 +37,7 @@ from ptxfast.backends import (
 )
 from ptxfast.cpu_fusion import cpu_fusion_available, fuse_for_cpu, is_cpu_fused, torch_mismatch
 from ptxfast.environment import DeviceError, resolve_device
-from ptxfast.fused import DTYPE_NAMES, PRECISIONS, fuse, quiet_jit, to_torchscript
+from ptxfast.fused import DTYPE_NAMES, PRECISIONS, fuse, input_dtype, quiet_jit, to_torchscript
 from ptxfast.models import kind_of
 from ptxfast.models import thresholds as model_thresholds
 from ptxfast.operating import LabelRule, label_rule
@@ -328,7 +328,8 @@ def _ready_torchscript(
             example = torch.rand(1, 1, size, size).to(getattr(torch, sidecar["input"]["dtype"]))
             if sidecar["input"].get("channels_last", True):
                 example = example.contiguous(memory_format=torch.channels_last)
-            fuse_for_cpu(module, example)  # a no-op on an artifact fused at export
+            compute = PRECISIONS.get(sidecar["precision"]["requested"], example.dtype)
+            fuse_for_cpu(module, example, compute)  # a no-op on an artifact fused at export
         if optimize:
             with quiet_jit():
                 module = torch.jit.optimize_for_inference(module)
@@ -444,7 +445,7 @@ def build_predictor(
         backend, fused, batch, dev, channels_last=channels_last, check_trace=check_trace,
         optimize=optimize, cpu_fusion=cpu_fusion, inductor_mode=inductor_mode, dynamic=dynamic,
     )  # fmt: skip
-    return Predictor(module, input_dtype=PRECISIONS[precision], path=path, **common)
+    return Predictor(module, input_dtype=input_dtype(PRECISIONS[precision]), path=path, **common)
 
 
 def _compiled(

@@ -440,11 +440,16 @@ def test_bf16_export_passes_its_gate(runs, tmp_path):
     )  # fmt: skip
     result = export_model(cfg)
     s = result.sidecar
-    assert s["input"]["dtype"] == "bfloat16" and s["precision"]["actual"] == "bf16"
+    # bf16 weights, float32 images: the graph normalises them before it casts.
+    assert s["input"]["dtype"] == "float32" and s["precision"]["actual"] == "bf16"
+    # BatchNorm folded into the bf16 weights (in float32, then rounded): no batch_norm left and
+    # no float32 constant but the normalisation's mean and std.
+    weights = s["precision"]["weight_elements"]
+    assert weights.get("fp32", 0) == 6 and weights["bf16"] > 1e6
     assert s["parity"]["tolerance"]["max_dprob"] == DEFAULT_TOLERANCES["bf16"].max_dprob
     assert s["thresholds"] == {"label": 0.5, "pixel": None, "min_area": None, "score_k": None}
     predictor = load_predictor(result.model_path)
-    assert predictor.input_dtype == torch.bfloat16
+    assert predictor.input_dtype == torch.float32
     out = predictor(torch.rand(2, 1, S, S))
     assert out.prob.dtype == torch.float32 and torch.equal(out.area, torch.full((2,), -1).int())
     with pytest.raises(ExportError, match="has no mask"):

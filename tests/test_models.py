@@ -244,3 +244,21 @@ def test_weights_from_a_state_dict_file(tmp_path):
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="matches"):
         build("rn34", weights=tmp_path / "other.pt")
+
+
+def test_bf16_models_normalise_in_float32():
+    """Fused bf16 models normalise the float32 image with the exact constants and round once,
+    closer to float32 than normalising in bf16 (the image, the constants, the difference and
+    the quotient each rounded); an fp32 model's normalisation is unchanged."""
+    from ptxfast.models import IMAGENET_MEAN, IMAGENET_STD, _Normalize, normalise_in_float32
+
+    x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    want = (x.expand(-1, 3, -1, -1) - mean) / std
+    assert torch.equal(normalise_in_float32(_Normalize())(x), want)
+    in_bf16 = _Normalize().to(torch.bfloat16)(x)  # a bf16 model as cast
+    got = normalise_in_float32(_Normalize().to(torch.bfloat16))(x)
+    assert got.dtype == in_bf16.dtype == torch.bfloat16
+    assert torch.equal(got, want.bfloat16())  # one rounding
+    assert (got.float() - want).abs().mean() < 0.6 * (in_bf16.float() - want).abs().mean()

@@ -21,7 +21,15 @@ from ptxfast import cpu_fusion
 from ptxfast.artifact import EXTENSIONS, file_stem
 from ptxfast.export.config import ExportError
 from ptxfast.export.plan import Plan
-from ptxfast.fused import PRECISIONS, FusedError, fuse, graph_precision, quiet_jit, to_torchscript
+from ptxfast.fused import (
+    PRECISIONS,
+    FusedError,
+    fuse,
+    graph_precision,
+    input_dtype,
+    quiet_jit,
+    to_torchscript,
+)
 from ptxfast.runtime import ONNX_BACKENDS, Predictor, PredictorError, onnx_module
 
 SELECTION_CALLS = 5  # timed calls of each candidate (after 2 warm-up calls), interleaved
@@ -109,7 +117,7 @@ def build_candidate(backend: str, precision: str, job: Build) -> Candidate:
         path, actual, source = compiled.path, compiled.precision, compiled.precision_source
         weights, fusion = {}, {}
     predictor = Predictor(
-        loaded, device=p.device, input_dtype=dtype, path=path, **common
+        loaded, device=p.device, input_dtype=input_dtype(dtype), path=path, **common
     )  # fmt: skip
     fields = {
         "path": path,
@@ -119,7 +127,7 @@ def build_candidate(backend: str, precision: str, job: Build) -> Candidate:
             "source": source,
             **({"weight_elements": weights} if weights else {}),
         },
-        "input_dtype": str(dtype).replace("torch.", ""),
+        "input_dtype": str(input_dtype(dtype)).replace("torch.", ""),
         "channels_last": True,
         **fusion,
     }
