@@ -23,7 +23,7 @@ lint: install
 	$(VENV)/bin/ruff check ptxfast tests bench
 	$(VENV)/bin/ruff format --check ptxfast tests bench
 
-# The main job end to end on synthetic phantoms (about ten minutes on two CPU cores).
+# The main job end to end on synthetic phantoms (about seven minutes on two idle CPU cores).
 demo: install
 	rm -rf $(DEMO)
 	$(PTX) synth $(DEMO)/phantoms --n $(DEMO_N) --seed 0 --preview $(DEMO)/preview.png
