@@ -489,6 +489,26 @@ def test_profiles_parse_and_resolve():
     assert p.candidates == [("openvino", "bf16")] and p.tolerance == DEFAULT_TOLERANCES["bf16"]
     p = plan(ExportConfig("eb3un+eb3", device="cpu", backend="onnx"))
     assert p.candidates == [("onnxruntime", "fp32")]
+
+
+def test_tolerance_overrides_profile_then_options(tmp_path):
+    """A profile's [tolerance] over the precision's defaults, the options over the profile."""
+    prof = tmp_path / "tight.toml"
+    prof.write_text(
+        'backend = "torchscript"\nprecision = "bf16"\ndevice = "cpu"\n'
+        "[tolerance]\nmax_dprob = 0.05\nmin_agreement = 0.999\n"
+    )
+    p = plan(ExportConfig("eb3un+eb3", profile=str(prof)))
+    want = replace(DEFAULT_TOLERANCES["bf16"], max_dprob=0.05, min_agreement=0.999)
+    assert p.tolerance == want
+    p = plan(ExportConfig("eb3un+eb3", profile=str(prof), tolerance={"max_dprob": 0.1}))
+    assert p.tolerance == replace(want, max_dprob=0.1)
+    for bad in ({"max_dp": 0.1},):
+        with pytest.raises(ExportError, match="unknown tolerance"):
+            plan(ExportConfig("eb3un+eb3", device="cpu", backend="onnx", tolerance=bad))
+    prof.write_text('backend = "torchscript"\n[tolerance]\nmax_f1 = 0.1\n')
+    with pytest.raises(ExportError, match="tight.toml: unknown tolerance"):
+        plan(ExportConfig("eb3un+eb3", profile=str(prof)))
     p = plan(ExportConfig("eb3un+eb3", device="cpu"))  # the CPU default: every candidate here
     assert ("torchscript", "fp32") in p.candidates and ("onnxruntime", "fp32") in p.candidates
     assert len(p.candidates) == (5 if cpu_bf16() else 3)

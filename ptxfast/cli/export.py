@@ -93,8 +93,7 @@ def _tolerance_options(command):
 )
 def export_command(
     cascade, model, runs, checkpoint, out, backend, precision, batch, size, device, data, profile,
-    return_mask, parity_n, seed, min_agreement, max_df1, max_drecall, max_dprob, max_dauc,
-    max_ddice, operating_point, tta,
+    return_mask, parity_n, seed, operating_point, tta, **tolerance_options,
 ) -> None:  # fmt: skip
     """Fuse a trained model into one graph, compile it, gate it on parity, write an artifact.
 
@@ -128,8 +127,7 @@ def export_command(
             checkpoint=checkpoint, backend=backend, precision=precision,
             batch=parse_batch(batch) if batch else None, size=size, device=device, data=data,
             profile=profile, return_mask=return_mask, parity_n=parity_n, seed=seed,
-            min_agreement=min_agreement, max_df1=max_df1, max_drecall=max_drecall,
-            max_dprob=max_dprob, max_dauc=max_dauc, max_ddice=max_ddice,
+            tolerance={k: v for k, v in tolerance_options.items() if v is not None},
             operating_point=operating_point, tta=tta,
         )  # fmt: skip
         result = export_model(

@@ -8,7 +8,7 @@ what `export_model` returns and `ExportError` / `ParityError` what it raises.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +80,9 @@ class ExportConfig:
     return_mask: bool | None = None  # the artifact also returns the N×1×S×S mask
     parity_n: int = DEFAULT_PARITY_N  # phantoms drawn when there is no dataset
     seed: int = 0  # phantoms and random example inputs
-    # Tolerance overrides (None: the precision's default in DEFAULT_TOLERANCES).
-    min_agreement: float | None = None
-    max_df1: float | None = None
-    max_dprob: float | None = None
-    max_drecall: float | None = None
-    max_dauc: float | None = None
-    max_ddice: float | None = None
+    # Tolerance overrides by `Tolerance` field name, e.g. {"max_dprob": 0.05}; over the
+    # profile's [tolerance], over the precision's DEFAULT_TOLERANCES.
+    tolerance: dict[str, float] = field(default_factory=dict)
     # How the artifact labels: "recall=0.95" (the threshold `ptxfast evaluate` chose on
     # validation), "threshold=0.37", "calibrated"; None: the model's default rule.
     operating_point: str | None = None
@@ -119,11 +115,19 @@ def profile_path(profile: str | Path) -> Path:
 _PROFILE_KEYS = ("backend", "precision", "device", "batch", "size", "return_mask", "tolerance")
 
 
-_TOLERANCE_KEYS = ("min_agreement", "max_df1", "max_dprob", "max_drecall", "max_dauc", "max_ddice")
+TOLERANCE_KEYS = tuple(f.name for f in fields(Tolerance))
+
+
+def check_tolerance(values: dict[str, Any], where: str) -> dict[str, float]:
+    """Tolerance overrides as floats; unknown names are an ExportError naming `where`."""
+    bad = set(values) - set(TOLERANCE_KEYS)
+    if bad:
+        raise ExportError(f"{where}: unknown tolerance(s) {sorted(bad)}; known: {TOLERANCE_KEYS}")
+    return {k: float(v) for k, v in values.items()}
 
 
 def load_profile(profile: str | Path) -> dict[str, Any]:
-    """A profile's settings as ExportConfig field values (batch parsed, tolerances flattened)."""
+    """A profile's settings as ExportConfig field values (batch parsed, tolerances checked)."""
     path = profile_path(profile)
     try:
         doc = read_toml(path)
@@ -135,11 +139,8 @@ def load_profile(profile: str | Path) -> dict[str, Any]:
     values = {k: v for k, v in doc.items() if k in _PROFILE_KEYS and k != "tolerance"}
     if "batch" in values:
         values["batch"] = parse_batch(str(values["batch"]))
-    tol = doc.get("tolerance", {})
-    bad = set(tol) - set(_TOLERANCE_KEYS)
-    if bad:
-        raise ExportError(f"{path}: unknown tolerance(s) {sorted(bad)}; known: {_TOLERANCE_KEYS}")
-    values.update({k: float(v) for k, v in tol.items()})
+    if "tolerance" in doc:
+        values["tolerance"] = check_tolerance(doc["tolerance"], str(path))
     return values
 
 

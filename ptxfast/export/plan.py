@@ -19,6 +19,7 @@ from ptxfast.export.config import (
     ExportConfig,
     ExportError,
     Tolerance,
+    check_tolerance,
     load_profile,
 )
 from ptxfast.fused import TTAS
@@ -73,7 +74,9 @@ def plan(cfg: ExportConfig) -> Plan:
     _check_name(cfg.name, cfg.option)
     if cfg.profile:  # the profile fills what the options left open
         profile = load_profile(cfg.profile)
+        tolerance = {**profile.pop("tolerance", {}), **cfg.tolerance}  # options win
         cfg = replace(cfg, **{k: v for k, v in profile.items() if getattr(cfg, k) is None})
+        cfg = replace(cfg, tolerance=tolerance)
     notes: list[str] = []
     try:
         device = resolve_device(cfg.device or "auto")
@@ -173,16 +176,4 @@ def _cpu_candidates(
 
 
 def _tolerance(cfg: ExportConfig, precision: str) -> Tolerance:
-    base = DEFAULT_TOLERANCES[precision]
-    return Tolerance(
-        min_agreement=_pick(cfg.min_agreement, base.min_agreement),
-        max_df1=_pick(cfg.max_df1, base.max_df1),
-        max_dprob=_pick(cfg.max_dprob, base.max_dprob),
-        max_drecall=_pick(cfg.max_drecall, base.max_drecall),
-        max_dauc=_pick(cfg.max_dauc, base.max_dauc),
-        max_ddice=_pick(cfg.max_ddice, base.max_ddice),
-    )
-
-
-def _pick(value, default):
-    return default if value is None else value
+    return replace(DEFAULT_TOLERANCES[precision], **check_tolerance(cfg.tolerance, "tolerance"))
