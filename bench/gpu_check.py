@@ -144,6 +144,69 @@ def _demote(md: str) -> str:
     return "\n".join("#" + line if line.startswith("#") else line for line in md.splitlines())
 
 
+def _score_lines(score: Any, how: str) -> list[str]:
+    """The summary's section on one `ptxfast score --json` result (nothing without one)."""
+    if not isinstance(score, dict):
+        return []
+    t = score.get("time_s") or {}
+    lat = score.get("latency_ms") or {}
+    gpu = score.get("gpu") or {}
+    lines = [
+        f"## Scoring a DICOM folder end to end (`ptxfast score`{how})",
+        "",
+        f"- {score.get('model')} ({score.get('backend')} {score.get('precision')}) on "
+        f"{score.get('device')}, batch {score.get('batch_size')}, {score.get('workers')} "
+        f"decoding worker(s): {score.get('scored')} scored, {score.get('failed')} failed of "
+        f"{score.get('files')} files",
+        f"- end to end {_f(score.get('images_per_s'), '.1f')} images/s (steady "
+        f"{_f(score.get('steady_images_per_s'), '.1f')}); model only "
+        f"{_f(score.get('model_only_images_per_s'), '.1f')} images/s; ratio "
+        f"{_f(score.get('ratio'), '.2f')}",
+        f"- batch latency p50/p95/p99 {_f(lat.get('p50'), '.1f')}/{_f(lat.get('p95'), '.1f')}/"
+        f"{_f(lat.get('p99'), '.1f')} ms; seconds: setup {_f(score.get('setup_seconds'), '.1f')}, "
+        + ", ".join(f"{k} {v:.2f}" for k, v in t.items()),
+        f"- GPU utilisation {_f(gpu.get('util_mean'), '.0f')}% mean, power "
+        f"{_f(gpu.get('power_mean_w'), '.0f')} W mean",
+    ]
+    outputs = {k: score.get(k) for k in ("masks_written", "segs_written") if k in score}
+    if any(outputs.values()) or score.get("output_errors"):
+        errors = score.get("output_errors") or []
+        lines.append(
+            "- outputs: "
+            + ", ".join(f"{k} {v}" for k, v in outputs.items())
+            + f"; {len(errors)} output error(s)"
+            + (f", first: {errors[0]}" if errors else "")
+        )
+    return lines + [""]
+
+
+def _gpu_tests(xml: Path) -> list[str]:
+    """The GPU-marked tests' counts from pytest's JUnit XML, and the ones that failed."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(xml).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    total = {
+        k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")
+    }
+    passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
+    lines = [
+        "## GPU tests (`pytest -m gpu`)",
+        "",
+        f"- {passed} passed, {total['failures']} failed, {total['errors']} errors, "
+        f"{total['skipped']} skipped of {total['tests']}",
+    ]
+    for case in root.iter("testcase"):
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        if bad is not None:
+            message = (bad.get("message") or "").splitlines()[0][:200] if bad.get("message") else ""
+            lines.append(f"- FAILED {case.get('classname')}::{case.get('name')}: {message}")
+    return lines + [""]
+
+
 def summarize(out: Path, work: Path) -> str:
     """Write OUT/check.json (environment, stages, exports) and OUT/summary.md; return the md."""
     check = _read_json(out / "check.json") or {}
@@ -183,7 +246,7 @@ def summarize(out: Path, work: Path) -> str:
         lines.append(f"| {s['stage']} | {s['status']} | {s['seconds']} | {s['timeout']} |")
     lines.append("")
 
-    for md_name in ("bench-eb3.md", "bench-inductor.md", "bench-rn34.md"):
+    for md_name in ("bench-eb3.md", "bench-inductor.md", "bench-inductor-ro.md", "bench-rn34.md"):
         md = work / md_name
         if md.is_file():
             lines += [_demote(md.read_text()), ""]
@@ -204,29 +267,9 @@ def summarize(out: Path, work: Path) -> str:
             )
         lines.append("")
 
-    score = _read_json(out / "score.json")
-    if isinstance(score, dict):
-        t = score.get("time_s") or {}
-        lat = score.get("latency_ms") or {}
-        gpu = score.get("gpu") or {}
-        lines += [
-            "## Scoring a DICOM folder end to end (`ptxfast score`)",
-            "",
-            f"- {score.get('model')} ({score.get('backend')} {score.get('precision')}) on "
-            f"{score.get('device')}, batch {score.get('batch_size')}, {score.get('workers')} "
-            f"decoding worker(s): {score.get('scored')} scored, {score.get('failed')} failed of "
-            f"{score.get('files')} files",
-            f"- end to end {_f(score.get('images_per_s'), '.1f')} images/s (steady "
-            f"{_f(score.get('steady_images_per_s'), '.1f')}); model only "
-            f"{_f(score.get('model_only_images_per_s'), '.1f')} images/s; ratio "
-            f"{_f(score.get('ratio'), '.2f')}",
-            f"- batch latency p50/p95/p99 {_f(lat.get('p50'), '.1f')}/{_f(lat.get('p95'), '.1f')}/"
-            f"{_f(lat.get('p99'), '.1f')} ms; seconds: setup {_f(score.get('setup_seconds'), '.1f')}, "
-            + ", ".join(f"{k} {v:.2f}" for k, v in t.items()),
-            f"- GPU utilisation {_f(gpu.get('util_mean'), '.0f')}% mean, power "
-            f"{_f(gpu.get('power_mean_w'), '.0f')} W mean",
-            "",
-        ]
+    lines += _score_lines(_read_json(out / "score.json"), "")
+    lines += _score_lines(_read_json(work / "score-outputs.json"), " with --masks and --dicom-seg")
+    lines += _gpu_tests(work / "gputests.xml")
 
     train = _read_json(out / "train.json")
     if isinstance(train, dict) and train.get("rows"):

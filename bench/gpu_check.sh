@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One check of ptxfast on a GPU machine without network access, in under 4 minutes.
+# One check of ptxfast on a GPU machine without network access, in under 6 minutes.
 #
 #   bench/gpu_check.sh OUTDIR            # on an H100/H200 (run from anywhere; it cd's to the repo)
 #   bench/gpu_check.sh OUTDIR --dry      # the same steps on the CPU at tiny sizes (or DRY=1)
@@ -9,20 +9,25 @@
 #   env       nvidia-smi -L and versions -> OUTDIR/check.json
 #   synth     a small DICOM set (64 phantoms at 1024², CANDID-PTX layout)
 #   ckpt      random-init checkpoints of eb3un, eb3un+eb3, rn34un, rn34un+rn34 (training's format)
-#   export    eb3un+eb3 and rn34un+rn34 to TorchScript fp16 (TensorRT too when torch_tensorrt
-#             imports); random weights, so the parity gate is measured but not enforced
+#   gputests  the GPU-marked tests (`pytest -m gpu`), their counts in the summary
+#   export    eb3un+eb3 (with its mask output) and rn34un+rn34 to TorchScript fp16 (TensorRT too
+#             when torch_tensorrt imports); random weights: the gate is measured, not enforced
 #   bench     eb3un+eb3 at 512², batch 1/8/32/64: the artifact, eager fp32/fp16, TorchScript
 #             fp32/fp16, TensorRT (listed with its reason when it cannot run)
 #   score     `ptxfast score` of 8 hard-linked copies of the DICOM folder (512 files) with the
-#             exported artifact, batch 16
+#             exported artifact, batch 16; `score-outputs` again with --masks and --dicom-seg
+#             and the same model labelling at p > 0.49, so every image is positive (the output
+#             threads against a fast model; needs highdicom from .whl/)
 #   train     training images/s, paper recipe (fp32) vs fast path (AMP + channels_last)
 #   inductor  eb3un+eb3 with torch.compile (default mode), in the time left; its compilation
 #             starts in the background after `install` (random init: the same graph, so the same
 #             on-disk inductor/triton caches) and is stopped before `bench`, so no timing overlaps
+#   inductor-ro  the same with mode="reduce-overhead" (CUDA graphs, no autotuning)
 #   rn34      rn34un+rn34 on the same backends, if time is still left
 # OUTDIR gets (flat, at most 8 files): summary.md, check.json, bench-eb3.json,
-# bench-inductor.json, bench-rn34.json, score.json, train.json, log.txt. summary.md is rebuilt
-# after every step, so a run cut short still says what it measured.
+# bench-inductor.json, bench-rn34.json, score.json, train.json, log.txt; the GPU tests' JUnit
+# XML, score-outputs.json and bench-inductor-ro.json stay in WORK and are summarised in
+# summary.md, which is rebuilt after every step, so a run cut short still says what it measured.
 set -u -o pipefail
 
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR [--dry]}
@@ -53,7 +58,7 @@ if [[ $DRY == 1 ]]; then
 else
   DEVICE=cuda SIZE=512 N_DICOM=64 DICOM_SIZE=1024 BATCHES=1,8,32,64 INDUCTOR_BATCHES=1,8,32,64
   WARMUP=5 ITERS=10 REPEATS=2 PARITY=32 STAGE_FILES=24 PRECISION=fp16 SCORE_BATCH=16 SCORE_COPIES=8
-  TRAIN_SIZE=512 TRAIN_BATCH=4 TRAIN_STEPS=10 TRAIN_WARMUP=3 BUDGET=${BUDGET:-225}
+  TRAIN_SIZE=512 TRAIN_BATCH=4 TRAIN_STEPS=10 TRAIN_WARMUP=3 BUDGET=${BUDGET:-330}
   INDUCTOR_LIMIT=${INDUCTOR_LIMIT:-110} THREADS="" SYNTH_WORKERS=8 SCALE=1
 fi
 set +a
@@ -121,10 +126,16 @@ export_both() {
   for name in eb3un+eb3 rn34un+rn34; do
     "$PY" -m ptxfast export --cascade "$name" --runs "$WORK/runs" --out "$WORK/exports" \
       --device "$DEVICE" --backend torchscript --precision "$PRECISION" --parity-n "$PARITY" \
-      "${tol[@]}" 2>&1 | sed -u "s/^/[$name] /" &
+      --return-mask "${tol[@]}" 2>&1 | sed -u "s/^/[$name] /" &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+  # Random init scores every image p = 0.5 (the head starts at zero), below the 0.5 cut-off; the
+  # same model labelled at p > 0.49 makes every image positive, so score-outputs writes a mask
+  # and a DICOM SEG for each.
+  "$PY" -m ptxfast export --cascade eb3un+eb3 --runs "$WORK/runs" --out "$WORK/exports-pos" \
+    --device "$DEVICE" --backend torchscript --precision "$PRECISION" --parity-n "$PARITY" \
+    --return-mask --operating-point threshold=0.49 "${tol[@]}" > /dev/null || rc=$?
   if "$PY" -c "import torch_tensorrt" 2> /dev/null; then
     "$PY" -m ptxfast export --cascade eb3un+eb3 --runs "$WORK/runs" --out "$WORK/exports" \
       --device "$DEVICE" --backend tensorrt --precision fp16 --parity-n "$PARITY" "${tol[@]}" || rc=$?
@@ -134,28 +145,34 @@ export_both() {
   return $rc
 }
 
-score_folder() { # score_folder ARTIFACT
+score_folder() { # score_folder ARTIFACT JSON [SCORE OPTIONS...]
   # SCORE_COPIES hard-linked copies of the synthetic DICOMs: enough batches for a steady rate
   # after the ones decoded ahead (the summary times none from a handful of batches).
-  local artifact=$1 i
-  rm -rf "$WORK/score"
-  for ((i = 1; i <= SCORE_COPIES; i++)); do
-    mkdir -p "$WORK/score/$i" && cp -al "$WORK/dicom/images/." "$WORK/score/$i/" || return 1
-  done
+  local artifact=$1 json=$2 i
+  shift 2
+  if [[ ! -d $WORK/score ]]; then
+    for ((i = 1; i <= SCORE_COPIES; i++)); do
+      mkdir -p "$WORK/score/$i" && cp -al "$WORK/dicom/images/." "$WORK/score/$i/" || return 1
+    done
+  fi
   "$PY" -m ptxfast score "$WORK/score" --out "$WORK/preds.csv" --model "$artifact" \
-    --device "$DEVICE" --batch-size "$SCORE_BATCH" --json "$OUT/score.json" --overwrite
+    --device "$DEVICE" --batch-size "$SCORE_BATCH" --json "$json" --overwrite "$@"
+}
+
+gpu_tests() { # the GPU-marked tests; on a CPU they skip, which the summary says
+  "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml="$WORK/gputests.xml" tests
 }
 
 bench() { # bench NAME ARGS...: ptxfast bench, JSON to OUT (WORK for the precompile)
   local name=$1 dir=$OUT
   shift
-  [[ $name == precompile ]] && dir=$WORK
+  [[ $name == precompile || $name == inductor-ro ]] && dir=$WORK # OUT holds 8 files at most
   "$PY" -m ptxfast bench --device "$DEVICE" --warmup "$WARMUP" --iters "$ITERS" \
     --repeats "$REPEATS" $THREADS "$@" --json "$dir/bench-$name.json" \
     --markdown "$WORK/bench-$name.md"
 }
 
-export -f install_wheels environment export_both score_folder bench
+export -f install_wheels environment export_both score_folder gpu_tests bench
 export OUT WORK SITE PY DRY REPO
 # Inductor compiles for minutes; doing it while the CPU-side steps run leaves its caches warm
 # for the `inductor` step. It is stopped before `bench` so it never shares the GPU with a timing.
@@ -196,12 +213,18 @@ stage export 90 export_both
 precompile_stop
 stage bench 90 bench eb3 --model "$ARTIFACT" --backends "$BACKENDS" --batch-sizes "$BATCHES" \
   --parity-n "$PARITY" --stage-files "$STAGE_FILES"
-stage score 45 score_folder "$ARTIFACT"
+stage score 45 score_folder "$ARTIFACT" "$OUT/score.json"
+stage score-outputs 45 score_folder "$WORK/exports-pos/${ARTIFACT##*/}" "$WORK/score-outputs.json" \
+  --masks "$WORK/masks" --dicom-seg "$WORK/seg"
 stage train 50 "$PY" bench/train_bench.py --arch eb3un,eb3 --size "$TRAIN_SIZE" \
   --batch "$TRAIN_BATCH" --steps "$TRAIN_STEPS" --warmup "$TRAIN_WARMUP" --device "$DEVICE" \
   --json "$OUT/train.json"
+stage gputests 60 gpu_tests
 stage inductor "$INDUCTOR_LIMIT" bench inductor --cascade eb3un+eb3 --runs "$WORK/runs" \
   --backends inductor --batch-sizes "$INDUCTOR_BATCHES" --parity-n 16 --stage-files 0
+stage inductor-ro "$INDUCTOR_LIMIT" bench inductor-ro --cascade eb3un+eb3 --runs "$WORK/runs" \
+  --backends inductor --inductor-mode reduce-overhead --batch-sizes "$INDUCTOR_BATCHES" \
+  --parity-n 16 --stage-files 0
 stage rn34 40 bench rn34 --cascade rn34un+rn34 --runs "$WORK/runs" \
   --backends eager,eager-fp16,torchscript,torchscript-fp16 --batch-sizes "$BATCHES" \
   --parity-n 16 --stage-files 0
