@@ -218,6 +218,7 @@ stage score-outputs 45 score_folder "$WORK/exports-pos/${ARTIFACT##*/}" "$WORK/s
   --masks "$WORK/masks" --dicom-seg "$WORK/seg"
 stage train 50 "$PY" bench/train_bench.py --arch eb3un,eb3 --size "$TRAIN_SIZE" \
   --batch "$TRAIN_BATCH" --steps "$TRAIN_STEPS" --warmup "$TRAIN_WARMUP" --device "$DEVICE" \
+  --modes paper,fast \
   --json "$OUT/train.json"
 stage gputests 60 gpu_tests
 stage inductor "$INDUCTOR_LIMIT" bench inductor --cascade eb3un+eb3 --runs "$WORK/runs" \

@@ -1,9 +1,11 @@
-"""Training throughput: the paper's way (fp32, contiguous) against the fast path (AMP + NHWC).
+"""Training throughput: the paper's way (fp32, contiguous) against NHWC and AMP + NHWC.
 
 Times `ptxfast.training.train_step` (forward, BCE loss, backward, Adam step) on a fixed random
 batch, after warm-up, synchronizing the device around each timed step, and prints images/s
-side by side; `--json PATH` writes the rows. Works on CPU with tiny sizes too (the fast path
-there is bf16 autocast + channels_last, which pays off only on CPUs with bf16 units).
+side by side; `--json PATH` writes the rows. Modes: "paper" (fp32, contiguous), "nhwc" (fp32,
+channels_last: what `ptxfast train` runs on a CPU) and "fast" (AMP + channels_last: what it runs
+on CUDA). Works on CPU with tiny sizes too (there "fast" is bf16 autocast, which pays off only on
+CPUs with bf16 units).
 
     python bench/train_bench.py --arch eb3un --size 512 --batch 4 --device cuda --json out.json
     python bench/train_bench.py --arch rn34,eb3un --size 64 --batch 8 --steps 3   # CPU smoke run
@@ -26,7 +28,7 @@ from ptxfast.files import write_json
 from ptxfast.models import build, kind_of
 from ptxfast.training import Step, train_step
 
-MODES = ("paper", "fast")
+MODES = ("paper", "nhwc", "fast")
 
 
 def _batch(name: str, size: int, batch: int, device: torch.device):
@@ -47,15 +49,16 @@ def bench_one(
     warmup: int,
     amp: str,
 ) -> dict[str, Any]:
-    """images/s of training `name` in `mode` ("paper": fp32 contiguous; "fast": AMP + NHWC)."""
+    """images/s of training `name` in `mode` (one of MODES)."""
     torch.manual_seed(0)
     model = build(name, weights=None).to(device)
     fast = mode == "fast"
+    nhwc = mode in ("nhwc", "fast")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[amp] if fast else None
-    if fast:
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
     kind = "classifier" if kind_of(name) == "cascade" else kind_of(name)
-    step = Step(kind, device, amp_dtype=dtype, channels_last=fast)
+    step = Step(kind, device, amp_dtype=dtype, channels_last=nhwc)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=fast and dtype == torch.float16)
     data = _batch(name, size, batch, device)
@@ -76,7 +79,7 @@ def bench_one(
         "arch": name,
         "mode": mode,
         "precision": amp if fast else "fp32",
-        "memory_format": "channels_last" if fast else "contiguous",
+        "memory_format": "channels_last" if nhwc else "contiguous",
         "size": size,
         "batch": batch,
         "device": str(device),
@@ -100,29 +103,33 @@ def _environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def _cell(modes: dict[str, dict], mode: str) -> str:
+    """images/s of `mode` (with its speed-up over "paper" when both ran)."""
+    r, paper = modes.get(mode), modes.get("paper")
+    if r is None:
+        return "-"
+    text = f"{r['images_per_s']:.1f}" + (f" ({r['precision']})" if mode == "fast" else "")
+    if paper and mode != "paper":
+        text += f" {r['images_per_s'] / paper['images_per_s']:.2f}×"
+    return text
+
+
 def _table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="training throughput (images/s, median step)")
-    for col in ("arch", "size", "batch", "paper fp32", "fast", "speed-up", "peak MiB (fast)"):
+    for col in ("arch", "size", "batch", "paper fp32", "fp32 NHWC", "fast", "peak MiB (fast)"):
         table.add_column(col, justify="left" if col == "arch" else "right")
     by_key: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         by_key.setdefault((r["arch"], r["size"], r["batch"]), {})[r["mode"]] = r
     for (arch, size, batch), modes in by_key.items():
-        paper, fast = modes.get("paper"), modes.get("fast")
-        speed = f"{fast['images_per_s'] / paper['images_per_s']:.2f}×" if paper and fast else "-"
-        mem = fast.get("peak_memory_mib") if fast else None
+        mem = modes["fast"].get("peak_memory_mib") if "fast" in modes else None
         table.add_row(
-            arch,
-            str(size),
-            str(batch),
-            f"{paper['images_per_s']:.1f}" if paper else "-",
-            f"{fast['images_per_s']:.1f} ({fast['precision']})" if fast else "-",
-            speed,
+            arch, str(size), str(batch), *(_cell(modes, m) for m in MODES),
             f"{mem:.0f}" if mem is not None else "-",
-        )
+        )  # fmt: skip
     Console().print(table)
 
 
@@ -139,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=("fp16", "bf16"),
         help="fast-path dtype (default: fp16 on CUDA, bf16 on CPU)",
     )
-    parser.add_argument("--modes", default="paper,fast", help="comma list of paper, fast")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma list of " + ", ".join(MODES)
+    )
     parser.add_argument("--json", help="write the rows and the environment to this file")
     args = parser.parse_args(argv)
 

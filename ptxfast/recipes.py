@@ -66,7 +66,7 @@ class TrainConfig:
     # On a busy machine threads that wait on each other can run slower than one alone.
     threads: int = 0
     amp: str = "fp16"  # CUDA autocast: "fp16" (+ GradScaler), "bf16" or "off"; CPU is always fp32
-    channels_last: bool = True  # NHWC memory format on CUDA (faster convolutions with AMP)
+    channels_last: bool = True  # NHWC memory format (faster convolutions on CUDA and CPU)
     cache_images: bool = False  # keep decoded, resized images in memory across epochs (small runs)
     cache_masks: bool = True  # cascades with cache_images: run the frozen segmenter once per image
     segmenter: str = ""  # cascades: the segmenter checkpoint; "": <runs>/<segmenter name>/best.pt

@@ -348,6 +348,12 @@ def test_cascade_trains_on_a_frozen_segmenter(tmp_path):
 # ---------------------------------------------------------------------------------------- DDP
 
 
+def _flat(parameters) -> torch.Tensor:
+    """The parameters as one vector in their logical order (training keeps them channels_last,
+    which `parameters_to_vector`'s view cannot flatten)."""
+    return torch.cat([p.detach().reshape(-1) for p in parameters])
+
+
 def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) -> None:
     os.environ.update(
         RANK=str(rank),
@@ -365,8 +371,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out: str) ->
 
     def spy(module, *args, **kwargs):  # each rank's own weights after its epoch
         stats = real(module, *args, **kwargs)
-        flat = torch.nn.utils.parameters_to_vector(module.parameters()).detach()
-        torch.save(flat, f"{out}/rank{rank}.pt")
+        torch.save(_flat(module.parameters()), f"{out}/rank{rank}.pt")
         return stats
 
     training.train_one_epoch = spy
@@ -393,9 +398,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     # Different shards, same weights after the step: the gradients were averaged across ranks.
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(rank0, rank1)
-    saved = torch.nn.utils.parameters_to_vector(
-        model_from_checkpoint(cfg.run_dir / "last.pt")[0].parameters()
-    )
+    saved = _flat(model_from_checkpoint(cfg.run_dir / "last.pt")[0].parameters())
     assert torch.equal(saved, rank0)
     assert not list(cfg.run_dir.glob(".*tmp"))
 

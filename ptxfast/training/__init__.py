@@ -1,7 +1,7 @@
 """Training: the loop as small functions wired together.
 
 `train_one_epoch` runs one pass of the recipe's loss (BCE with logits; segmenters may add soft
-Dice) + Adam (AMP and channels_last on CUDA), `evaluate` scores a validation set through the
+Dice) + Adam (channels_last; AMP on CUDA), `evaluate` scores a validation set through the
 fused forward the exported artifact runs, under `torch.inference_mode`, and returns a dict of
 metrics, `fit` wires them together with negative rotation, checkpoints (`last.pt` every epoch,
 `best.pt` by validation F1, ties to the higher ROC-AUC), `summary.csv`, `recipe.toml`,

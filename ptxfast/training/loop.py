@@ -98,7 +98,8 @@ def _setup(cfg: TrainConfig, data: TrainData | None, dist: tuple[int, int, int])
     model, info = build_for_training(cfg)
     cuda = device.type == "cuda"
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.amp) if cuda else None
-    channels_last = cfg.channels_last and cuda
+    # NHWC on CPU too: oneDNN's convolutions train eb3un at 64² 1.8x faster than in NCHW.
+    channels_last = cfg.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if data is None:
         cached = kind_of(cfg.arch) == "cascade" and cfg.cache_images and cfg.cache_masks
