@@ -39,7 +39,15 @@ from ptxfast.export import (
     parse_batch,
     plan,
 )
-from ptxfast.fused import DTYPE_NAMES, Fused, example_input, fuse, quiet_jit, to_torchscript
+from ptxfast.fused import (
+    DTYPE_NAMES,
+    Fused,
+    FusedError,
+    example_input,
+    fuse,
+    quiet_jit,
+    to_torchscript,
+)
 from ptxfast.models import (
     PIXEL_THRESHOLD,
     build,
@@ -247,6 +255,24 @@ def test_changed_schema_falls_back_to_the_frozen_graph(monkeypatch, caplog):
     x = torch.rand(2, 1, S, S)
     with torch.inference_mode():
         torch.testing.assert_close(frozen(x)[0], fused(x)[0], atol=1e-4, rtol=0)
+
+
+class _BakedBatch(torch.nn.Module):
+    """Outputs shaped like Fused's, with the area's batch size read as a Python int: a trace
+    keeps the batch it was traced at."""
+
+    dtype, size = torch.float32, 8
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flatten(1).mean(1), torch.zeros(int(x.shape[0]), dtype=torch.int32)
+
+
+def test_a_graph_that_baked_its_batch_in_is_refused():
+    with pytest.raises(FusedError, match=r"at batch 3 \(area: shape \(2,\) differ\)"):
+        to_torchscript(_BakedBatch(), (2, 2, 3), "cpu", cpu_fusion=False)
+    # The check itself passes a graph that follows the batch (the cascade's, checked at 1 and 2).
+    frozen = to_torchscript(fuse(build("rn34", weights=None).eval(), "rn34", S), (1, 2, 2), "cpu")
+    assert frozen(torch.rand(3, 1, S, S))[0].shape == (3,)
 
 
 @pytest.mark.skipif(not cpu_fusion_available(), reason="this torch has no oneDNN fused conv")
