@@ -30,6 +30,7 @@ from ptxfast.training import (
     load_recipe,
     mirror,
     soft_dice_loss,
+    train_models,
     train_one_epoch,
     train_step,
     training_loss,
@@ -517,3 +518,16 @@ def test_mirror_flips_image_and_mask_together() -> None:
 def test_hflip_must_be_a_probability() -> None:
     with pytest.raises(TrainError, match="hflip"):
         TrainConfig(arch="rn34", hflip=1.5)
+
+
+def test_model_names_orders_segmenters_before_their_cascades():
+    from ptxfast.training.loop import model_names
+
+    assert model_names("eb3un+eb3, eb3un") == ("eb3un", "eb3un+eb3")
+    assert model_names("rn34") == ("rn34",)
+    assert model_names("all") == MODEL_NAMES
+    for bad in ("eb3un,vgg16", "", ","):
+        with pytest.raises(TrainError, match="unknown model"):
+            model_names(bad)
+    with pytest.raises(TrainError, match="fits one architecture"):
+        train_models("eb3un,eb3un+eb3", "quick", weights="w.pt")

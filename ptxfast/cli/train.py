@@ -12,8 +12,9 @@ from ptxfast.cli.app import DIR, PtxfastError, cli, console, option, warnings_sh
 @option(
     "--arch",
     required=True,
-    help="Model name (rn34, eb3, rn34un, eb3un, rn34un+rn34, rn34un+eb3, eb3un+rn34, eb3un+eb3) "
-    "or all (segmenters before their cascades).",
+    help="Model name (rn34, eb3, rn34un, eb3un, rn34un+rn34, rn34un+eb3, eb3un+rn34, eb3un+eb3), "
+    "a comma list of them, or all; several train in one process, segmenters before their "
+    "cascades.",
 )
 @app.data_option("Dataset folder (CANDID-PTX or SIIM-ACR layout).")
 @app.runs_option("Checkpoints and logs go to RUNS/<arch>/.")
@@ -35,7 +36,7 @@ from ptxfast.cli.app import DIR, PtxfastError, cli, console, option, warnings_sh
 )
 @option("--resume", is_flag=True, help="Continue from RUNS/<arch>/last.pt.")
 def train_command(arch, recipe, resume, **overrides) -> None:
-    """Train one of the eight models (or all) with a recipe; writes RUNS/<arch>/best.pt.
+    """Train one of the eight models (several, or all) with a recipe; writes RUNS/<arch>/best.pt.
 
     \b
     Cascades need their segmenter's RUNS/<seg>/best.pt. Under torchrun

@@ -1,7 +1,7 @@
 """The fit: one run's state (`_Run`) moved from epoch to epoch, checkpoints (`last.pt` every
 epoch, `best.pt` by the selection metric, ties to the better tie-breaker), `summary.csv`,
 `recipe.toml`, `result.json`, exact `--resume`, DistributedDataParallel under torchrun (rank 0
-alone writes files and prints), and `train_models` over one model or all eight."""
+alone writes files and prints), and `train_models` over one model, several or all eight."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from ptxfast.training.data import TrainData, load_data, make_loader, prepare
 from ptxfast.training.render import epoch_line, progress_bar, test_line
 from ptxfast.training.step import CascadeOnMasks, Step, evaluate, train_one_epoch
 
-__all__ = ["fit", "train_models"]
+__all__ = ["fit", "model_names", "train_models"]
 
 
 def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
@@ -323,6 +323,21 @@ def _fit(cfg, data, resume, console, dist) -> dict[str, Any]:
     return result
 
 
+def model_names(arch: str) -> tuple[str, ...]:
+    """The models `arch` names (one, a comma list, or "all") in MODEL_NAMES order: classifiers,
+    then segmenters, then the cascades that need them."""
+    if arch == "all":
+        return MODEL_NAMES
+    asked = [a.strip() for a in arch.split(",") if a.strip()]
+    for a in asked or [arch]:
+        if a not in MODEL_NAMES:
+            raise TrainError(
+                f"unknown model {a!r}; choose one of: {', '.join(MODEL_NAMES)}, a comma list "
+                "of them, or all"
+            )
+    return tuple(n for n in MODEL_NAMES if n in asked)
+
+
 def train_models(
     arch: str,
     recipe: str | Path = "paper",
@@ -331,17 +346,16 @@ def train_models(
     console=None,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
-    """Train one model, or all eight (`arch="all"`, segmenters before their cascades).
+    """Train one model, several (`arch="eb3un,eb3un+eb3"`) or all eight (`arch="all"`), in one
+    process (the decoded images are cached once for all of them), segmenters before their
+    cascades.
 
     `overrides` replace recipe settings (data, runs, epochs, size, batch_size, lr, device,
     workers, seed, weights); None values keep the recipe's.
     """
-    if arch != "all" and arch not in MODEL_NAMES:
-        raise TrainError(f"unknown model {arch!r}; choose one of: {', '.join(MODEL_NAMES)} or all")
-    if arch == "all" and overrides.get("weights") not in (None, "imagenet", "none"):
+    names = model_names(arch)
+    if len(names) > 1 and overrides.get("weights") not in (None, "imagenet", "none"):
         raise TrainError("--weights PATH fits one architecture; use it with a single --arch")
-    # MODEL_NAMES lists classifiers, then segmenters, then the cascades that need them.
-    names = MODEL_NAMES if arch == "all" else (arch,)
     recipe_path(recipe)  # a wrong recipe name fails before anything trains
     results = []
     for name in names:
