@@ -11,6 +11,10 @@ interleaved at one batch size (`ptxfast.export.time_predictors`), with label agr
 
 At a size other than the checkpoint's, `--random-init` exports an untrained eb3un+eb3 at that
 size with the CPU default choice first (speed figures; its parity is that of random weights).
+The table also gives each variant's arithmetic rate: the fused graph's floating-point operations
+per image (torch's FlopCounterMode: convolutions and matrix products, 2 per multiply-add) times
+its images/s, against the cores' fp32 FMA peak (cores × clock × FLOPs per cycle, from the CPU's
+vector flags), and what share of that peak 4× eager fp32 would need.
 The markdown table goes to stdout (and `--markdown FILE`, appended).
 """
 
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ptxfast.artifact import latest_artifact
 from ptxfast.environment import versions
@@ -54,6 +59,26 @@ def _default_artifact(args, work: Path) -> Path:
         batch=(1, args.batch, 32),
     )  # fmt: skip
     return export_model(cfg, say=lambda line: print("  " + line, file=sys.stderr)).sidecar_path
+
+
+def _flops_per_image(module: torch.nn.Module, size: int) -> float:
+    """Floating-point operations of one forward pass of `module` on one `size`² image."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(torch.rand(1, 1, size, size))
+    return float(counter.get_total_flops())
+
+
+def _fma_peak(threads: int) -> tuple[float, str]:
+    """(fp32 FLOP/s, how it was reckoned): `threads` cores × the clock /proc/cpuinfo reports ×
+    FLOPs per cycle (two FMA pipes: 64 with AVX-512, 32 with AVX2 + FMA, else 8)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                      if ln.startswith("flags")), []))  # fmt: skip
+    mhz = next((float(ln.split(":", 1)[1]) for ln in info.splitlines()
+                if ln.startswith("cpu MHz")), 0.0)  # fmt: skip
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 8
+    how = f"{threads} cores × {mhz / 1000:.2f} GHz × {per_cycle} fp32 FLOPs/cycle"
+    return threads * mhz * 1e6 * per_cycle, how
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             for k, p in variants.items()
         }
         speeds = time_predictors(list(variants.values()), args.batch, size, args.calls)
+        flops = _flops_per_image(fused, size)
     wall = time.perf_counter() - t0
     ips = dict(zip(variants, speeds, strict=True))
     names = list(variants)
+    peak, peak_how = _fma_peak(args.threads)
     rows = []
     for k in names:
         rows.append(
@@ -118,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 "vs_eager": ips[k] / ips[names[2]],
                 "agreement": parity[k]["agreement"],
                 "max_abs_diff": parity[k]["max_abs_diff"],
+                "gflop_per_s": ips[k] * flops / 1e9,
+                "share_of_fma_peak": ips[k] * flops / peak if peak else None,
             }
         )
     env = versions("cpu")
@@ -129,16 +158,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[0]:.1f} after; {wall:.0f} s\n"
         f"- default artifact: {side.name} (chosen at export: "
         f"{', '.join(_choices(default))})\n"
-        f"- parity: validation split of {args.data} ({n} images) against eager fp32\n\n"
-        "| variant | images/s | × OpenVINO bf16 | × eager fp32 | label agreement | max \\|Δp\\| |\n"
-        "|---|---|---|---|---|---|\n"
+        f"- parity: validation split of {args.data} ({n} images) against eager fp32\n"
+        f"- compute: {flops / 1e9:.2f} GFLOP per image; fp32 FMA peak {peak / 1e9:.0f} GFLOP/s "
+        f"({peak_how})\n\n"
+        "| variant | images/s | × OpenVINO bf16 | × eager fp32 | label agreement | max \\|Δp\\| "
+        "| GFLOP/s | share of FMA peak |\n"
+        "|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
         f"| {r['variant']} | {r['images_per_s']:.1f} | {r['vs_openvino_bf16']:.2f} | "
-        f"{r['vs_eager']:.2f} | {r['agreement']:.2%} | {r['max_abs_diff']:.2g} |"
+        f"{r['vs_eager']:.2f} | {r['agreement']:.2%} | {r['max_abs_diff']:.2g} | "
+        f"{r['gflop_per_s']:.0f} | {_share(r['share_of_fma_peak'])} |"
         for r in rows
     ]
-    text = head + "\n".join(lines) + "\n"
+    four = 4 * ips[names[2]]  # the acceptance's "4× eager fp32"
+    need = (f"4× eager fp32 would be {four:.1f} images/s, "
+            f"{_share(four * flops / peak if peak else None)} of the FMA peak.")  # fmt: skip
+    text = head + "\n".join(lines) + "\n\n" + need + "\n"
     print(text)
     if args.markdown:
         with open(args.markdown, "a") as f:
@@ -146,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {"size": size, "rows": rows})
     return 0
+
+
+def _share(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0%}"
 
 
 def _choices(predictor: Predictor) -> list[str]:
