@@ -330,6 +330,29 @@ def test_lanes_score_the_same_rows_in_order(folder, predictor, scored, tmp_path)
     assert s.model_only_by_config[s.model_only_config] == s.model_only_images_per_s
 
 
+def test_workers_start_from_a_forkserver_once_grpc_is_loaded(folder, predictor, scored, tmp_path):
+    """After Ray (gRPC) ran in this process, decoding workers are not forked from it; the rows
+    are the same. (Ray itself is not needed: a stand-in module marks gRPC as loaded.)"""
+    _, full, _ = scored
+    saved = sys.modules.pop("grpc", None)
+    try:
+        assert decode.start_method() is None
+        sys.modules["grpc"] = type(sys)("grpc")
+        assert decode.start_method() == "forkserver"
+        score.score_folder(
+            folder, tmp_path / "fs.csv", model=predictor, batch_size=4, workers=1,
+            model_only_iters=0,
+        )  # fmt: skip
+    finally:
+        sys.modules.pop("grpc", None)
+        if saved is not None:
+            sys.modules["grpc"] = saved
+    rows = _rows(tmp_path / "fs.csv")
+    assert [r["path"] for r in rows] == [r["path"] for r in full]
+    for a, b in zip(rows, full, strict=True):
+        assert (a["error"], a["label"], a["mask_area"]) == (b["error"], b["label"], b["mask_area"])
+
+
 def test_steady_rate_skips_setup_and_needs_enough_batches():
     marks = [(1.0 + 0.5 * i, 10) for i in range(12)]  # a batch of 10 every 0.5 s from t=1
     # Two batches decoded ahead are left out: 10 batches over the 5 s after the second.

@@ -15,8 +15,10 @@ has no such protection.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -165,6 +167,16 @@ def worker_init(_: int) -> None:
 # ------------------------------------------------------------------------- the loader
 
 
+def start_method() -> str | None:
+    """How decoding workers start: DataLoader's default (fork on Linux), or forkserver once this
+    process has loaded gRPC (Ray's client, after `--engine ray` in the same Python session).
+    gRPC's native threads outlive `ray.shutdown`, and a fork taken while one holds a lock can
+    hang the child; forkserver forks the workers from a clean process instead."""
+    if "grpc" in sys.modules and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return None
+
+
 @dataclass(frozen=True)
 class LoaderSettings:
     """How the decoding workers run."""
@@ -278,5 +290,6 @@ class ResilientLoader:
             persistent_workers=False,
             worker_init_fn=worker_init if s.workers else None,
             timeout=s.timeout if s.workers else 0,
+            multiprocessing_context=start_method() if s.workers else None,
         )
         return iter(dl)
