@@ -146,9 +146,9 @@ def fuse_for_cpu(
     `torch.jit.save` / `torch.jit.load` in a process that has only torch. `example` (one input
     batch of the graph's size, input dtype and layout) is run once to learn the shapes the
     residual adds, SE products and pools need checked; `dtype` is the dtype the graph computes
-    in (default: the example's; a bf16 graph takes float32 images). A graph that already has fused convolutions is
-    left as it is. Call it before the module first runs: a TorchScript method's executor keeps
-    its own copy of the graph from the first call on.
+    in (default: the example's; a bf16 graph takes float32 images). A graph that already has
+    fused convolutions is left as it is. Call it before the module first runs: a TorchScript
+    method's executor keeps its own copy of the graph from the first call on.
     """
     counts = {"convs": 0, "unary": 0, "adds": 0, "pads": 0, "pools": 0, "muls": 0}
     graph = scripted.graph

@@ -98,9 +98,9 @@ def _setup(cfg: TrainConfig, data: TrainData | None, dist: tuple[int, int, int])
     model, info = build_for_training(cfg)
     cuda = device.type == "cuda"
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.amp) if cuda else None
-    # NHWC on CPU too: oneDNN's convolutions train eb3un at 64² 1.8x faster than in NCHW.
-    channels_last = cfg.channels_last
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # NHWC on CPU too: oneDNN's convolutions train eb3un at 64² 1.5x faster than in NCHW.
+    fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
+    model.to(device, memory_format=fmt)
     if data is None:
         cached = kind_of(cfg.arch) == "cascade" and cfg.cache_images and cfg.cache_masks
         # Rank 0 makes splits.csv when it is missing; the others read it once it is there.
@@ -113,7 +113,7 @@ def _setup(cfg: TrainConfig, data: TrainData | None, dist: tuple[int, int, int])
         kind_of(cfg.arch),
         device,
         amp_dtype,
-        channels_last,
+        cfg.channels_last,
         data.segmenter_masks,
         loss=cfg.loss,
         hflip=cfg.hflip,
