@@ -159,8 +159,10 @@ def test_errors_name_the_fix(runs, tmp_path):
         evaluate_runs(tmp_path, models="eb3")
     with pytest.raises(EvalError, match="unknown model 'vgg16'"):
         evaluate_runs(runs, models=["vgg16"])
-    result = CliRunner().invoke(cli, ["evaluate", "--runs", str(tmp_path / "nowhere")])
+    long = tmp_path / ("x" * 90) / "nowhere"  # wider than the 80 columns of a captured console
+    result = CliRunner().invoke(cli, ["evaluate", "--runs", str(long)])
     assert result.exit_code != 0 and "not found" in result.output
+    assert result.output.strip().count("\n") == 0, "an error is one line, unwrapped"
 
 
 def test_index_shows_every_figure_and_file(report):

@@ -154,7 +154,8 @@ def scored(rn34un_artifact, tmp_path_factory):
         "--batch-size", "2", "--workers", "0", "--model-only-iters", "0",
         "--dicom-seg", str(out / "seg"), "--dicom-sr", str(out / "sr"),
     ]  # fmt: skip
-    res = CliRunner().invoke(cli, args)
+    # A wide console: the summary table would wrap "DICOM SR" under long temporary paths.
+    res = CliRunner().invoke(cli, args, env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     with open(out / "preds.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -93,7 +93,10 @@ class PtxfastError(click.ClickException):
     """A user-facing error: one line that says what is wrong and what to do."""
 
     def show(self, file=None) -> None:  # noqa: D102 - rich rendering of click's error
-        console.print(f"[bold red]error:[/] {escape(self.format_message())}", highlight=False)
+        # soft_wrap: one line whatever the width, so a log of a batch job greps whole.
+        console.print(
+            f"[bold red]error:[/] {escape(self.format_message())}", highlight=False, soft_wrap=True
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -128,7 +131,9 @@ def warnings_shown(
 
     def show(message, *args, **kwargs) -> None:
         if speak:
-            console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False)
+            console.print(
+                f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+            )
 
     class _Warn(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
