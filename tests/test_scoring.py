@@ -31,7 +31,7 @@ from pydicom import uid
 from ptxfast import runtime, score
 from ptxfast.cli import cli
 from ptxfast.data import synth
-from ptxfast.score import decode, inputs, ledger, pipeline, speed, writer
+from ptxfast.score import decode, inputs, ledger, pipeline, processes, speed, writer
 
 SIZE = 64
 HEADER = "path,sop_instance_uid,probability,label,mask_area,error"
@@ -191,8 +191,11 @@ def test_masks_and_dicom_seg(scored, folder):
         mask = np.asarray(Image.open(out / "masks" / (r["path"] + ".mask.png")))
         overlay = Image.open(out / "masks" / (r["path"] + ".overlay.png"))
         rows_cols = mask.shape
-        assert set(np.unique(mask)) <= {0, 255} and overlay.mode == "RGB"
+        assert set(np.unique(mask)) <= {0, 255} and overlay.mode == "P"
         assert overlay.size == (rows_cols[1], rows_cols[0])
+        rgb = np.asarray(overlay.convert("RGB"))  # the outline in its colour, on the mask's edge
+        edge = writer._outline(mask > 0)
+        assert np.array_equal(np.all(rgb == writer._OUTLINE_RGB, axis=2), edge) or not edge.any()
         if not r["sop_instance_uid"]:
             continue
         source = pydicom.dcmread(src, force=True, stop_before_pixels=True)
@@ -216,23 +219,25 @@ def test_masks_and_dicom_seg(scored, folder):
 def test_rows_wait_for_their_outputs_and_keep_order(
     scored, folder, predictor, tmp_path, monkeypatch
 ):
-    # Outputs are written by threads; a slow first positive must not reorder rows, and a
-    # positive's row reaches the CSV only once its mask files exist.
+    # Outputs are written by a pool (threads here, so the patch applies); a slow first
+    # positive must not reorder rows, and a positive's row reaches the CSV only once its mask
+    # files exist.
     _, full, _ = scored
-    real = writer.OutputWriter._outputs
+    real = writer.write_outputs
     seen: list[tuple[str, bool]] = []
 
-    def slow(self, rel, meta, prob):
+    def slow(job):
         if not seen:
             time.sleep(0.5)
-        real(self, rel, meta, prob)
+        done = real(job)
         csv_text = (tmp_path / "p.csv").read_text()
-        seen.append((rel, f"\n{rel}," in csv_text))
+        seen.append((job.rel, f"\n{job.rel}," in csv_text))
+        return done
 
-    monkeypatch.setattr(writer.OutputWriter, "_outputs", slow)
+    monkeypatch.setattr(writer, "write_outputs", slow)
     s = score.score_folder(
         folder, tmp_path / "p.csv", model=predictor, batch_size=2, workers=0,
-        masks_dir=tmp_path / "masks", model_only_iters=0,
+        masks_dir=tmp_path / "masks", model_only_iters=0, output_workers=0,
     )  # fmt: skip
     rows = _rows(tmp_path / "p.csv")
     assert [r["path"] for r in rows] == [r["path"] for r in full]
@@ -336,9 +341,9 @@ def test_workers_start_from_a_forkserver_once_grpc_is_loaded(folder, predictor, 
     _, full, _ = scored
     saved = sys.modules.pop("grpc", None)
     try:
-        assert decode.start_method() is None
+        assert processes.start_method() is None
         sys.modules["grpc"] = type(sys)("grpc")
-        assert decode.start_method() == "forkserver"
+        assert processes.start_method() == "forkserver"
         score.score_folder(
             folder, tmp_path / "fs.csv", model=predictor, batch_size=4, workers=1,
             model_only_iters=0,
@@ -471,6 +476,72 @@ def test_scoring_never_imports_the_network_builders(folder, artifact, tmp_path):
     )
     assert run_fresh(code, tmp_path).splitlines()[-1] == "imported: []"
     assert (tmp_path / "p.csv").read_text().startswith(HEADER)
+
+
+def test_output_writing_processes_do_not_load_torch(tmp_path):
+    """What a writing process imports to write masks, SEG and SR leaves torch unloaded
+    (seconds and hundreds of MB in each of them)."""
+    code = (
+        "import sys\n"
+        "from ptxfast.score import writer\n"
+        "writer._ready()\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    assert run_fresh(code, tmp_path).splitlines()[-1] == "torch loaded: False"
+
+
+def test_a_forked_child_never_finalises_the_parents_garbage(tmp_path):
+    """What a decoding or output worker inherits is not collected in it (an ONNX Runtime
+    session of an earlier run, finalised in a child that lacks its threads, hangs there)."""
+    import gc
+
+    marks = tmp_path / "finalised"
+
+    class Owner:
+        def __del__(self):
+            with open(marks, "a") as f:
+                f.write(f"{os.getpid()}\n")
+
+    owner = Owner()
+    owner.cycle = owner
+    del owner  # garbage now, collectable only by the cycle collector
+    with processes.clean_fork():
+        pid = os.fork()
+        if pid == 0:  # the child
+            gc.collect()
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert marks.read_text().split() == [str(os.getpid())]
+
+
+def test_an_output_process_that_dies_stops_the_run_and_resume_finishes(
+    folder, predictor, tmp_path, monkeypatch
+):
+    _all_positive(monkeypatch)
+    expected = [f for f in _inputs(folder) if f not in SKIPPED]
+    real = writer.write_outputs
+    victim = next(f for f in expected[4:] if f.endswith(".dcm"))
+
+    def dies(job):
+        if job.rel == victim:
+            os._exit(3)  # as the kernel's OOM killer would end it
+        return real(job)
+
+    monkeypatch.setattr(writer, "write_outputs", dies)  # forked writers inherit the patch
+    out, masks = tmp_path / "p.csv", tmp_path / "m"
+    options = dict(model=predictor, batch_size=2, workers=0, masks_dir=masks, model_only_iters=0)
+    with pytest.raises(ledger.OutputsLost, match="--resume"):
+        score.score_folder(folder, out, output_workers=1, **options)
+    rows = _rows(out)
+    assert victim not in [r["path"] for r in rows] and len(rows) < len(expected)
+    for r in rows:  # a row in the CSV has its outputs
+        if r["label"] == "1":
+            assert (masks / (r["path"] + ".mask.png")).exists(), r["path"]
+    monkeypatch.setattr(writer, "write_outputs", real)
+    score.score_folder(folder, out, output_workers=1, resume=True, **options)
+    rows = _rows(out)
+    assert [r["path"] for r in rows] == expected
+    assert all((masks / (r["path"] + ".mask.png")).exists() for r in rows if r["label"] == "1")
 
 
 def test_find_inputs_claims_hidden_and_exclusions(folder, tmp_path):
@@ -692,7 +763,12 @@ def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, m
 
     disk = tmp_path / "disk"
     mounted = _tiny_disk(disk, "20k")  # 5 pages: the CSV and a few PNGs, then ENOSPC
+    args = ["--model", str(artifact), "--device", "cpu", "--batch-size", "2", "--workers", "0"]
+    args += ["--threads", "1", "--model-only-iters", "0"]
+    # On the tmpfs the failure happens in an output-writing process and crosses back to the
+    # run as its one-line refusal.
     if not mounted:  # no tmpfs here: the third PNG write fails as a full disk would
+        args += ["--output-workers", "0"]  # threads of this process, which see the patch
         calls = []
         real_save = writer._save_png
 
@@ -704,8 +780,6 @@ def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, m
 
         monkeypatch.setattr(writer, "_save_png", save)
     _all_positive(monkeypatch)
-    args = ["--model", str(artifact), "--device", "cpu", "--batch-size", "2", "--workers", "0"]
-    args += ["--threads", "1", "--model-only-iters", "0"]
     try:
         res = CliRunner().invoke(
             cli,

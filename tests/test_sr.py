@@ -128,16 +128,36 @@ def test_sr_of_a_positive_with_its_seg_and_of_a_negative(tmp_path):
 HEAD_BIAS = -11.85  # the random model's scores of these phantoms straddle its threshold
 
 
-@pytest.fixture(scope="module")
-def scored(rn34un_artifact, tmp_path_factory):
-    """`ptxfast score --dicom-sr --dicom-seg` over phantoms, a PNG and a truncated DICOM."""
+def _score(root: Path, out: Path, artifact: str, *extra: str):
+    """`ptxfast score --masks --dicom-seg --dicom-sr` of `root` into `out`: (rows, summary
+    JSON, printed output)."""
     import csv
     import json
 
     from click.testing import CliRunner
-    from PIL import Image
 
     from ptxfast.cli import cli
+
+    args = [
+        "score", str(root), "--out", str(out / "preds.csv"), "--json", str(out / "s.json"),
+        "--model", artifact, "--device", "cpu", "--batch-size", "2", "--workers", "0",
+        "--model-only-iters", "0", "--masks", str(out / "masks"),
+        "--dicom-seg", str(out / "seg"), "--dicom-sr", str(out / "sr"), *extra,
+    ]  # fmt: skip
+    # A wide console: the summary table would wrap "DICOM SR" under long temporary paths.
+    res = CliRunner().invoke(cli, args, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    with open(out / "preds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, json.loads((out / "s.json").read_text()), res.output
+
+
+@pytest.fixture(scope="module")
+def scored(rn34un_artifact, tmp_path_factory):
+    """`ptxfast score --masks --dicom-sr --dicom-seg` over phantoms, a PNG and a truncated
+    DICOM, with the default output-writing processes."""
+    from PIL import Image
+
     from ptxfast.data import synth
 
     root = tmp_path_factory.mktemp("in")
@@ -148,18 +168,34 @@ def scored(rn34un_artifact, tmp_path_factory):
     bad = F.save(F.image_dataset(F.gray_pixels(64, 64), bits_stored=12), root / "trunc.dcm")
     bad.write_bytes(bad.read_bytes()[:-3000])
     out = tmp_path_factory.mktemp("out")
-    args = [
-        "score", str(root), "--out", str(out / "preds.csv"), "--json", str(out / "s.json"),
-        "--model", str(rn34un_artifact(head_bias=HEAD_BIAS)), "--device", "cpu",
-        "--batch-size", "2", "--workers", "0", "--model-only-iters", "0",
-        "--dicom-seg", str(out / "seg"), "--dicom-sr", str(out / "sr"),
-    ]  # fmt: skip
-    # A wide console: the summary table would wrap "DICOM SR" under long temporary paths.
-    res = CliRunner().invoke(cli, args, env={"COLUMNS": "200"})
-    assert res.exit_code == 0, res.output
-    with open(out / "preds.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return root, out, rows, json.loads((out / "s.json").read_text()), res.output
+    rows, summary, output = _score(root, out, str(rn34un_artifact(head_bias=HEAD_BIAS)))
+    return root, out, rows, summary, output
+
+
+def test_output_threads_write_what_output_processes_write(scored, rn34un_artifact, tmp_path):
+    from PIL import Image
+
+    root, out, rows, summary, _ = scored
+    assert summary["output_workers"] >= 1  # the default: writing processes
+    rows_t, summary_t, _ = _score(
+        root, tmp_path, str(rn34un_artifact(head_bias=HEAD_BIAS)), "--output-workers", "0"
+    )
+    assert summary_t["output_workers"] == 0
+    assert rows_t == rows
+    counts = ("masks_written", "segs_written", "srs_written", "seg_not_dicom", "sr_not_dicom",
+              "names_replaced", "output_errors")  # fmt: skip
+    assert {k: summary_t[k] for k in counts} == {k: summary[k] for k in counts}
+    assert summary["masks_written"] > 0 and summary["srs_written"] > 0
+    for folder in ("masks", "seg", "sr"):
+        names = sorted(p.relative_to(out / folder) for p in (out / folder).rglob("*.*"))
+        assert names == sorted(p.relative_to(tmp_path / folder)
+                               for p in (tmp_path / folder).rglob("*.*")), folder  # fmt: skip
+    for p in (out / "masks").rglob("*.png"):
+        other = tmp_path / "masks" / p.relative_to(out / "masks")
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(other))), p.name
+    for p in (out / "seg").iterdir():
+        a, b = pydicom.dcmread(p), pydicom.dcmread(tmp_path / "seg" / p.name)
+        assert np.array_equal(a.pixel_array, b.pixel_array), p.name
 
 
 def test_every_scored_dicom_has_an_sr_that_matches_its_row(scored, rn34un_artifact):

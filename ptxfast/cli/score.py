@@ -65,6 +65,12 @@ from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
     help="DICOM SR per scored DICOM (finding, probability, model; the SEG of a positive with "
     "--dicom-seg), named like the SEGs.",
 )
+@option(
+    "--output-workers",
+    min=0,
+    help="Processes writing --masks, --dicom-seg and --dicom-sr files [default: one per core, "
+    "at most 8; 0: two threads of the scoring process].",
+)
 @app.json_option("json_path", "Also write the summary as JSON.")
 @option(
     "--model-only-iters",
@@ -105,8 +111,8 @@ from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
 )
 def score_command(
     folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
-    shard, masks_dir, seg_dir, sr_dir, json_path, model_only_iters, engine, address, decoders,
-    actors, eligibility,
+    shard, masks_dir, seg_dir, sr_dir, output_workers, json_path, model_only_iters, engine,
+    address, decoders, actors, eligibility,
 ) -> None:  # fmt: skip
     """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
 
@@ -134,7 +140,8 @@ def score_command(
         config = score.ScoreConfig(
             root=folder, out=out, model=model, device=device, batch_size=batch_size,
             workers=workers, resume=resume, shard=parts, masks_dir=masks_dir,
-            seg_dir=seg_dir, sr_dir=sr_dir, overwrite=overwrite, summary_json=json_path,
+            seg_dir=seg_dir, sr_dir=sr_dir, output_workers=output_workers,
+            overwrite=overwrite, summary_json=json_path,
             exports_dir=exports, lanes=lanes, threads=threads,
             model_only_iters=model_only_iters, engine=engine, ray=ray_options,
             eligibility=eligibility,

@@ -33,7 +33,8 @@ Segmentation referencing its source. PNG/JPEG inputs get PNGs but no SEG (counte
 summary). Both need an artifact exported with its mask output (`--return-mask`). With
 `sr_dir`, every scored DICOM gets `<sr_dir>/<SOPInstanceUID>.dcm`, a DICOM SR (TID 1500) with
 the finding, the probability and the model, referencing the SEG of a positive when `seg_dir`
-is given too; any artifact will do. They are written by two threads while scoring goes on,
+is given too; any artifact will do. They are written by processes while scoring goes on
+(`output_workers`, default one per core up to 8; 0: two threads of the scoring process),
 and a batch's rows reach the CSV once its files exist. Names come from
 `writer.safe_output_path`: an invalid UID or an input path that is not plain names gives a
 hash-named file (counted in `names_replaced`), never a path outside.
@@ -61,14 +62,32 @@ The modules:
   ray_stages.py  the Ray engine's decoder and model actors
 """
 
-from ptxfast.score.config import ScoreConfig, ScoreError
-from ptxfast.score.inputs import Inputs, find_inputs, parse_shard
-from ptxfast.score.ledger import CSV_COLUMNS, read_done
-from ptxfast.score.pipeline import default_workers
-from ptxfast.score.run import score_folder
-from ptxfast.score.summary import ScoreSummary, print_summary
+import importlib
+from typing import TYPE_CHECKING
 
+# Imported when first used: the output-writing processes import ptxfast.score.writer, and
+# that must not load torch (which pipeline and run need) in each of them.
+_FROM = {
+    "ScoreConfig": "config", "ScoreError": "config", "Inputs": "inputs", "find_inputs": "inputs",
+    "parse_shard": "inputs", "CSV_COLUMNS": "ledger", "read_done": "ledger",
+    "default_workers": "pipeline", "score_folder": "run", "ScoreSummary": "summary",
+    "print_summary": "summary",
+}  # fmt: skip
 __all__ = [
     "CSV_COLUMNS", "Inputs", "ScoreConfig", "ScoreError", "ScoreSummary", "default_workers",
     "find_inputs", "parse_shard", "print_summary", "read_done", "score_folder",
 ]  # fmt: skip
+
+if TYPE_CHECKING:
+    from ptxfast.score.config import ScoreConfig, ScoreError
+    from ptxfast.score.inputs import Inputs, find_inputs, parse_shard
+    from ptxfast.score.ledger import CSV_COLUMNS, read_done
+    from ptxfast.score.pipeline import default_workers
+    from ptxfast.score.run import score_folder
+    from ptxfast.score.summary import ScoreSummary, print_summary
+
+
+def __getattr__(name: str):
+    if name in _FROM:
+        return getattr(importlib.import_module(f"ptxfast.score.{_FROM[name]}"), name)
+    raise AttributeError(f"module 'ptxfast.score' has no attribute {name!r}")

@@ -46,6 +46,9 @@ class ScoreConfig:
     masks_dir: Path | None = None  # PNG mask + overlay per positive (needs a mask output)
     seg_dir: Path | None = None  # DICOM SEG per positive DICOM (needs a mask output)
     sr_dir: Path | None = None  # DICOM SR per scored DICOM (any artifact)
+    # Processes writing masks, SEG and SR (local engine); None: `pipeline.default_output_workers`;
+    # 0 writes them on two threads of the scoring process.
+    output_workers: int | None = None
     summary_json: Path | None = None  # the summary as JSON
     exports_dir: Path = Path("exports")  # where `model=None` looks for the newest artifact
     # CPU: torch threads per model lane, and batches the model runs at once; None: one lane
@@ -82,6 +85,8 @@ class ScoreConfig:
             raise ScoreError("--batch-size must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise ScoreError("--workers must be 0 (decode in this process) or more")
+        if self.output_workers is not None and self.output_workers < 0:
+            raise ScoreError("--output-workers must be 0 (threads of this process) or more")
         for value, option in ((self.lanes, "--lanes"), (self.threads, "--threads")):
             if value is not None and value < 1:
                 raise ScoreError(f"{option} must be at least 1")

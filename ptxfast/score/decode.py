@@ -15,10 +15,8 @@ has no such protection.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ptxfast.data.dicom import ImageReadError, NotEligible, load_image, read_dataset
+from ptxfast.data.dicom.info import one_line
 from ptxfast.data.eligibility import DEFAULT_RULE
+from ptxfast.score.processes import clean_fork, start_method
 
 __all__ = ["Batch", "CrashRows", "Files", "LoaderSettings", "Meta", "ResilientLoader", "collate"]
 
@@ -66,16 +66,6 @@ class Batch:
         if self.images is not None:
             self.images = self.images.pin_memory()
         return self
-
-
-def one_line(err: BaseException, path: Path) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    prefix = f"{os.fspath(path)}: "
-    if text.startswith(prefix):  # the row already names the file
-        text = text[len(prefix) :]
-    if not isinstance(err, ImageReadError):
-        text = f"{type(err).__name__}: {text}"
-    return text
 
 
 def _sop_of(path: Path) -> str | None:
@@ -165,16 +155,6 @@ def worker_init(_: int) -> None:
 
 
 # ------------------------------------------------------------------------- the loader
-
-
-def start_method() -> str | None:
-    """How decoding workers start: DataLoader's default (fork on Linux), or forkserver once this
-    process has loaded gRPC (Ray's client, after `--engine ray` in the same Python session).
-    gRPC's native threads outlive `ray.shutdown`, and a fork taken while one holds a lock can
-    hang the child; forkserver forks the workers from a clean process instead."""
-    if "grpc" in sys.modules and "forkserver" in multiprocessing.get_all_start_methods():
-        return "forkserver"
-    return None
 
 
 @dataclass(frozen=True)
@@ -292,4 +272,5 @@ class ResilientLoader:
             timeout=s.timeout if s.workers else 0,
             multiprocessing_context=start_method() if s.workers else None,
         )
-        return iter(dl)
+        with clean_fork():  # the workers start here
+            return iter(dl)

@@ -25,6 +25,7 @@ import torch
 from ptxfast.backends import ONNX_BACKENDS
 from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.score import inputs, speed
+from ptxfast.score.config import ScoreConfig
 from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
 from ptxfast.score.dicom_out import model_identity
 from ptxfast.score.ledger import read_done
@@ -35,6 +36,7 @@ from ptxfast.score.pipeline import (
     OrderedCommitter,
     Waiting,
     cores,
+    default_output_workers,
     default_workers,
     launch,
     parallelism,
@@ -67,7 +69,6 @@ def run(job: Job) -> ScoreSummary:
     lanes, threads = parallelism(dev, config.lanes, config.threads, pooled)
     if threads:
         torch.set_num_threads(threads)  # lane threads started later take this count too
-    _warm(predictor, loader, min(config.batch_size, len(todo)))
     side = predictor.sidecar
     summary = new_summary(
         config, found, todo, job.preds.torn,
@@ -76,18 +77,21 @@ def run(job: Job) -> ScoreSummary:
         workers=workers, threads=torch.get_num_threads(), lanes=lanes,
         operating_point=operating_point(predictor),
         operating_point_detail=(side or {}).get("operating_point"),
+        output_workers=_output_workers(config),
     )  # fmt: skip
     summary.eligibility = {"rule": config.eligibility, "unchecked": 0}
-    writer = OutputWriter(
-        config.root, found.inputs, summary, config.masks_dir, config.seg_dir,
-        model_identity(predictor), sr_dir=config.sr_dir,
-    )  # fmt: skip
-    summary.setup_seconds = time.perf_counter() - job.t_start
-    t_loop = time.perf_counter()
     from ptxfast.telemetry import GpuSampler
 
-    with GpuSampler(dev) as sampler, Lanes(lanes) as pool, writer:
-        scorer.score(loader, pool, writer)
+    # Output-writing processes start here and get ready while the model warms.
+    with OutputWriter(
+        config.root, found.inputs, summary, config.masks_dir, config.seg_dir,
+        model_identity(predictor), sr_dir=config.sr_dir, processes=summary.output_workers,
+    ) as writer:  # fmt: skip
+        _warm(predictor, loader, min(config.batch_size, len(todo)))
+        summary.setup_seconds = time.perf_counter() - job.t_start
+        t_loop = time.perf_counter()
+        with GpuSampler(dev) as sampler, Lanes(lanes) as pool:
+            scorer.score(loader, pool, writer)
     loop = time.perf_counter() - t_loop
     torch.set_num_threads(all_threads)
     summary.worker_restarts = loader.restarts
@@ -103,6 +107,14 @@ def run(job: Job) -> ScoreSummary:
             rate = summary.steady_images_per_s or summary.images_per_s
             speed.shared_core_bound(summary, scorer.decode_cpu / scorer.decoded, cores(), rate)
     return summary
+
+
+def _output_workers(config: ScoreConfig) -> int:
+    """Processes for the run's masks, SEG and SR: as asked, else the default; 0 without any."""
+    if not (config.masks_dir or config.seg_dir or config.sr_dir):
+        return 0
+    asked = config.output_workers
+    return default_output_workers() if asked is None else asked
 
 
 def _warm(predictor, loader: ResilientLoader, batch: int) -> None:

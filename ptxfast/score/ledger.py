@@ -37,7 +37,7 @@ from ptxfast.score.config import ScoreError
 
 __all__ = [
     "CSV_COLUMNS", "CSV_HEADER", "WRITE_ERRNOS", "LedgerBusy", "LedgerError", "LedgerLock",
-    "PredsCsv", "WriteFailed", "read_done", "write_failed",
+    "OutputsLost", "PredsCsv", "WriteFailed", "read_done", "write_failed",
 ]  # fmt: skip
 
 CSV_COLUMNS = ("path", "sop_instance_uid", "probability", "label", "mask_area", "error")
@@ -76,6 +76,14 @@ class WriteFailed(LedgerError):
     def __init__(self, message: str, path: Path) -> None:
         super().__init__(message)
         self.path = path
+
+    def __reduce__(self):  # raised in an output-writing process, re-raised here
+        return type(self), (str(self), self.path)
+
+
+class OutputsLost(LedgerError):
+    """A batch's output files were not written because what writes them died (an
+    output-writing process killed, say for memory); its rows stay out of the CSV."""
 
 
 def is_write_error(err: BaseException) -> bool:

@@ -248,6 +248,15 @@ def default_workers(device: torch.device) -> int:
     return 1 if n > 1 else 0
 
 
+def default_output_workers() -> int:
+    """Processes a local run writes masks, SEG and SR with when none are asked for: one per
+    core, at most 8. A positive's PNGs, SEG and SR cost ~0.2 s of CPU (PNG encoding and
+    pure-Python pydicom/highdicom, which hold the GIL), tens of model passes, so with outputs
+    asked for they set the pace; on two cores two processes scored 1.6× the images/s of two
+    threads (`bench/output_bench.py`, `bench/results/cpu-2core.md`)."""
+    return max(1, min(8, cores()))
+
+
 def parallelism(
     device: torch.device, lanes: int | None, threads: int | None, pooled: bool = False
 ) -> tuple[int, int | None]:

@@ -62,6 +62,7 @@ class ScoreSummary:
     # hash of the input's path (writer.safe_output_path).
     names_replaced: int = 0
     output_errors: list[str] = field(default_factory=list)
+    output_workers: int = 0  # processes that wrote those outputs; 0: threads of the run's process
     skipped_examples: list[str] = field(default_factory=list)
     worker_restarts: int = 0
     seconds: float = 0.0  # wall time of the whole call
@@ -292,7 +293,8 @@ def _outputs(s: ScoreSummary, config: ScoreConfig) -> list[tuple[str, str]]:
             f"{s.names_replaced} input(s) named by a hash of their path (their "
             "SOPInstanceUID or path was not a safe file name)"
         )
-    return [("outputs", "; ".join(outs))]
+    by = f"{s.output_workers} process(es)" if s.output_workers else "threads of this process"
+    return [("outputs", "; ".join(outs) + f" (written by {by})")]
 
 
 def new_summary(config: ScoreConfig, found: Inputs, todo: list[int], torn: bool, **fields):

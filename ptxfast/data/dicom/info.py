@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ImageInfo", "ImageReadError", "NotEligible", "describe", "read_error"]
+__all__ = ["ImageInfo", "ImageReadError", "NotEligible", "describe", "one_line", "read_error"]
 
 
 class ImageReadError(ValueError):
@@ -60,3 +60,15 @@ def describe(exc: BaseException) -> str:
     """An exception as "Type: first line of its message", for error messages."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def one_line(err: BaseException, path: str | os.PathLike) -> str:
+    """`err` as the one-line error of `path`'s row: without the path the row already names,
+    with its type unless it is an `ImageReadError` (whose message is the reason)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    prefix = f"{os.fspath(path)}: "
+    if text.startswith(prefix):  # the row already names the file
+        text = text[len(prefix) :]
+    if not isinstance(err, ImageReadError):
+        text = f"{type(err).__name__}: {text}"
+    return text
