@@ -21,8 +21,8 @@ import torch
 from ptxfast.checkpoint import model_from_checkpoint
 from ptxfast.export.data import dataset_batches
 from ptxfast.export.gate import collect_outputs, compare_outputs
-from ptxfast.fused import fuse
-from ptxfast.runtime import build_predictor
+from ptxfast.inference.fused import fuse
+from ptxfast.inference.runtime import build_predictor
 
 
 def _row(name: str, variant: str, prob: np.ndarray, ref: dict, agreement: float | None) -> str:

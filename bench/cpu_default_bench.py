@@ -2,7 +2,7 @@
 
 For each size: the artifact `ptxfast export` chose on this CPU (loaded as `ptxfast score` loads
 it: `load_predictor` on the newest sidecar), OpenVINO bf16 in throughput mode run directly on an
-ONNX export of the same fused graph (`ptxfast.onnx_graph`), and eager fp32; all timed
+ONNX export of the same fused graph (`ptxfast.inference.onnx_graph`), and eager fp32; all timed
 interleaved at one batch size (`ptxfast.export.time_predictors`), with label agreement and max
 |Δp| against eager fp32 on the dataset's validation split (`ptxfast.metrics.parity`).
 
@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ptxfast.artifact import latest_artifact
 from ptxfast.environment import versions
 from ptxfast.export import (
     ExportConfig,
@@ -42,9 +41,10 @@ from ptxfast.export import (
     time_predictors,
 )
 from ptxfast.files import write_json
-from ptxfast.fused import fuse
-from ptxfast.onnx_graph import openvino_module, to_onnx
-from ptxfast.runtime import Predictor, build_predictor, load_predictor
+from ptxfast.inference.artifact import latest_artifact
+from ptxfast.inference.fused import fuse
+from ptxfast.inference.onnx_graph import openvino_module, to_onnx
+from ptxfast.inference.runtime import Predictor, build_predictor, load_predictor
 from ptxfast.training import write_untrained
 
 

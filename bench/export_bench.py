@@ -1,8 +1,8 @@
 """The fused, frozen TorchScript cascade against the eager fp32 cascade, on the CPU.
 
-Each variant is a `ptxfast.runtime.Predictor` (what scoring runs): eager fp32 (the baseline, as
+Each variant is a `ptxfast.inference.runtime.Predictor` (what scoring runs): eager fp32 (the baseline, as
 a training script would run it), TorchScript fp32 (traced, frozen, channels_last, convolutions
-fused onto oneDNN by `ptxfast.cpu_fusion.fuse_for_cpu`) and TorchScript bf16 (the same graph in bf16),
+fused onto oneDNN by `ptxfast.inference.cpu_fusion.fuse_for_cpu`) and TorchScript bf16 (the same graph in bf16),
 plus, on request, eager bf16 autocast, the frozen graphs without the CPU rewrite ("frozen
 only"), `optimize_for_inference` and inductor. All variants are built and warmed up first, then
 timed interleaved — one call of each in turn, `--iters` rounds — so load that comes and goes on
@@ -34,8 +34,8 @@ from ptxfast.benchmarking.timing import timed_calls
 from ptxfast.environment import resolve_device, versions
 from ptxfast.export import phantom_batches
 from ptxfast.files import write_json
+from ptxfast.inference.runtime import Predictor, build_predictor
 from ptxfast.metrics import parity
-from ptxfast.runtime import Predictor, build_predictor
 
 VARIANTS = {
     # name: (backend, precision, channels_last, optimize_for_inference, cpu_fusion)

@@ -44,8 +44,8 @@ def environment(device: str) -> dict[str, Any]:
     """Versions, the device, and which backends can run there (with the reasons)."""
     import torch
 
-    from ptxfast import runtime, trt
     from ptxfast.environment import resolve_device, versions
+    from ptxfast.inference import runtime, trt
 
     dev = resolve_device(device)
     env = versions(dev)

@@ -65,7 +65,8 @@ def cpu_bf16() -> str | None:
 def versions(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Where and with what a figure was measured: versions of ptxfast and the libraries it runs
     on, the accelerator and its driver, the CPU and its bf16 support, the load."""
-    from ptxfast import __version__, onnx_graph, trt
+    from ptxfast import __version__
+    from ptxfast.inference import onnx_graph, trt
 
     device = torch.device(device)
     cuda = device.type == "cuda"

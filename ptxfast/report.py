@@ -183,7 +183,7 @@ class Model:
 
 
 def _model(summary: dict[str, Any]) -> Model:
-    from ptxfast import artifact
+    from ptxfast.inference import artifact
 
     m = Model(name=summary.get("model"), artifact=summary.get("artifact"))
     parts = [summary.get(k) for k in ("backend", "precision")]

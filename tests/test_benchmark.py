@@ -37,7 +37,7 @@ from ptxfast.benchmarking.timing import (
     timed_calls,
 )
 from ptxfast.cli import cli
-from ptxfast.runtime import Outputs
+from ptxfast.inference.runtime import Outputs
 
 NAME = "rn34un+rn34"
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
@@ -181,7 +181,7 @@ def test_parity_figures_on_constructed_predictions():
 
 
 def test_backends_that_cannot_run_are_listed_with_their_reason(monkeypatch):
-    import ptxfast.runtime as runtime
+    import ptxfast.inference.runtime as runtime
 
     real = runtime.available_backends
 
@@ -262,7 +262,7 @@ def test_variants_that_cannot_be_built_get_rows_that_say_why(monkeypatch):
 
 
 def test_inductor_is_built_by_the_one_builder_in_the_default_mode(monkeypatch):
-    import ptxfast.runtime as runtime
+    import ptxfast.inference.runtime as runtime
     from ptxfast.benchmarking.plan import Source, build_variant
 
     seen = {}
@@ -287,8 +287,8 @@ def test_inductor_is_built_by_the_one_builder_in_the_default_mode(monkeypatch):
 
 
 def test_inductor_predictor_names_its_mode(monkeypatch):
+    from ptxfast.inference.runtime import available_backends, build_predictor
     from ptxfast.models import build
-    from ptxfast.runtime import available_backends, build_predictor
 
     if available_backends("cpu")["inductor"]:
         pytest.skip(available_backends("cpu")["inductor"])

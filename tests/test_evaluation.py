@@ -259,8 +259,8 @@ def test_all_negative_validation_is_a_clear_error(tmp_path):
 def test_scorer_is_the_fused_forward_with_its_logits(name, offline):
     """Evaluation and training score through Fused.forward itself; the logits they also need
     are the ones behind its probabilities, and the tap leaves no hook behind."""
-    from ptxfast.forward import FusedScorer
-    from ptxfast.fused import Fused
+    from ptxfast.inference.forward import FusedScorer
+    from ptxfast.inference.fused import Fused
     from ptxfast.models import kind_of
 
     torch.manual_seed(0)

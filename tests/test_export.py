@@ -16,16 +16,8 @@ from click.testing import CliRunner
 from fresh_process import run_fresh
 
 from ptxfast import CASCADES, MODEL_NAMES
-from ptxfast.artifact import (
-    SIDECAR_FIELDS,
-    ArtifactError,
-    latest_artifact,
-    read_sidecar,
-    verify,
-)
 from ptxfast.checkpoint import checkpoint_header, sha256_file
 from ptxfast.cli import cli
-from ptxfast.cpu_fusion import REWRITE_ATOL, cpu_fusion_available, fuse_for_cpu, is_cpu_fused
 from ptxfast.export import (
     DEFAULT_TOLERANCES,
     PROFILE_DIR,
@@ -39,7 +31,20 @@ from ptxfast.export import (
     parse_batch,
     plan,
 )
-from ptxfast.fused import (
+from ptxfast.inference.artifact import (
+    SIDECAR_FIELDS,
+    ArtifactError,
+    latest_artifact,
+    read_sidecar,
+    verify,
+)
+from ptxfast.inference.cpu_fusion import (
+    REWRITE_ATOL,
+    cpu_fusion_available,
+    fuse_for_cpu,
+    is_cpu_fused,
+)
+from ptxfast.inference.fused import (
     DTYPE_NAMES,
     Fused,
     FusedError,
@@ -48,6 +53,7 @@ from ptxfast.fused import (
     quiet_jit,
     to_torchscript,
 )
+from ptxfast.inference.runtime import PredictorError, load_predictor
 from ptxfast.models import (
     PIXEL_THRESHOLD,
     build,
@@ -55,7 +61,6 @@ from ptxfast.models import (
     segmenter_label,
     segmenter_score,
 )
-from ptxfast.runtime import PredictorError, load_predictor
 from ptxfast.training import write_untrained
 
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
@@ -234,7 +239,7 @@ def test_cpu_rewrite_of_every_model_equals_eager(name):
 def test_changed_schema_falls_back_to_the_frozen_graph(monkeypatch, caplog):
     """A fused convolution whose arguments are not the ones the rewrite writes: no rewrite, one
     logged line, and the plain frozen graph (still equal to eager)."""
-    from ptxfast import cpu_fusion
+    from ptxfast.inference import cpu_fusion
 
     changed = dict(cpu_fusion.POINTWISE_SCHEMAS)
     changed[""] = (*changed[""][:-1], "algorithm_v2")
@@ -245,12 +250,12 @@ def test_changed_schema_falls_back_to_the_frozen_graph(monkeypatch, caplog):
     torch.manual_seed(0)
     model = build("rn34", weights=None).eval()
     fused = fuse(model, "rn34", S)
-    with caplog.at_level("WARNING", logger="ptxfast.cpu_fusion"):
+    with caplog.at_level("WARNING", logger="ptxfast.inference.cpu_fusion"):
         frozen = to_torchscript(fused, (1, 1, 2), "cpu")
         assert not cpu_fusion_available()
     assert not is_cpu_fused(frozen)
     if cpu_fusion._registered():
-        lines = [r.getMessage() for r in caplog.records if r.name == "ptxfast.cpu_fusion"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "ptxfast.inference.cpu_fusion"]
         assert len(lines) == 1 and "plain frozen graph" in lines[0], lines
     x = torch.rand(2, 1, S, S)
     with torch.inference_mode():
@@ -580,7 +585,7 @@ def test_latest_artifact_is_the_newest(exported, tmp_path):
 
 
 def _trt_reason() -> str | None:
-    from ptxfast import trt
+    from ptxfast.inference import trt
 
     return trt.unavailable_reason()
 
@@ -591,7 +596,7 @@ def test_tensorrt_fp16_compiles_passes_parity_and_reloads(runs, tmp_path, path, 
     reason = _trt_reason()
     if reason is not None:
         pytest.skip(reason)
-    from ptxfast import trt
+    from ptxfast.inference import trt
 
     tt = trt.torch_tensorrt_module()
     if path == "ts" and not tt.ENABLED_FEATURES.torchscript_frontend:
@@ -661,7 +666,7 @@ def _segmenter_probs(runs: Path, x: torch.Tensor) -> torch.Tensor:
 
 def test_operating_point_and_hflip_tta_artifact(runs, tmp_path):
     from ptxfast.checkpoint import write_evaluation
-    from ptxfast.operating import describe
+    from ptxfast.inference.operating import describe
 
     x = torch.rand(6, 1, S, S, generator=torch.Generator().manual_seed(11))
     raw = _segmenter_probs(runs, x)
@@ -720,8 +725,8 @@ def test_operating_point_errors_name_the_fix(runs, tmp_path):
 
 
 def test_label_rule_of_old_and_calibrated_sidecars():
+    from ptxfast.inference.operating import LabelRule, label_rule
     from ptxfast.metrics import calibrated
-    from ptxfast.operating import LabelRule, label_rule
 
     # An artifact made before operating points labels at its recorded threshold.
     old = label_rule({"thresholds": {"label": 0.3, "pixel": 0.3}})

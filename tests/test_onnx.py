@@ -18,12 +18,12 @@ import pytest
 import torch
 from fresh_process import run_fresh
 
-from ptxfast.artifact import ArtifactError, read_sidecar
 from ptxfast.export import ExportConfig, ExportError, choose_default, export_model
-from ptxfast.fused import fuse
+from ptxfast.inference.artifact import ArtifactError, read_sidecar
+from ptxfast.inference.fused import fuse
+from ptxfast.inference.onnx_graph import onnxruntime_module, openvino_module, to_onnx
+from ptxfast.inference.runtime import PredictorError, build_predictor, load_predictor
 from ptxfast.models import build
-from ptxfast.onnx_graph import onnxruntime_module, openvino_module, to_onnx
-from ptxfast.runtime import PredictorError, build_predictor, load_predictor
 from ptxfast.training import write_untrained
 
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")

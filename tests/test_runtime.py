@@ -8,11 +8,10 @@ import shutil
 import pytest
 import torch
 
-from ptxfast.cpu_fusion import cpu_fusion_available, is_cpu_fused
 from ptxfast.export import ExportConfig, export_model
-from ptxfast.fused import fuse
-from ptxfast.models import PIXEL_THRESHOLD, build
-from ptxfast.runtime import (
+from ptxfast.inference.cpu_fusion import cpu_fusion_available, is_cpu_fused
+from ptxfast.inference.fused import fuse
+from ptxfast.inference.runtime import (
     BACKENDS,
     Outputs,
     Predictor,
@@ -22,6 +21,7 @@ from ptxfast.runtime import (
     load_predictor,
     require_backend,
 )
+from ptxfast.models import PIXEL_THRESHOLD, build
 
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 S = 64

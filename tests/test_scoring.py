@@ -28,9 +28,10 @@ from fresh_process import run_fresh
 from PIL import Image
 from pydicom import uid
 
-from ptxfast import runtime, score
+from ptxfast import score
 from ptxfast.cli import cli
 from ptxfast.data import synth
+from ptxfast.inference import runtime
 from ptxfast.score import decode, inputs, ledger, pipeline, processes, speed, writer
 
 SIZE = 64
@@ -898,8 +899,8 @@ def test_only_chest_radiographs_get_probabilities(radiology, predictor, tmp_path
 
 
 def test_score_labels_at_the_artifacts_operating_point(artifact, folder, tmp_path):
-    from ptxfast.artifact import read_sidecar
     from ptxfast.export import ExportConfig, export_model
+    from ptxfast.inference.artifact import read_sidecar
 
     side = read_sidecar(artifact)
     ckpt = Path(side["sources"]["checkpoint"]["path"])

@@ -98,7 +98,7 @@ def probabilities(predictor, batches) -> np.ndarray:
 
 def eager_reference(src, device: torch.device, batches, seed: int) -> Reference:
     """Eager fp32 of the source model on `device`, with its probabilities on `batches`."""
-    from ptxfast.runtime import build_predictor
+    from ptxfast.inference.runtime import build_predictor
 
     t0 = time.perf_counter()
     reference = build_predictor(

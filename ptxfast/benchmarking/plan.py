@@ -116,7 +116,7 @@ def _random_init(name: str, size: int, seed: int) -> Source:
 def resolve_source(cfg: BenchConfig, gpu: bool, say: Callable[[str], None]) -> Source:
     """The model `cfg` names: its artifact (`model`), its checkpoint (`name`, from `runs`), or
     without either the newest export in `exports`, else eb3un+eb3 at random init."""
-    from ptxfast.artifact import ArtifactError, latest_artifact, read_sidecar
+    from ptxfast.inference.artifact import ArtifactError, latest_artifact, read_sidecar
 
     if cfg.model is not None and cfg.name is not None:
         raise BenchError("give --model ARTIFACT or --cascade NAME, not both")
@@ -200,7 +200,7 @@ def plan_variants(
     cannot run here stays in the list with its reason (status "unavailable"), and what runs but
     is left out of a default on purpose is "skipped".
     """
-    from ptxfast.runtime import available_backends
+    from ptxfast.inference.runtime import available_backends
 
     gpu = device.type == "cuda"
     default = requested is None
@@ -234,7 +234,7 @@ def plan_variants(
 
 
 def _precision_reason(backend: str, precision: str, device: torch.device) -> str | None:
-    from ptxfast.runtime import PredictorError, check_precision
+    from ptxfast.inference.runtime import PredictorError, check_precision
 
     try:
         check_precision(backend, precision, device)
@@ -246,8 +246,8 @@ def _precision_reason(backend: str, precision: str, device: torch.device) -> str
 def build_variant(variant: str, src: Source, device: torch.device, batch_sizes, cfg: BenchConfig):
     """The predictor of one variant, built on the fly by `runtime.build_predictor` (or loaded,
     for the artifact); `Unavailable` when there is no fp32 model to build it from."""
-    from ptxfast.fused import quiet_jit
-    from ptxfast.runtime import build_predictor, load_predictor
+    from ptxfast.inference.fused import quiet_jit
+    from ptxfast.inference.runtime import build_predictor, load_predictor
 
     if variant == "artifact":
         return load_predictor(src.sidecar, device=device)

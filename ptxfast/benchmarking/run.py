@@ -157,7 +157,7 @@ class _Run:
 
     def variant(self, variant: str, reason: str | None, status: str) -> None:
         """Build, time, compare and break down one variant, or record why it did not run."""
-        from ptxfast.runtime import PredictorError
+        from ptxfast.inference.runtime import PredictorError
 
         base = self._base(variant)
         if reason is not None:

@@ -111,10 +111,10 @@ def export_command(
       ptxfast export --model eb3un --backend torchscript --precision fp32
       ptxfast export --cascade eb3un+eb3 --operating-point recall=0.95 --tta hflip
     """
-    from ptxfast.artifact import ArtifactError
     from ptxfast.export import ExportConfig, ExportError, ParityError, export_model, parse_batch
     from ptxfast.export.render import figures_table, result_tables
-    from ptxfast.runtime import PredictorError
+    from ptxfast.inference.artifact import ArtifactError
+    from ptxfast.inference.runtime import PredictorError
 
     if bool(cascade) == bool(model):
         raise PtxfastError(

@@ -6,7 +6,7 @@ trained at, and writes `metrics.json`, `metrics.csv` and the paper's figures (ma
 confusion matrices, ROC curves, recall vs F1) to the output folder.
 
 Every model is scored through the fused forward its exported artifact runs
-(`ptxfast.forward.FusedScorer`). Labels follow the paper (`models.label_threshold`): classifiers
+(`ptxfast.inference.forward.FusedScorer`). Labels follow the paper (`models.label_threshold`): classifiers
 and cascades call an image positive when its probability is above 0.5; segmenters when more than `models.min_area(size)` pixels are above 0.3 (375 at 512²),
 ranked for ROC-AUC by the k-th largest pixel probability (`models.segmenter_score`), which gives
 the same labels at 0.3. Dice is that of the mask the pipeline reports: the pixels above 0.3 of an

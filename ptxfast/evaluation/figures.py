@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from ptxfast import metrics as M
 from ptxfast import plots
 from ptxfast.evaluation.results import ModelResult
-from ptxfast.forward import FusedScorer
+from ptxfast.inference.forward import FusedScorer
 from ptxfast.models import PIXEL_THRESHOLD
 
 __all__ = ["overlay", "plot_all"]

@@ -1,6 +1,6 @@
 """Scoring one model over one split: the splits decoded once and shared by every model of an
 evaluation, the model run through the fused forward the exported artifact runs
-(`ptxfast.forward.FusedScorer`) with its masks reduced on the device to pixel counts, and the
+(`ptxfast.inference.forward.FusedScorer`) with its masks reduced on the device to pixel counts, and the
 figures (METRIC_KEYS and their 95% CIs) at a threshold."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ptxfast import metrics as M
 from ptxfast.evaluation.results import METRIC_KEYS, EvalError
-from ptxfast.forward import FusedScorer
+from ptxfast.inference.forward import FusedScorer
 
 __all__ = ["Outputs", "SharedData", "figures", "infer", "reported_dice"]
 

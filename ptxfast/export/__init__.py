@@ -1,10 +1,10 @@
 """Export: a trained model → one fused graph (TorchScript, TensorRT FP16, ONNX) → a verified artifact.
 
 `export_model(ExportConfig(...))` reads `runs/<name>/best.pt` (weights only, no code runs), fuses
-the model (`ptxfast.fused`), traces and freezes it or compiles it with TensorRT, saves it to a
+the model (`ptxfast.inference.fused`), traces and freezes it or compiles it with TensorRT, saves it to a
 temporary file, loads that file back and runs it against the eager fp32 model on the validation
 split (or fresh synthetic phantoms) — the parity gate. Only an artifact inside the tolerances is
-moved into place with its sidecar (`ptxfast.artifact`); anything else leaves no file behind.
+moved into place with its sidecar (`ptxfast.inference.artifact`); anything else leaves no file behind.
 
 Profiles (`export/*.toml`) name a backend, precision, device and batch range; command-line
 options override them. Defaults: on CUDA, TensorRT where it can run, else TorchScript (said in
@@ -15,7 +15,7 @@ interleaved calls at the artifact's optimal batch, and the fastest one that pass
 written (`choose_default`); the table of all of them goes into its sidecar (`selection`).
 
 ONNX artifacts (`--backend onnxruntime`, alias `onnx`, or `openvino`) are the fp32 fused graph
-as one `.onnx` file (`ptxfast.onnx_graph`): `<name>.onnx-fp32.onnx` for ONNX Runtime, and
+as one `.onnx` file (`ptxfast.inference.onnx_graph`): `<name>.onnx-fp32.onnx` for ONNX Runtime, and
 `<name>.openvino-<precision>.onnx` for OpenVINO, whose bf16 is a runtime precision (the
 inference-precision hint) over the same fp32 bytes, gated as bf16.
 

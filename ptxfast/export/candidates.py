@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast import cpu_fusion
-from ptxfast.artifact import EXTENSIONS, file_stem
 from ptxfast.export.config import ExportError
 from ptxfast.export.plan import Plan
-from ptxfast.fused import (
+from ptxfast.inference import cpu_fusion
+from ptxfast.inference.artifact import EXTENSIONS, file_stem
+from ptxfast.inference.fused import (
     PRECISIONS,
     FusedError,
     fuse,
@@ -30,7 +30,7 @@ from ptxfast.fused import (
     quiet_jit,
     to_torchscript,
 )
-from ptxfast.runtime import ONNX_BACKENDS, Predictor, PredictorError, onnx_module
+from ptxfast.inference.runtime import ONNX_BACKENDS, Predictor, PredictorError, onnx_module
 
 SELECTION_CALLS = 5  # timed calls of each candidate (after 2 warm-up calls), interleaved
 
@@ -105,7 +105,7 @@ def build_candidate(backend: str, precision: str, job: Build) -> Candidate:
         source = "dtype of the frozen graph's weight constants"
         fusion = {"cpu_fusion": cpu_fusion.describe(loaded)}  # the torch it is bound to
     else:
-        from ptxfast import trt
+        from ptxfast.inference import trt
 
         compiled = trt.compile_fused(
             candidate, size=size, batch=p.batch, device=p.device, dtype=dtype
@@ -136,7 +136,7 @@ def build_candidate(backend: str, precision: str, job: Build) -> Candidate:
 
 def _onnx_candidate(backend: str, precision: str, job: Build, common: dict[str, Any]) -> Candidate:
     """An ONNX Runtime or OpenVINO candidate over the fp32 ONNX export (made once per export)."""
-    from ptxfast import onnx_graph
+    from ptxfast.inference import onnx_graph
 
     start = time.perf_counter()
     model, p, size, out, onnx_file = job.model, job.plan, job.size, job.out, job.onnx_file

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ptxfast.export.config import ExportError, Tolerance
+from ptxfast.inference.runtime import Predictor
 from ptxfast.metrics import dice_from_counts, parity
 from ptxfast.models import PIXEL_THRESHOLD
-from ptxfast.runtime import Predictor
 
 
 @contextmanager

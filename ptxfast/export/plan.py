@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ptxfast import CASCADES, MODEL_NAMES
-from ptxfast.backends import ONNX_BACKENDS, PredictorError, available_backends, check_precision
 from ptxfast.environment import DeviceError, cpu_bf16, resolve_device
 from ptxfast.export.config import (
     DEFAULT_TOLERANCES,
@@ -22,9 +21,15 @@ from ptxfast.export.config import (
     check_tolerance,
     load_profile,
 )
-from ptxfast.fused import TTAS
+from ptxfast.inference.backends import (
+    ONNX_BACKENDS,
+    PredictorError,
+    available_backends,
+    check_precision,
+)
+from ptxfast.inference.fused import TTAS
+from ptxfast.inference.operating import LabelRule
 from ptxfast.models import kind_of
-from ptxfast.operating import LabelRule
 
 BACKENDS = ("tensorrt", "torchscript", "onnxruntime", "openvino")
 
@@ -69,7 +74,7 @@ class Plan:
 
 def plan(cfg: ExportConfig) -> Plan:
     """Resolve profile, options and defaults into one `Plan`; refuse what cannot run here."""
-    from ptxfast import trt
+    from ptxfast.inference import trt
 
     _check_name(cfg.name, cfg.option)
     if cfg.profile:  # the profile fills what the options left open

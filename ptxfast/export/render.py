@@ -12,7 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from ptxfast.export.config import ExportResult
-from ptxfast.operating import describe
+from ptxfast.inference.operating import describe
 
 
 def _two_columns(title: str) -> Table:

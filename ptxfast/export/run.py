@@ -2,7 +2,7 @@
 
 `export_model` wires the parts of this package: the plan, the parity data and the eager fp32
 reference, each candidate built and gated (and timed when there are several), and the chosen
-one moved into place with its sidecar (`ptxfast.artifact.write_artifact`). Anything that fails
+one moved into place with its sidecar (`ptxfast.inference.artifact.write_artifact`). Anything that fails
 leaves no file behind.
 """
 
@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from ptxfast.artifact import read_sidecar, utc_now, write_artifact
 from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
 from ptxfast.environment import versions
 from ptxfast.export.candidates import (
@@ -33,11 +32,12 @@ from ptxfast.export.config import ExportConfig, ExportError, ExportResult, Parit
 from ptxfast.export.data import gate_data
 from ptxfast.export.gate import collect_outputs, compare_outputs, gate
 from ptxfast.export.plan import Plan, plan
-from ptxfast.fused import FusedError, fuse
+from ptxfast.inference.artifact import read_sidecar, utc_now, write_artifact
+from ptxfast.inference.fused import FusedError, fuse
+from ptxfast.inference.operating import OperatingPointError, describe, label_rule
+from ptxfast.inference.operating import resolve as resolve_operating_point
+from ptxfast.inference.runtime import Predictor
 from ptxfast.models import build, cascade_parts, kind_of, thresholds
-from ptxfast.operating import OperatingPointError, describe, label_rule
-from ptxfast.operating import resolve as resolve_operating_point
-from ptxfast.runtime import Predictor
 
 
 def _checkpoint_path(cfg: ExportConfig) -> Path:
@@ -128,7 +128,7 @@ def _probability(operating: dict[str, Any] | None) -> dict[str, Any]:
             "temperature": temp,
             "formula": "sigmoid(logit(p) / temperature) of the graph's raw p",
             # Outside the graph, so every backend returns the same outputs; exact in float64.
-            "computed_by": "the predictor (ptxfast.operating.LabelRule)",
+            "computed_by": "the predictor (ptxfast.inference.operating.LabelRule)",
         }
     return out
 

@@ -22,8 +22,8 @@ from concurrent.futures import Future
 
 import torch
 
-from ptxfast.backends import ONNX_BACKENDS
 from ptxfast.benchmarking.timing import latency_ms
+from ptxfast.inference.backends import ONNX_BACKENDS
 from ptxfast.score import inputs, speed
 from ptxfast.score.config import ScoreConfig
 from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader

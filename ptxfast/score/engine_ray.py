@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from ptxfast import operating
 from ptxfast.benchmarking.timing import latency_ms
+from ptxfast.inference import operating
 from ptxfast.score import inputs, ledger, speed
 from ptxfast.score.config import ScoreError
 from ptxfast.score.ledger import CSV_COLUMNS

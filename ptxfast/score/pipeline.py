@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ptxfast.runtime import pad_batch
+from ptxfast.inference.runtime import pad_batch
 from ptxfast.score.decode import Batch
 from ptxfast.score.writer import wait_outputs
 

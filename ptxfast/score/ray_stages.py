@@ -203,7 +203,7 @@ class Scorer:
         threads: int | None,
         model_only_iters: int,
     ) -> None:
-        from ptxfast import artifact
+        from ptxfast.inference import artifact
 
         if threads:
             torch.set_num_threads(threads)

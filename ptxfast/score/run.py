@@ -78,7 +78,7 @@ def _check_engine(config: ScoreConfig):
     """The Ray options when `engine="ray"` (refused without Ray or with a loaded Predictor)."""
     if config.engine != "ray":
         return None
-    from ptxfast import runtime
+    from ptxfast.inference import runtime
     from ptxfast.score import engine_ray
 
     engine_ray.require_ray()
@@ -94,7 +94,7 @@ def _check_engine(config: ScoreConfig):
 
 def _source(config: ScoreConfig):
     """The Predictor passed in, or the sidecar of the artifact asked for (mask output checked)."""
-    from ptxfast import artifact, runtime
+    from ptxfast.inference import artifact, runtime
 
     if isinstance(config.model, runtime.Predictor):
         if config.wants_masks:
@@ -118,7 +118,7 @@ def _source(config: ScoreConfig):
 
 
 def _predictor(config: ScoreConfig, source):
-    from ptxfast import artifact, runtime
+    from ptxfast.inference import artifact, runtime
 
     if config.engine == "ray":
         try:
@@ -131,7 +131,7 @@ def _predictor(config: ScoreConfig, source):
 
 def load(sidecar, device: str):
     """The artifact's predictor on `device`; its refusals as ScoreError."""
-    from ptxfast import runtime
+    from ptxfast.inference import runtime
 
     try:
         # "auto": the device type the artifact was exported for when it is here, else the CPU.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ptxfast.benchmarking.timing import model_only_images_per_s
-from ptxfast.runtime import pad_batch
+from ptxfast.inference.runtime import pad_batch
 from ptxfast.score.pipeline import cores
 from ptxfast.score.summary import ScoreSummary
 

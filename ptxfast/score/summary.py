@@ -316,7 +316,7 @@ def new_summary(config: ScoreConfig, found: Inputs, todo: list[int], torn: bool,
 
 def operating_point(predictor) -> str:
     """How the predictor labels, in one line (the sidecar's operating point when it has one)."""
-    from ptxfast.operating import describe
+    from ptxfast.inference.operating import describe
 
     if predictor.sidecar is not None:
         return describe(predictor.sidecar)

@@ -1,6 +1,6 @@
 """One step and one pass: how a batch becomes logits and a target (`Step`), the loss, the
 mirror augmentation, `train_step`, `train_one_epoch`, and `evaluate`, which scores through the
-fused forward the exported artifact runs (`ptxfast.forward.FusedScorer`)."""
+fused forward the exported artifact runs (`ptxfast.inference.forward.FusedScorer`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ptxfast.forward import FusedScorer
+from ptxfast.inference.forward import FusedScorer
 from ptxfast.metrics import binary_metrics
 from ptxfast.models import PIXEL_THRESHOLD, label_threshold
 

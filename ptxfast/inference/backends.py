@@ -13,7 +13,7 @@ import shutil
 import torch
 
 from ptxfast.environment import resolve_device
-from ptxfast.fused import PRECISIONS
+from ptxfast.inference.fused import PRECISIONS
 
 BACKENDS = ("eager", "torchscript", "tensorrt", "inductor", "onnxruntime", "openvino")
 ONNX_BACKENDS = ("onnxruntime", "openvino")  # they run the ONNX file of the fused graph
@@ -45,7 +45,7 @@ def _inductor_reason(device: torch.device) -> str | None:
 
 def available_backends(device: str | torch.device | None = "auto") -> dict[str, str | None]:
     """{backend: None if it can run on `device`, else the reason it cannot}."""
-    from ptxfast import onnx_graph, trt
+    from ptxfast.inference import onnx_graph, trt
 
     dev = resolve_device(device)
     openvino = onnx_graph.unavailable_reason("openvino")

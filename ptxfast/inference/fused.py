@@ -18,7 +18,7 @@ get the same probability (the same two terms, summed in the other order).
 Outputs are float32 probabilities and int32 areas whatever the compute dtype, so every backend
 and precision answers in the same types. `to_torchscript` traces it (checked at a second batch
 size, so no batch dimension is baked in), freezes it and keeps channels_last weights; for the
-CPU, `ptxfast.cpu_fusion.fuse_for_cpu` then moves every convolution onto oneDNN with its
+CPU, `ptxfast.inference.cpu_fusion.fuse_for_cpu` then moves every convolution onto oneDNN with its
 activation, residual sum and padding fused into it (1.1–1.2× the frozen graph's speed on
 eb3un+eb3 at 256², one thread), and the rewritten graph is compared with the eager model.
 """
@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ptxfast.cpu_fusion import REWRITE_ATOL, fuse_for_cpu
+from ptxfast.inference.cpu_fusion import REWRITE_ATOL, fuse_for_cpu
 from ptxfast.models import (
     PIXEL_THRESHOLD,
     kind_of,
@@ -227,7 +227,7 @@ def to_torchscript(
     batch dimension in fails here rather than in production.
     Freezing inlines every submodule and folds weights and BatchNorm into constants. On the CPU
     (with `cpu_fusion`, where this torch has oneDNN) the frozen graph is then rewritten by
-    `ptxfast.cpu_fusion.fuse_for_cpu`; with `check`, the rewritten graph must then still give
+    `ptxfast.inference.cpu_fusion.fuse_for_cpu`; with `check`, the rewritten graph must then still give
     the eager probabilities (within `cpu_fusion.REWRITE_ATOL`: fp32 1e-4, bf16 0.15).
     """
     lo, opt, hi = batch

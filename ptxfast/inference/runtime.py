@@ -8,10 +8,10 @@ fused with `return_mask`. It moves and casts the input itself (non_blocking, cha
 - `load_predictor(artifact)` runs an exported artifact after checking its sha256.
 - `build_predictor(backend, model)` makes one on the fly (benchmarks): `eager` (fp32, or autocast
   fp16 on CUDA / bf16), `torchscript` (traced, frozen, channels_last; fp32 / fp16 / bf16; on the
-  CPU rewritten onto fused oneDNN convolutions, `ptxfast.cpu_fusion.fuse_for_cpu`),
+  CPU rewritten onto fused oneDNN convolutions, `ptxfast.inference.cpu_fusion.fuse_for_cpu`),
   `tensorrt` (FP16 via Torch-TensorRT), `inductor` (`torch.compile`), `onnxruntime` and
-  `openvino` (the fused graph exported to ONNX, `ptxfast.onnx_graph`; OpenVINO fp32 or bf16).
-- `available_backends(device)` (`ptxfast.backends`) says which can run here and, for the
+  `openvino` (the fused graph exported to ONNX, `ptxfast.inference.onnx_graph`; OpenVINO fp32 or bf16).
+- `available_backends(device)` (`ptxfast.inference.backends`) says which can run here and, for the
   others, what is missing.
 """
 
@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from ptxfast import MODEL_NAMES
-from ptxfast.artifact import ArtifactError, Sidecar, read_sidecar, verify
-from ptxfast.backends import (
+from ptxfast.environment import DeviceError, resolve_device
+from ptxfast.inference.artifact import ArtifactError, Sidecar, read_sidecar, verify
+from ptxfast.inference.backends import (
     BACKENDS,
     ONNX_BACKENDS,
     PredictorError,
@@ -35,12 +36,23 @@ from ptxfast.backends import (
     check_precision,
     require_backend,
 )
-from ptxfast.cpu_fusion import cpu_fusion_available, fuse_for_cpu, is_cpu_fused, torch_mismatch
-from ptxfast.environment import DeviceError, resolve_device
-from ptxfast.fused import DTYPE_NAMES, PRECISIONS, fuse, input_dtype, quiet_jit, to_torchscript
+from ptxfast.inference.cpu_fusion import (
+    cpu_fusion_available,
+    fuse_for_cpu,
+    is_cpu_fused,
+    torch_mismatch,
+)
+from ptxfast.inference.fused import (
+    DTYPE_NAMES,
+    PRECISIONS,
+    fuse,
+    input_dtype,
+    quiet_jit,
+    to_torchscript,
+)
+from ptxfast.inference.operating import LabelRule, label_rule
 from ptxfast.models import kind_of
 from ptxfast.models import thresholds as model_thresholds
-from ptxfast.operating import LabelRule, label_rule
 
 
 class Outputs(NamedTuple):
@@ -218,7 +230,7 @@ def load_predictor(
 
     device "auto": the device type the artifact was exported for when it is here, else the CPU.
     TorchScript files load with `torch.jit.load`. CPU artifacts are exported with their
-    convolutions already fused onto oneDNN (`ptxfast.cpu_fusion.fuse_for_cpu`) and run only under
+    convolutions already fused onto oneDNN (`ptxfast.inference.cpu_fusion.fuse_for_cpu`) and run only under
     the torch release that fused them (the sidecar's `cpu_fusion.torch`; another one is refused:
     re-export); one exported unfused is rewritten here on load when it runs on the CPU
     (`cpu_fusion`, on by default: exact in fp32 and faster in every case measured). `optimize`
@@ -259,7 +271,7 @@ def _require_runnable(sidecar: Sidecar, file: Path, dev: torch.device) -> None:
     """Refuse, before loading, an artifact this machine or this torch cannot run."""
     backend, precision = sidecar["backend"], sidecar["precision"]["requested"]
     if backend == "tensorrt":
-        from ptxfast import trt
+        from ptxfast.inference import trt
 
         reason = trt.unavailable_reason(dev)
         if reason is not None:
@@ -288,7 +300,7 @@ def _load_module(sidecar: Sidecar, file: Path, dev: torch.device):
     backend = sidecar["backend"]
     try:
         if backend == "tensorrt":
-            from ptxfast import trt
+            from ptxfast.inference import trt
 
             return trt.load(file, sidecar["path"], dev)
         if backend in ONNX_BACKENDS:
@@ -344,8 +356,8 @@ def _ready_torchscript(
 def onnx_module(
     backend: str, file: Path, precision: str, runtime: dict[str, Any], device: torch.device
 ):
-    """The runtime callable over an ONNX file (`ptxfast.onnx_graph`); errors as PredictorError."""
-    from ptxfast import onnx_graph
+    """The runtime callable over an ONNX file (`ptxfast.inference.onnx_graph`); errors as PredictorError."""
+    from ptxfast.inference import onnx_graph
 
     try:
         if backend == "onnxruntime":
@@ -404,7 +416,7 @@ def build_predictor(
     max-autotune-no-cudagraphs on GPU, the default on CPU). `size` defaults to the checkpoint's.
     `optimize`: torchscript only, `torch.jit.optimize_for_inference` on the frozen graph.
     `cpu_fusion`: torchscript on the CPU, rewrite the frozen graph onto fused oneDNN convolutions
-    (`ptxfast.cpu_fusion.fuse_for_cpu`; off only to measure what it brings). `onnx_file`
+    (`ptxfast.inference.cpu_fusion.fuse_for_cpu`; off only to measure what it brings). `onnx_file`
     (onnxruntime / openvino): run this ONNX export of the same model when it exists, else
     export there, so several runtimes share one export; None: a temporary file.
     `inductor_mode` (inductor): a torch.compile mode ("default", "max-autotune", ...) instead of
@@ -471,7 +483,7 @@ def _compiled(
                 scripted = torch.jit.optimize_for_inference(scripted)
         return scripted, "trace+optimized" if optimize else "trace"
     if backend == "tensorrt":
-        from ptxfast import trt
+        from ptxfast.inference import trt
 
         compiled = trt.compile_fused(
             fused, size=fused.size, batch=batch, device=dev, dtype=fused.dtype
@@ -495,7 +507,7 @@ def _onnx_predictor(
     """Export the fp32 fused graph to ONNX (or reuse `onnx_file`) and run it in `backend`."""
     import tempfile
 
-    from ptxfast import onnx_graph
+    from ptxfast.inference import onnx_graph
 
     fused = fuse(model, name, size, device="cpu", return_mask=return_mask, channels_last=False)
     try:

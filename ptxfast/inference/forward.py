@@ -1,4 +1,4 @@
-"""Scoring through the artifact's forward: `ptxfast.fused.Fused` run eagerly, plus its logits.
+"""Scoring through the artifact's forward: `ptxfast.inference.fused.Fused` run eagerly, plus its logits.
 
 Training's validation and `ptxfast evaluate` score a model exactly as its exported graph does,
 through the same `Fused.forward` (the per-kind image probability, the mask above
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ptxfast.fused import Fused
+from ptxfast.inference.fused import Fused
 from ptxfast.models import segmenter_score
 
 __all__ = ["FusedScorer", "Scores"]

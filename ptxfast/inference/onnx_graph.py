@@ -1,6 +1,6 @@
 """The fused graph as one ONNX file, and the two runtimes that run it: ONNX Runtime and OpenVINO.
 
-`to_onnx(fused, path)` writes the same `ptxfast.fused.Fused` graph the TorchScript artifact
+`to_onnx(fused, path)` writes the same `ptxfast.inference.fused.Fused` graph the TorchScript artifact
 holds (normalisation inside; segmenter → sigmoid mask → concat → classifier; probability, area
 and, for segmenters and cascades, the mask) with a symbolic batch dimension, as one file that
 `onnx.checker` accepts. The TorchScript-based exporter (`dynamo=False`, opset 18) is tried
@@ -14,7 +14,7 @@ the predictor hands it to callers only when the artifact was exported with `--re
 
 `onnxruntime_module` and `openvino_module` wrap a file in a callable with the TorchScript
 module's signature (a torch batch N×1×S×S in, a tuple of torch tensors out), so
-`ptxfast.runtime.Predictor` runs them like any backend:
+`ptxfast.inference.runtime.Predictor` runs them like any backend:
 
 - ONNX Runtime: the CPU execution provider, or the TensorRT / CUDA execution providers first
   when the installed onnxruntime has them and a GPU is asked for; the providers in use are
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast.fused import Fused, example_input
+from ptxfast.inference.fused import Fused, example_input
 
 OPSET = 18
 INPUT_NAME = "image"
