@@ -3,7 +3,7 @@ seed, on every CPU.
 
 The references in tests/pins/synth.npz were computed once and are kept, so a refactor of the
 drawing or of the DICOM writer cannot change a phantom, a mask or a file unnoticed. They are
-compared the way `pinning` describes: pixels by a tile sketch that tolerates one grey level
+compared the way `float_checks` describes: pixels by a tile sketch that tolerates one grey level
 of rounding in a few pixels, masks exactly but for threshold flips on their edge, findings and
 headers exactly but for last-bit float noise. numpy's float kernels differ in the last bit
 between SIMD levels (AVX-512, AVX2, baseline), which moves exactly that much; `.ci/run` runs
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pinning import (
+from float_checks import (
     MASK_FLIPS,
     PIXEL_FLIPS,
     image_problems,

@@ -1,5 +1,6 @@
-"""Pinned references that hold on every CPU: images, masks and values compared with a tolerance
-that covers the last-bit differences of the CPU's float kernels and nothing more.
+"""Comparisons of float results that hold on every CPU: pinned images, masks and values, and
+pixel counts at a threshold, with a tolerance that covers the last-bit differences of the
+CPU's float kernels and nothing more.
 
 numpy picks its math kernels (sin, exp, tanh, power ...) by the CPU's SIMD level, and the
 AVX-512, AVX2 and baseline kernels round differently in the last bit. Computed pixels then
@@ -18,6 +19,10 @@ one pixel, one more vessel, a shifted mask) still fails:
 - numbers are compared with a relative tolerance of `REL`, everything else exactly.
 
 The references live in one small .npz file: `save_pins` writes it, `load_pins` reads it.
+
+Runtimes differ the same way: oneDNN, ONNX Runtime and OpenVINO pick their kernels by the CPU
+and the batch, so a probability map agrees within a tolerance, and the count of its pixels
+above a threshold agrees but for the pixels within that tolerance of it (`area_slack`).
 """
 
 from __future__ import annotations
@@ -131,6 +136,15 @@ def value_problems(
     elif got == want:
         return []
     return [f"{what}: {got!r} != pinned {want!r}"]
+
+
+def area_slack(mask: object, tol: float) -> np.ndarray:
+    """Per image of an (N, ...) probability map: the pixels within `tol` of the pixel threshold,
+    the most an area counted from a map that agrees within `tol` may differ by."""
+    from ptxfast.models import PIXEL_THRESHOLD
+
+    near = np.abs(np.asarray(mask, dtype=np.float64) - PIXEL_THRESHOLD) <= tol
+    return near.reshape(near.shape[0], -1).sum(axis=1)
 
 
 def save_pins(path: Path, doc: dict, arrays: dict[str, np.ndarray]) -> None:
