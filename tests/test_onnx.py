@@ -1,7 +1,7 @@
 """ONNX: the fused graph as one .onnx file, run by ONNX Runtime and OpenVINO like any backend.
 
 A classifier, a segmenter and a cascade at 64² (random init) give eager fp32's probabilities
-within 1e-4 and its areas exactly, at batch 1 and 3 (the file is exported at batch 2, so a
+within 1e-4 and its areas but for pixels that close to the threshold, at batch 1 and 3 (the file is exported at batch 2, so a
 baked-in batch fails); the artifact runs in a process that imports only onnxruntime and numpy;
 a modified file is refused; a missing runtime is one line naming what to install; the CPU
 default choice keeps the fastest candidate that passes its gate.
@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from float_checks import area_slack
 from fresh_process import run_fresh
 
 from ptxfast.export import ExportConfig, ExportError, choose_default, export_model
@@ -53,15 +54,24 @@ def _inputs() -> dict[int, torch.Tensor]:
     return {n: torch.rand(n, 1, S, S, generator=g) for n in (1, 3)}
 
 
-def _close(got, want) -> None:
-    assert float((got[0] - want[0]).abs().max()) <= 1e-4
-    assert torch.equal(got[1], want[1])
+PROB_TOL = 1e-4  # the runtimes' kernels differ from eager fp32's in the last bits
+
+
+def _close(got, want, mask: torch.Tensor | None) -> None:
+    """Probabilities within PROB_TOL, areas equal but for the pixels of the reference's
+    probability map `mask` (None: no mask, area -1) within PROB_TOL of the threshold."""
+    assert float((got[0] - want[0]).abs().max()) <= PROB_TOL
+    slack = 0 if mask is None else torch.from_numpy(area_slack(mask, PROB_TOL))
+    assert ((got[1] - want[1]).abs() <= slack).all(), (got[1], want[1], slack)
 
 
 @pytest.mark.parametrize("name", ["rn34", "rn34un"])
 def test_classifier_and_segmenter_run_in_both_runtimes(name, tmp_path):
     torch.manual_seed(1)
-    fused = fuse(build(name, weights=None), name, S, channels_last=False)
+    model = build(name, weights=None)
+    fused = fuse(model, name, S, channels_last=False)
+    segmenter = name == "rn34un"
+    with_mask = fuse(model, name, S, channels_last=False, return_mask=True) if segmenter else None
     info = to_onnx(fused, tmp_path / "m.onnx")
     assert info["opset"] == 18 and info["exporter"] in ("torchscript", "dynamo")
     assert info["outputs"] == (["prob", "area"] if name == "rn34" else ["prob", "area", "mask"])
@@ -70,10 +80,11 @@ def test_classifier_and_segmenter_run_in_both_runtimes(name, tmp_path):
     for n, x in _inputs().items():
         with torch.inference_mode():
             want = fused(x)
+            mask = with_mask(x)[2] if with_mask else None
         for module in runtimes:
             got = module(x)
             assert got[0].shape == (n,) and got[1].dtype == torch.int32
-            _close(got, want)
+            _close(got, want, mask)
 
 
 def test_cascade_artifact_matches_eager_in_both_runtimes(cascade_artifact, runs):
@@ -83,9 +94,13 @@ def test_cascade_artifact_matches_eager_in_both_runtimes(cascade_artifact, runs)
     assert side["runtime"]["providers"][-1] == "CPUExecutionProvider"
     assert side["input"]["channels_last"] is False and side["parity"]["passed"]
     parity = side["parity"]
-    assert parity["max_abs_diff"] <= 1e-4 and parity["max_abs_delta_area"] == 0
-    assert parity["delta_dice"] == 0.0  # the ONNX graph carries the mask, so Dice is measured
-    reference = build_predictor("eager", runs / "rn34un+rn34" / "best.pt", device="cpu")
+    # A pixel or two on the threshold may count differently in ONNX Runtime than in eager.
+    assert parity["max_abs_diff"] <= 1e-4 and parity["max_abs_delta_area"] <= 2
+    # The ONNX graph carries the mask, so Dice is measured.
+    assert parity["delta_dice"] is not None and abs(parity["delta_dice"]) < 0.01
+    reference = build_predictor(
+        "eager", runs / "rn34un+rn34" / "best.pt", device="cpu", return_mask=True
+    )
     ort = load_predictor(cascade_artifact)
     assert (ort.backend, ort.device.type, ort.return_mask) == ("onnxruntime", "cpu", False)
     ov = openvino_module(side.model_path, threads=1)
@@ -93,8 +108,8 @@ def test_cascade_artifact_matches_eager_in_both_runtimes(cascade_artifact, runs)
         want = reference(x)
         got = ort(x)
         assert got.mask is None
-        _close(got, want)
-        _close(ov(x), want)
+        _close(got, want, want.mask)
+        _close(ov(x), want, want.mask)
 
 
 def test_onnx_runs_in_a_process_with_only_onnxruntime(cascade_artifact, tmp_path):

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from float_checks import area_slack
 
 from ptxfast.export import ExportConfig, export_model
 from ptxfast.inference.cpu_fusion import cpu_fusion_available, is_cpu_fused
@@ -142,7 +143,12 @@ def test_strict_batch_range_pads_and_splits(model, x):
     out, ref = ranged(big), direct(big)
     assert seen == [2, 2, 2, 2]  # three full chunks and one padded from 1 to 2
     torch.testing.assert_close(out.prob, ref.prob, atol=1e-5, rtol=0)
-    assert out.prob.shape == (7,) and torch.equal(out.area, ref.area)
+    # oneDNN may pick other kernels for a batch of 2 than of 7: areas agree but for pixels
+    # within the probabilities' tolerance of the threshold.
+    with torch.inference_mode():
+        mask = fuse(model, NAME, S, return_mask=True)(big)[2]
+    slack = torch.from_numpy(area_slack(mask, 1e-5))
+    assert out.prob.shape == (7,) and ((out.area - ref.area).abs() <= slack).all()
 
 
 def test_load_predictor_runs_the_artifact(tmp_path, x):

@@ -2,7 +2,7 @@
 the pose that maps the anatomy coordinates every drawing stage uses onto the image.
 
 Pure functions over float32 arrays; every stage of the phantom builds on them, so a change
-here moves every pixel (the pinned checksums in tests/test_synth_pinned.py say so).
+here moves every pixel (the pinned phantoms in tests/test_synth_pinned.py say so).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """`make_phantom`: one frontal chest radiograph, its pneumothorax masks and its findings.
 
 The stages run in a fixed order, each drawing from the generator in turn, so the same seed
-gives the same bytes (tests/test_synth_pinned.py pins them): the posed chest, the attenuation
-map part by part, the pneumothoraces' extent, the tone curve, the lung markings, the grey
-scale, the full-resolution pneumothoraces, the confounders, the detector noise.
+gives the same picture (tests/test_synth_pinned.py pins it; CPUs of other SIMD levels round a
+few pixels one grey level apart): the posed chest, the attenuation map part by part, the
+pneumothoraces' extent, the tone curve, the lung markings, the grey scale, the full-resolution
+pneumothoraces, the confounders, the detector noise.
 """
 
 from __future__ import annotations
