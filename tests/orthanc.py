@@ -8,9 +8,12 @@ titles given, calling from 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -43,6 +46,12 @@ def require() -> tuple[str, str]:
             "Debian's orthanc and orthanc-dicomweb are not installed (.ci/run installs them)"
         )
     return binary, plugin
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, however it dies."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -81,7 +90,10 @@ class Orthanc:
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "wb")
         self.proc = subprocess.Popen(
-            [binary, str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT
+            [binary, str(folder / "orthanc.json")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 30
         while True:

@@ -318,3 +318,56 @@ def test_send_targets_are_parsed_or_refused():
         with pytest.raises(pacs.PacsError):
             senders.parse_target(bad)
     assert pacs.redact("https://u:p@h:8443/dicom-web?token=x#f") == "https://h:8443/dicom-web"
+
+
+def test_credentials_environment_first_then_netrc(tmp_path, monkeypatch):
+    for var in (pacs.TOKEN_ENV, pacs.USER_ENV, pacs.PASSWORD_ENV, "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine pacs.example login bob password from-netrc\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    url = "https://pacs.example/dicom-web"
+    assert pacs.session(url).auth == ("bob", "from-netrc")
+    assert pacs.session("https://elsewhere/dicom-web").auth is None  # netrc is per host
+    monkeypatch.setenv(pacs.USER_ENV, "carol")
+    monkeypatch.setenv(pacs.PASSWORD_ENV, "pw")
+    assert pacs.session(url).auth == ("carol", "pw")
+    monkeypatch.setenv(pacs.TOKEN_ENV, "tok")
+    s = pacs.session(url)
+    assert s.auth is None and s.headers["Authorization"] == "Bearer tok"
+    assert s.verify is True  # TLS verified by default
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert pacs.session(url, ca).verify == str(ca)
+
+
+def test_server_text_is_one_printable_line():
+    import requests
+
+    response = requests.Response()
+    response.status_code, response.reason = 500, "Bad\x1b[31m\nthing"
+    err = requests.HTTPError(response=response)
+    assert pacs.describe_failure(err) == "HTTP 500 Bad?[31m thing"
+    response.status_code = 401
+    assert "netrc" in pacs.describe_failure(requests.HTTPError(response=response))
+
+
+def test_pacs_options_refused_before_any_work(tmp_path):
+    from ptxfast.score import ScoreConfig, ScoreError
+
+    def check(root, **kw):
+        ScoreConfig(root, tmp_path / "p.csv", pacs=pacs.PacsOptions(**kw)).check()
+
+    with pytest.raises(ScoreError, match="add --dicom-sr DIR"):
+        check(tmp_path, send=("dicom://A@h:104",))
+    with pytest.raises(ScoreError, match="give its URL"):
+        check(tmp_path, studies=("1.2.3",))
+    with pytest.raises(ScoreError, match="not a DICOM UID"):
+        check("http://h/dicom-web", studies=("../1",))
+    with pytest.raises(ScoreError, match="YYYYMMDD"):
+        check("http://h/dicom-web", since="2024-01-01")
+    config = ScoreConfig("https://h:8443/dicom-web/", tmp_path / "p.csv")
+    assert config.url == "https://h:8443/dicom-web/" and config.root == tmp_path / "p.csv.fetching"
+    with pytest.raises(ScoreError, match="--engine local"):
+        ScoreConfig("https://h/dicom-web", tmp_path / "p.csv", engine="ray").check()

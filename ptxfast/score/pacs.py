@@ -194,7 +194,7 @@ def describe_failure(err: BaseException) -> str:
 
     status = _status(err)
     if status is not None:
-        reason = getattr(err.response, "reason", "") or ""
+        reason = _printable(getattr(err.response, "reason", "") or "")
         text = f"HTTP {status} {reason}".strip()
         if status in (401, 403):
             text += (
@@ -208,5 +208,11 @@ def describe_failure(err: BaseException) -> str:
         return "connection refused or host unreachable"
     if isinstance(err, requests.Timeout):
         return "no answer in time"
-    text = " ".join(str(err).split())[:200]
+    text = _printable(str(err))
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Text a server sent (a reason phrase, an error), as one line of printable ASCII: it
+    reaches a terminal and a CSV cell, where control characters could act."""
+    return re.sub(r"[^\x20-\x7e]", "?", " ".join(text.split()))[:limit]

@@ -174,7 +174,10 @@ def _c_store(target: Target, options: PacsOptions) -> Callable[[list], set[str]]
             ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         assoc = ae.associate(target.host, target.port, ae_title=target.aet)
         if not assoc.is_established:
-            raise ConnectionError("association not accepted")
+            raise ConnectionError(
+                f"no association with {target.aet} (refused or no answer: check the AE "
+                f"title, host and port, and that it accepts {options.ae_title} from here)"
+            )
         refused = set()
         try:
             for ds in datasets:
