@@ -3,10 +3,10 @@ inside the decoding workers, and a spool folder holds each fetched file only unt
 in the CSV.
 
 Finding. `--study UID` names studies; without it the studies whose ModalitiesInStudy include
-CR, DX or DR (every study with `--eligibility off`), from `--since YYYYMMDD` on. In each study
-the series whose Modality the eligibility rule accepts at series level are listed (results
-such as SR and SEG are never inputs, so the results a run sends back into a study are not
-scored by the next), and each of their instances is one input, keyed by the stable path
+CR, DX or DR (every study with `--eligibility off`), from `--since YYYYMMDD` on. One query per
+study lists its instances with their series' Modality; those of a modality the eligibility
+rule accepts are inputs (results such as SR and SEG never are, so what a run sends back into
+a study is not scored by the next; the others are counted as skipped), each keyed by the path
 `studies/<Study>/series/<Series>/instances/<SOP>`: sorting, `--shard`, `--resume`, the lock
 and the report work on those keys as on a folder's relative paths. UIDs that are not DICOM
 UIDs are skipped (they would name files).
@@ -158,40 +158,33 @@ def _wanted(modality: str | None, rule: str) -> bool:
 def find_instances(
     options: PacsOptions, shard: tuple[int, int] = (1, 1), rule: str = DEFAULT_RULE
 ) -> Inputs:
-    """The instances of shard `shard` on the server, as sorted keys (`instance_path`); the
-    series passed over (results, other modalities) are `skipped` as `studies/<S>/series/<X>`.
+    """The instances of shard `shard` on the server, as sorted keys (`instance_path`); those of
+    series passed over (results, other modalities) are `skipped`. One QIDO-RS query (and its
+    pages) per study: instance results carry their series' UID and Modality.
     """
     from ptxfast.score.writer import is_dicom_uid
 
     web = client(options)
+    keys, skipped = set(), set()
     try:
-        keys, skipped = [], []
         for study in _studies(options, rule):
-            series_list = _search(
-                options, web.search_for_series, study_instance_uid=study, fields=["Modality"]
-            )
-            for series in series_list:
-                uid = _value(series, _SERIES)
-                if not uid or not is_dicom_uid(uid):
-                    continue
-                if not _wanted(_value(series, _MODALITY), rule):
-                    skipped.append(f"studies/{study}/series/{uid}")
-                    continue
-                for inst in _search(
-                    options, web.search_for_instances, study_instance_uid=study,
-                    series_instance_uid=uid,
-                ):  # fmt: skip
-                    sop = _value(inst, _SOP)
-                    if sop and is_dicom_uid(sop):
-                        keys.append(instance_path(study, uid, sop))
+            for inst in _search(
+                options, web.search_for_instances, study_instance_uid=study,
+                fields=["Modality", "SeriesInstanceUID"],
+            ):  # fmt: skip
+                series, sop = _value(inst, _SERIES), _value(inst, _SOP)
+                if not (series and sop and is_dicom_uid(series) and is_dicom_uid(sop)):
+                    continue  # it would name a file; nothing to fetch it by anyway
+                wanted = _wanted(_value(inst, _MODALITY), rule)
+                (keys if wanted else skipped).add(instance_path(study, series, sop))
     except Exception as err:
         raise PacsError(
             f"cannot list the instances of {redact(options.url)}: {describe_failure(err)}; "
             "run the same command again (with --resume once rows exist)"
         ) from None
-    keys = sorted(set(keys))
+    ordered = sorted(keys)
     k, n = shard
-    return Inputs(keys[k - 1 :: n], sorted(skipped), len(keys))
+    return Inputs(ordered[k - 1 :: n], sorted(skipped), len(ordered))
 
 
 # ------------------------------------------------------------------------ fetching

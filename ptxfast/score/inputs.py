@@ -114,7 +114,7 @@ def find_inputs(
 def todo(config: ScoreConfig, done: set[str]) -> tuple[Inputs, list[int]]:
     """The shard's inputs, and the positions of those without a row in the CSV yet (`done`,
     its paths): every engine scores exactly these. A DICOMweb source is listed by QIDO-RS."""
-    if config.pacs is not None and config.pacs.url:
+    if config.url:
         from ptxfast.score import dicomweb
 
         found = dicomweb.find_instances(config.pacs, config.shard, config.eligibility)

@@ -236,9 +236,12 @@ class Sender:
             if not (sop and probability):
                 continue  # not scored, or no UID: no SEG or SR
             for kind, folder in self.outputs:
-                path = safe_output_path(folder, rel, ".dcm", uid=sop).path
-                if not path.is_file():
-                    continue  # a negative's SEG, or an output error the summary reports
+                try:  # (an unsafe name was refused when the output was written)
+                    path = safe_output_path(folder, rel, ".dcm", uid=sop).path
+                    if not path.is_file():
+                        continue  # a negative's SEG, or an output error the summary reports
+                except (OSError, ValueError):
+                    continue
                 for t in self.targets:
                     if (t.name, kind, rel) in self.ledger.acked:
                         self.progress[t.name].already += 1
