@@ -218,19 +218,24 @@ def test_target_down_ends_in_one_line_and_resume_sends_the_rest(
     study_uid = str(pydicom.dcmread(study, stop_before_pixels=True).StudyInstanceUID)
     args = _args(
         a.dicomweb, out, artifact, "--dicom-sr", str(tmp_path / "sr"), "--send", target,
-        "--study", study_uid,
+        "--study", study_uid, "--dicom-seg", str(tmp_path / "seg"),
     )  # fmt: skip
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 1
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "1 result(s) not sent to " + target in errors[0]
+    assert len(errors) == 1 and "2 result(s) not sent to " + target in errors[0]  # SEG + SR
     assert "--resume" in errors[0]
     assert len(_rows(out)) == 1  # the row is kept
     c = Orthanc(tmp_path / "c", "ORTHC", dicom_port=port)
     try:
         res = CliRunner().invoke(cli, [*args, "--resume"])
         assert res.exit_code == 0, res.output
-        assert len(c.find("SR")) == 1
+        (sr,), (seg,) = c.datasets("SR"), c.datasets("SEG")
+        assert sr.StudyInstanceUID == seg.StudyInstanceUID == study_uid
+        referenced = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        assert seg.SOPInstanceUID in {
+            s.ReferencedSOPInstanceUID for x in referenced for s in x.ReferencedSOPSequence
+        }
     finally:
         c.stop()
 
@@ -371,3 +376,15 @@ def test_pacs_options_refused_before_any_work(tmp_path):
     assert config.url == "https://h:8443/dicom-web/" and config.root == tmp_path / "p.csv.fetching"
     with pytest.raises(ScoreError, match="--engine local"):
         ScoreConfig("https://h/dicom-web", tmp_path / "p.csv", engine="ray").check()
+
+
+def test_result_uids_are_derived_from_source_and_artifact():
+    from ptxfast.score.dicom_out import ModelIdentity, derived_uid
+
+    model = ModelIdentity("rn34un", "torchscript", "fp32", "ab" * 32, 0.3, 0.3)
+    other = ModelIdentity("rn34un", "torchscript", "fp32", "cd" * 32, 0.3, 0.3)
+    uid = derived_uid("SR", "1.2.3.4", model)
+    assert uid == derived_uid("SR", "1.2.3.4", model)  # the same result: the same UID
+    assert len({uid, derived_uid("SR", "1.2.3.5", model), derived_uid("SEG", "1.2.3.4", model),
+                derived_uid("SR", "1.2.3.4", other)}) == 4  # fmt: skip
+    assert len(uid) <= 64 and all(p.isdigit() for p in uid.split("."))
