@@ -265,7 +265,7 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)  # patients' images: ours alone
 
     def release(self, rows: Iterable[Sequence[str]]) -> None:
         """Delete the fetched files of rows just written (and folders left empty)."""
