@@ -368,7 +368,8 @@ def connected(job) -> Iterator[Callable[[Any], None]]:
             preds.listeners.append(spool.release)
         if options is not None and options.send:
             outputs = [(k, d) for k, d in (("SEG", config.seg_dir), ("SR", config.sr_dir)) if d]
-            ledger = SentLedger(config.out.with_name(config.out.name + ".sent"), not config.resume)
+            fresh = config.overwrite or not config.resume  # (as the CSV itself)
+            ledger = SentLedger(config.out.with_name(config.out.name + ".sent"), fresh)
             sender = Sender(options, ledger, outputs, [parse_target(t) for t in options.send])
             sender.listen(list(_csv_rows(preds.path)))  # rows of earlier runs (--resume)
             preds.listeners.append(sender.listen)
