@@ -11,7 +11,7 @@ DEMO_N ?= 400
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(PY) -m pip install -q -e '.[dev,ray,pacs]'
 	touch $@
 
 install: $(VENV)/.installed

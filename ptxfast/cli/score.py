@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ptxfast.cli import app
 from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
 
 
+class _FolderOrUrl(click.ParamType):
+    """A folder (a Path), or an http(s) DICOMweb root (kept as the text it is)."""
+
+    name = "FOLDER|URL"
+
+    def convert(self, value, param, ctx):
+        from ptxfast.score.pacs import is_url
+
+        return value if is_url(value) else DIR.convert(value, param, ctx)
+
+
 @cli.command("score")
-@click.argument("folder", type=DIR)
+@click.argument("folder", type=_FolderOrUrl())
 @option(
     "--out",
     required=True,
@@ -109,12 +122,34 @@ from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
     "refuses other modalities (CT, MR, US, SR...), lateral views and other body parts; strict "
     "also files whose header says nothing (PNG/JPEG); off scores every decodable image.",
 )
+@option(
+    "--study",
+    "studies",
+    multiple=True,
+    help="URL: score this StudyInstanceUID (repeat for more) [default: the studies whose "
+    "modalities include CR, DX or DR].",
+)
+@option("--since", help="URL: only studies from this date on (YYYYMMDD).")
+@option(
+    "--send",
+    multiple=True,
+    help="Send every --dicom-sr and --dicom-seg file into its source's study on this target, "
+    "once: a DICOMweb root (STOW-RS) or dicom://AET@host:port (C-STORE); repeat for more. "
+    "Credentials: ~/.netrc or PTXFAST_DICOMWEB_USER/_PASSWORD/_TOKEN, never the URL.",
+)
+@option("--ae-title", default="PTXFAST", help="Our AE title for C-STORE (--send dicom://...).")
+@option(
+    "--ca-bundle",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA certificates to verify https servers with [default: the system's].",
+)
 def score_command(
     folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
     shard, masks_dir, seg_dir, sr_dir, output_workers, json_path, model_only_iters, engine,
-    address, decoders, actors, eligibility,
+    address, decoders, actors, eligibility, studies, since, send, ae_title, ca_bundle,
 ) -> None:  # fmt: skip
-    """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
+    """Score every DICOM, PNG and JPEG under FOLDER, or on the DICOMweb server at URL, into one
+    CSV row per file (per instance).
 
     \b
     Files are found recursively and sorted; errors (corrupt, truncated, not an image) are rows
@@ -122,6 +157,8 @@ def score_command(
     interruption run the same command with --resume. N machines: --shard 1/N ... N/N, then
       head -n 1 preds-1.csv > preds.csv && tail -q -n +2 preds-*.csv >> preds.csv
     or one run over a Ray cluster: --engine ray (see README, "Scoring on a cluster").
+    From a PACS, results sent back (see README, "Scoring from a PACS"):
+      ptxfast score https://pacs/dicom-web --out preds.csv --dicom-sr sr --send https://pacs/dicom-web
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -144,7 +181,7 @@ def score_command(
             overwrite=overwrite, summary_json=json_path,
             exports_dir=exports, lanes=lanes, threads=threads,
             model_only_iters=model_only_iters, engine=engine, ray=ray_options,
-            eligibility=eligibility,
+            eligibility=eligibility, pacs=_pacs_options(studies, since, send, ae_title, ca_bundle),
         )  # fmt: skip
         with Progress(
             "[progress.description]{task.description}",
@@ -161,6 +198,22 @@ def score_command(
         # ledger: another run holds --out, or a file could not be written (disk full...).
         raise PtxfastError(str(e)) from None
     score.print_summary(s, config, console)
+    from ptxfast.score.senders import failure_line
+
+    unsent = failure_line(s.sent, config.out)
+    if unsent:
+        raise PtxfastError(unsent)
+
+
+def _pacs_options(studies, since, send, ae_title, ca_bundle):
+    """The PACS options given, None when there are none (a folder, nothing sent)."""
+    from ptxfast.score.pacs import PacsOptions
+
+    given = studies or since or send or ca_bundle or ae_title != "PTXFAST"
+    return PacsOptions(
+        studies=tuple(studies), since=since, send=tuple(send), ae_title=ae_title,
+        ca_bundle=ca_bundle,
+    ) if given else None  # fmt: skip
 
 
 # ---------------------------------------------------------------- report

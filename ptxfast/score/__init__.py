@@ -26,6 +26,12 @@ cover the folder exactly once. Combine their CSVs by keeping one header:
 
     head -n 1 preds-1.csv > preds.csv && tail -q -n +2 preds-*.csv >> preds.csv
 
+A PACS. `root` may be a DICOMweb root (`https://host/dicom-web`): QIDO-RS lists the
+radiograph instances, WADO-RS fetches them into the decoding workers, and each is a row keyed
+`studies/<Study>/series/<Series>/instances/<SOP>` (`dicomweb`). `pacs=PacsOptions(send=...)`
+sends every SEG and SR the run writes to DICOMweb (STOW-RS) or DICOM (C-STORE) targets, once
+per target across resumed runs (`senders`); `ScoreSummary.sent` says what each got.
+
 Outputs. With `masks_dir`, each positive gets `<masks_dir>/<path>.mask.png` (0/255 at the
 source's Rows×Columns) and `<path>.overlay.png` (the image with the mask outlined); with
 `seg_dir`, each positive DICOM gets `<seg_dir>/<SOPInstanceUID>.dcm`, a BINARY DICOM
@@ -58,6 +64,9 @@ The modules:
 - summary.py    `ScoreSummary`, counts read back from the ledger, the printed table
 - speed.py      steady rate, model-only timing, the shared-core bound
 - run.py        `score_folder`: checks, model, ledger, engine, JSON
+- pacs.py       `PacsOptions` (a DICOMweb source, --send targets), credentials, retries;
+  dicomweb.py   QIDO-RS listing, WADO-RS fetching in the decoding workers, the spool;
+  senders.py    STOW-RS and C-STORE of the SEG and SR files, once (`<out>.sent`)
 - engine_local.py, engine_ray.py   the two engines (this machine; a Ray cluster), and
   ray_stages.py  the Ray engine's decoder and model actors
 """

@@ -6,6 +6,7 @@ loaded, decoded or written, with one line that names the option and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable
@@ -30,7 +31,9 @@ def _path(value: str | os.PathLike | None) -> Path | None:
 class ScoreConfig:
     """One scoring request (what `ptxfast score` options fill); see `ptxfast.score`."""
 
-    root: Path  # the folder of DICOM/PNG/JPEG files, walked recursively
+    # The folder of DICOM/PNG/JPEG files, walked recursively; or an http(s) DICOMweb root,
+    # which becomes `pacs.url` (root is then the folder fetched files wait in).
+    root: Path
     out: Path  # the predictions CSV (the ledger)
     # An artifact (model file or sidecar), None for the newest under `exports_dir`, or a
     # loaded `runtime.Predictor` (local engine only).
@@ -62,9 +65,19 @@ class ScoreConfig:
     engine: str = "local"  # "local" (this machine) or "ray" (a Ray cluster)
     ray: Any = None  # engine_ray.RayOptions for engine="ray" (None: its defaults)
     eligibility: str = DEFAULT_RULE  # "default", "strict" or "off" (ptxfast.data.eligibility)
+    # pacs.PacsOptions: the DICOMweb source and --send targets; None: a folder, nothing sent.
+    pacs: Any = None
 
     def __post_init__(self) -> None:
-        self.root, self.out = Path(self.root), Path(self.out)
+        from ptxfast.score import pacs
+
+        self.out = Path(self.out)
+        if pacs.is_url(self.root):
+            self.pacs = dataclasses.replace(self.pacs or pacs.PacsOptions(), url=self.root)
+            from ptxfast.score.dicomweb import spool_dir
+
+            self.root = spool_dir(self.out)
+        self.root = Path(self.root)
         self.masks_dir, self.seg_dir = _path(self.masks_dir), _path(self.seg_dir)
         self.sr_dir, self.summary_json = _path(self.sr_dir), _path(self.summary_json)
         self.exports_dir = Path(self.exports_dir)
@@ -75,9 +88,23 @@ class ScoreConfig:
         """Mask outputs (PNG or SEG) are asked for, so the artifact needs its mask output."""
         return self.masks_dir is not None or self.seg_dir is not None
 
+    @property
+    def url(self) -> str | None:
+        """The DICOMweb root scored, None for a folder."""
+        return self.pacs.url if self.pacs is not None else None
+
+    @property
+    def source(self) -> str:
+        """What is scored, as printed: the folder, or the URL without credentials."""
+        from ptxfast.score.pacs import redact
+
+        return redact(self.url) if self.url else str(self.root)
+
     def check(self) -> None:
         """Refuse counts, names and folders that cannot work, before any work starts."""
-        if not self.root.is_dir():
+        if self.pacs is not None:
+            self._check_pacs()
+        if not self.url and not self.root.is_dir():
             raise ScoreError(
                 f"{self.root} is not a folder; give the folder of DICOM/PNG/JPEG files"
             )
@@ -99,6 +126,22 @@ class ScoreConfig:
             raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
         if self.engine not in ("local", "ray"):
             raise ScoreError(f"--engine {self.engine!r}: choose local or ray")
+
+    def _check_pacs(self) -> None:
+        """A DICOMweb source or --send targets: the libraries, the options, the outputs sent."""
+        from ptxfast.score import pacs
+
+        pacs.require()
+        self.pacs.check()
+        if self.url and self.engine != "local":
+            raise ScoreError(
+                "--engine ray scores folders; score a DICOMweb server with --engine local"
+            )
+        if self.pacs.send and not (self.sr_dir or self.seg_dir):
+            raise ScoreError(
+                "--send sends the DICOM SR and SEG files the run writes: add --dicom-sr DIR "
+                "and/or --dicom-seg DIR"
+            )
 
     def check_folders(self) -> None:
         """Create each output folder and write a probe file in it, so a bad path fails first."""

@@ -1,6 +1,10 @@
 """The DICOM objects scoring writes for one image: a BINARY Segmentation of its mask and a
 Structured Report (TID 1500) of its finding, both referencing the source and sharing its
 patient and study, both written atomically (`files.atomic_write`).
+
+Their Series and SOP Instance UIDs are derived from the source's and the artifact's sha256
+(`derived_uid`): scoring an image again with the same artifact makes the same UIDs, so a
+result sent twice to a PACS replaces itself instead of appearing twice.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import numpy as np
 
 from ptxfast.files import atomic_write
 
-__all__ = ["SEGMENT_LABEL", "ModelIdentity", "model_identity", "write_dicom_seg", "write_dicom_sr"]
+__all__ = [
+    "SEGMENT_LABEL", "ModelIdentity", "derived_uid", "model_identity", "write_dicom_seg",
+    "write_dicom_sr",
+]  # fmt: skip
 
 SEGMENT_LABEL = "Pneumothorax"
 # Patient and study attributes a SEG must carry (Type 2: present, possibly empty), which
@@ -40,6 +47,15 @@ class ModelIdentity:
     sha256: str
     pixel_threshold: float
     label_threshold: float | None = None  # the image label rule (SR parameters)
+
+
+def derived_uid(kind: str, source_uid: str, model: ModelIdentity) -> str:
+    """The UID of a result of `kind` ("SEG", "SR", "SEG series", "SR series") made by `model`
+    from the source object `source_uid`: the same inputs give the same UID (a hash of them
+    under pydicom's root), other inputs another."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=["ptxfast", kind, str(source_uid), model.sha256, model.name])
 
 
 def _with_type2(source, copy_anyway: bool = False):
@@ -101,9 +117,9 @@ def write_dicom_seg(source, mask: np.ndarray, path: Path, model: ModelIdentity) 
         pixel_array=mask[None].astype(bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
-        series_instance_uid=hd.UID(),
+        series_instance_uid=derived_uid("SEG series", source.SeriesInstanceUID, model),
         series_number=1,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=derived_uid("SEG", source.SOPInstanceUID, model),
         instance_number=1,
         manufacturer="ptxfast",
         manufacturer_model_name=model.name[:64],
@@ -172,9 +188,9 @@ def write_dicom_sr(
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=derived_uid("SR series", source.SeriesInstanceUID, model),
         series_number=1,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=derived_uid("SR", source.SOPInstanceUID, model),
         instance_number=1,
         manufacturer="ptxfast",
         is_complete=True,

@@ -57,7 +57,8 @@ def run(job: Job) -> ScoreSummary:
     found, todo = inputs.todo(config, job.preds.done)
     # The decoding workers start first and fill their prefetch queues while the model warms.
     state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
-    files = Files(config.root, found.inputs, predictor.size, state, config.eligibility)
+    make = found.files or Files  # (fetching from a DICOMweb server, or reading the folder)
+    files = make(config.root, found.inputs, predictor.size, state, config.eligibility)
     settings = LoaderSettings(
         config.batch_size, workers, config.prefetch_factor, config.decode_timeout,
         pin=dev.type == "cuda",

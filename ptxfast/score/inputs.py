@@ -13,9 +13,10 @@ so n processes, on one machine or many, cover the folder exactly once.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,9 @@ class Inputs:
     inputs: list[str]  # relative POSIX paths, sorted
     skipped: list[str]
     candidates: int  # files in the whole tree (all shards), before sniffing
+    # Makes the decoding Dataset when the inputs are fetched, not read from the folder
+    # (a DICOMweb server: `dicomweb.FetchingFiles`); None: `decode.Files`.
+    files: Callable | None = None
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -109,6 +113,12 @@ def find_inputs(
 
 def todo(config: ScoreConfig, done: set[str]) -> tuple[Inputs, list[int]]:
     """The shard's inputs, and the positions of those without a row in the CSV yet (`done`,
-    its paths): every engine scores exactly these."""
-    found = find_inputs(config.root, config.shard, config.own_outputs())
+    its paths): every engine scores exactly these. A DICOMweb source is listed by QIDO-RS."""
+    if config.url:
+        from ptxfast.score import dicomweb
+
+        found = dicomweb.find_instances(config.pacs, config.shard, config.eligibility)
+        found.files = functools.partial(dicomweb.FetchingFiles, options=config.pacs)
+    else:
+        found = find_inputs(config.root, config.shard, config.own_outputs())
     return found, [i for i, rel in enumerate(found.inputs) if rel not in done]

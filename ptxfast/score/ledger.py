@@ -30,7 +30,7 @@ import io
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ptxfast.score.config import ScoreError
@@ -242,6 +242,8 @@ class PredsCsv:
         self.torn = False
         self.good = 0  # bytes of complete rows to keep (resume); 0 starts a new file
         self.lock = LedgerLock(path)
+        # Called with each batch of rows once they are durable (DICOMweb spool, --send).
+        self.listeners: list[Callable[[Sequence[Sequence[str]]], None]] = []
         if path.is_dir():
             raise ScoreError(f"--out {path} is a folder; give a file name such as preds.csv")
         try:
@@ -313,6 +315,8 @@ class PredsCsv:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows(rows)
         self._write(buf.getvalue().encode(**ENCODING))
+        for listener in self.listeners:
+            listener(rows)
 
     def close(self) -> None:
         if hasattr(self, "file"):

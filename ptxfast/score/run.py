@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptxfast.files import write_json
-from ptxfast.score import ledger
+from ptxfast.score import ledger, senders
 from ptxfast.score.config import ScoreConfig, ScoreError, check_masks
 from ptxfast.score.summary import ScoreSummary
 
@@ -46,6 +46,10 @@ def score_folder(
     t_start = time.perf_counter()
     config.check()
     ray_options = _check_engine(config)
+    if config.url:  # an unreachable or refusing server stops the run before the model loads
+        from ptxfast.score import dicomweb
+
+        dicomweb.probe(config.pacs)
     source = _source(config)
     config.check_folders()
     preds = ledger.PredsCsv(config.out, config.resume, config.overwrite)
@@ -63,13 +67,18 @@ def score_folder(
         raise
     job = Job(config, preds, predictor, source, t_start)
     try:
-        if config.engine == "ray":
-            from ptxfast.score import engine_ray
+        # A DICOMweb source's spool, and the --send targets, follow the rows into the CSV.
+        with senders.connected(job) as after:
+            if config.engine == "ray":
+                from ptxfast.score import engine_ray
 
-            return _finish(job, engine_ray.run(job, source, ray_options, config.device))
-        from ptxfast.score import engine_local
+                summary = engine_ray.run(job, source, ray_options, config.device)
+            else:
+                from ptxfast.score import engine_local
 
-        return _finish(job, engine_local.run(job))
+                summary = engine_local.run(job)
+            after(summary)
+        return _finish(job, summary)
     finally:
         preds.close()
 

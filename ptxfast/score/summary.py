@@ -96,6 +96,9 @@ class ScoreSummary:
     cores: int | None = None
     shared_core_bound_images_per_s: float | None = None
     bound_share: float | None = None
+    # --send: per target, results acknowledged this run, by earlier runs, left unsent, and
+    # why (senders.Sender.finish).
+    sent: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as null)."""
@@ -294,14 +297,19 @@ def _outputs(s: ScoreSummary, config: ScoreConfig) -> list[tuple[str, str]]:
             "SOPInstanceUID or path was not a safe file name)"
         )
     by = f"{s.output_workers} process(es)" if s.output_workers else "threads of this process"
-    return [("outputs", "; ".join(outs) + f" (written by {by})")]
+    rows = [("outputs", "; ".join(outs) + f" (written by {by})")]
+    for t in s.sent:
+        left = f", {t['left']} not sent ({t['error']})" if t["error"] else ""
+        already = f", {t['already']} sent before" if t["already"] else ""
+        rows.append(("sent", f"{t['sent']} to {t['target']}{already}{left}"))
+    return rows
 
 
 def new_summary(config: ScoreConfig, found: Inputs, todo: list[int], torn: bool, **fields):
     """A summary of a run over `found` (the shard's inputs) of which `todo` are to be scored;
     `fields` are the engine's own (model, backend, device, workers...)."""
     return ScoreSummary(
-        root=str(config.root),
+        root=config.source,
         out=str(config.out),
         batch_size=config.batch_size,
         shard=config.shard,
