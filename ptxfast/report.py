@@ -198,16 +198,15 @@ def _model(summary: dict[str, Any]) -> Model:
         except artifact.ArtifactError as err:
             m.note = f"sidecar not read: {err}"
     if side is not None:
-        m.sha256 = str(side.get("sha256") or "") or None
-        thresholds = side.get("thresholds") or {}
-        if thresholds.get("label") is not None:
-            m.threshold = float(thresholds["label"])
-        op = side.get("operating_point")
-        m.operating_point = op if isinstance(op, dict) else None
-        if isinstance(op, dict) and op.get("threshold") is not None:
+        m.sha256 = side.sha256
+        thresholds = side.thresholds
+        m.threshold = float(thresholds["label"])
+        op = side.operating_point
+        m.operating_point = dict(op) if op is not None else None
+        if op is not None:
             m.threshold = float(op["threshold"])
-        m.size = (side.get("input") or {}).get("size")
-        if side.get("kind") == "segmenter" and m.threshold is not None:
+        m.size = side.size
+        if side.kind == "segmenter":
             m.rule = (
                 f"positive when the k-th largest pixel probability exceeds {m.threshold:g} "
                 f"(more than {thresholds.get('min_area')} pixels above {thresholds.get('pixel')})"

@@ -16,6 +16,7 @@ from ptxfast import MODEL_NAMES
 from ptxfast.benchmarking.config import CPU_DEFAULTS, GPU_DEFAULTS, BenchConfig, BenchError
 from ptxfast.benchmarking.results import first_line
 from ptxfast.environment import cpu_bf16
+from ptxfast.inference.spec import ArtifactSpec
 
 __all__ = [
     "CPU_INDUCTOR_SKIP",
@@ -142,15 +143,15 @@ def resolve_source(cfg: BenchConfig, gpu: bool, say: Callable[[str], None]) -> S
     return _from_sidecar(sidecar, cfg, say)
 
 
-def _from_sidecar(sidecar, cfg: BenchConfig, say: Callable[[str], None]) -> Source:
+def _from_sidecar(sidecar: ArtifactSpec, cfg: BenchConfig, say: Callable[[str], None]) -> Source:
     """An artifact, with the checkpoint it was exported from when that is still here."""
-    size = int(sidecar["input"]["size"])
+    size = sidecar.size
     if cfg.size and cfg.size != size:
         raise BenchError(
             f"{sidecar.model_path} runs at {size}², not --size {cfg.size}; drop --size or "
             f"export at {cfg.size}"
         )
-    ckpt = Path(((sidecar.get("sources") or {}).get("checkpoint") or {}).get("path", ""))
+    ckpt = sidecar.checkpoint or Path("")
     model, no_model, weights = None, None, f"artifact {sidecar.model_path}"
     if ckpt.is_file():
         model, _ = _load_checkpoint_model(ckpt)
@@ -162,7 +163,7 @@ def _from_sidecar(sidecar, cfg: BenchConfig, say: Callable[[str], None]) -> Sour
         )
         say(no_model)
     trained_on = _data_dir(sidecar.get("recipe"))
-    return Source(sidecar["name"], size, model, sidecar, weights, trained_on, no_model)
+    return Source(sidecar.name, size, model, sidecar, weights, trained_on, no_model)
 
 
 def _from_name(cfg: BenchConfig, default_size: int, say: Callable[[str], None]) -> Source:
@@ -201,6 +202,7 @@ def plan_variants(
     is left out of a default on purpose is "skipped".
     """
     from ptxfast.inference.runtime import available_backends
+    from ptxfast.inference.runtime import backend as registered
 
     gpu = device.type == "cuda"
     default = requested is None
@@ -224,7 +226,7 @@ def plan_variants(
         reason = reasons.get(backend) or _precision_reason(backend, precision, device)
         if reason is not None:
             out.append((name, reason, "unavailable"))
-        elif default and not gpu and backend == "inductor":
+        elif default and not gpu and registered(backend).slow_cpu_compile:
             out.append((name, CPU_INDUCTOR_SKIP, "skipped"))
         elif default and not gpu and precision == "bf16" and not bf16_units:
             out.append((name, NO_BF16_SKIP, "skipped"))
@@ -247,6 +249,7 @@ def build_variant(variant: str, src: Source, device: torch.device, batch_sizes, 
     """The predictor of one variant, built on the fly by `runtime.build_predictor` (or loaded,
     for the artifact); `Unavailable` when there is no fp32 model to build it from."""
     from ptxfast.inference.fused import quiet_jit
+    from ptxfast.inference.runtime import backend as registered
     from ptxfast.inference.runtime import build_predictor, load_predictor
 
     if variant == "artifact":
@@ -257,17 +260,18 @@ def build_variant(variant: str, src: Source, device: torch.device, batch_sizes, 
     lo, hi = min(batch_sizes), max(batch_sizes)
     opt = min(max(8, lo), hi)
     onnx_file = None
-    if backend in ("onnxruntime", "openvino"):
+    if registered(backend).onnx:
         if src.onnx_dir is None:  # removed with the source at the end of the run
             src.onnx_dir = tempfile.TemporaryDirectory(prefix="ptxfast-bench-onnx-")
         onnx_file = Path(src.onnx_dir.name) / f"{src.name}.onnx"
     # Inductor in torch.compile's default mode (not max-autotune, whose kernel search takes
     # minutes) unless --inductor-mode says otherwise, with automatic dynamic shapes, so the
-    # batch sizes after the first share one compiled graph instead of one each.
+    # batch sizes after the first share one compiled graph instead of one each (the other
+    # backends ignore these options).
     inductor = dict(inductor_mode=cfg.inductor_mode or "default", dynamic=None)
     with quiet_jit():
         return build_predictor(
             backend, src.model, name=src.name, size=src.size, precision=precision,
             device=device, batch=(lo, opt, hi), check_trace=False, seed=cfg.seed,
-            onnx_file=onnx_file, **(inductor if backend == "inductor" else {}),
+            onnx_file=onnx_file, **inductor,
         )  # fmt: skip

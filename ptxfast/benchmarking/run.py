@@ -201,8 +201,7 @@ class _Run:
         label = variant
         if variant == "artifact":
             sidecar = self.src.sidecar
-            backend, precision = sidecar["backend"], sidecar["precision"]["requested"]
-            tta = sidecar.get("tta", "none")
+            backend, precision, tta = sidecar.backend, sidecar.precision, sidecar.tta
             if tta != "none":
                 # Its cost sits beside the plain graphs of the other rows; its parity is
                 # against the plain eager model, so it includes what the averaging changes.

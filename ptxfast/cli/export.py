@@ -7,6 +7,8 @@ from rich.console import Console
 
 from ptxfast.cli import app
 from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
+from ptxfast.export.plan import BACKEND_ALIASES
+from ptxfast.inference.backends import EXPORTABLE
 
 # The parity-gate tolerances export takes (ExportConfig fields of the same names).
 _TOLERANCE_OPTIONS = (
@@ -45,7 +47,7 @@ def _tolerance_options(command):
 )
 @option(
     "--backend",
-    type=click.Choice(["tensorrt", "torchscript", "onnxruntime", "onnx", "openvino"]),
+    type=click.Choice([*EXPORTABLE, *BACKEND_ALIASES]),
     help="[default: on CUDA tensorrt where it can run, else torchscript; on a CPU the fastest "
     "candidate that passes the gate] onnx = onnxruntime (the portable .onnx artifact).",
 )

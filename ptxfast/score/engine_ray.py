@@ -114,7 +114,7 @@ def _plan(resources: dict[str, float], device: str, sidecar, options: RayOptions
     cpus = int(resources.get("CPU", 0))
     gpus = int(resources.get("GPU", 0))
     if device == "auto":
-        wanted = str(sidecar.get("device", "cpu"))
+        wanted = sidecar.device
         device = "cuda" if gpus and wanted.startswith("cuda") else "cpu"
     elif device.startswith("cuda"):
         if not gpus:
@@ -192,12 +192,12 @@ def _summary(ray, job: Job, sidecar, plan: _Plan, resources, found, todo) -> Sco
     config = job.config
     return new_summary(
         config, found, todo, job.preds.torn,
-        model=str(sidecar["name"]), artifact=str(sidecar.path), backend=str(sidecar["backend"]),
-        precision=str(sidecar["precision"]["requested"]), device=plan.device,
+        model=sidecar.name, artifact=str(sidecar.path), backend=sidecar.backend,
+        precision=sidecar.precision, device=plan.device,
         workers=plan.decoders, threads=plan.threads or 0, lanes=plan.actors,
         eligibility={"rule": config.eligibility},  # files scored unchecked: counted locally only
         operating_point=operating.describe(sidecar),
-        operating_point_detail=sidecar.get("operating_point"),
+        operating_point_detail=sidecar.operating_point and dict(sidecar.operating_point),
         setup_seconds=time.perf_counter() - job.t_start,
         time_s=dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0),
         engine="ray",
@@ -241,7 +241,7 @@ def _dataset(ray, job: Job, sidecar, plan: _Plan, todo: list[tuple[int, str]]):
         ds = ds.map_batches(
             Decoder,
             fn_constructor_kwargs={
-                "root": str(config.root), "size": int(sidecar["input"]["size"]),
+                "root": str(config.root), "size": sidecar.size,
                 "timeout": config.decode_timeout, "eligibility": config.eligibility,
             },
             compute=ActorPoolStrategy(size=plan.decoders),

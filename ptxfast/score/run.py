@@ -109,10 +109,7 @@ def _source(config: ScoreConfig):
         raise ScoreError(str(err)) from None
     if config.wants_masks:
         check_masks(
-            sidecar["kind"],
-            bool(sidecar["return_mask"]),
-            str(sidecar.model_path),
-            sidecar.export_command,
+            sidecar.kind, sidecar.return_mask, str(sidecar.model_path), sidecar.export_command
         )
     return sidecar
 
