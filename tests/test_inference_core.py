@@ -184,3 +184,49 @@ def test_a_damaged_newest_sidecar_is_named_not_skipped(artifact, folder, tmp_pat
     earlier = good.stat().st_mtime - 60
     os.utime(broken, (earlier, earlier))
     assert latest_artifact(exports) == good
+
+
+# ------------------------------------------------------------------------------ Triton
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torchscript"])
+def test_export_writes_a_triton_repository(backend, artifact, tmp_path):
+    import onnxruntime as ort
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    spec = read_sidecar(artifact)
+    runs = spec.checkpoint.parent.parent
+    repo = tmp_path / "triton"
+    args = ["export", "--model", "rn34un", "--runs", str(runs), "--out", str(tmp_path / "out")]
+    args += ["--backend", backend, "--device", "cpu", "--batch", "1:2:4", "--parity-n", "2"]
+    result = CliRunner().invoke(cli, [*args, "--return-mask", "--triton", str(repo)])
+    assert result.exit_code == 0, result.output
+    written = read_sidecar(next((tmp_path / "out").glob("*.json")))
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((repo / "rn34un" / "config.pbtxt").read_text(), config)
+    assert (config.name, config.platform, config.max_batch_size) == (
+        "rn34un",
+        "onnxruntime_onnx",
+        4,
+    )
+    (image,) = config.input
+    assert image.name == "image" and list(image.dims) == [1, 64, 64]
+    assert image.data_type == model_config_pb2.TYPE_FP32
+    outputs = {o.name: o for o in config.output}
+    assert set(outputs) == {"prob", "area", "mask"}
+    assert outputs["area"].data_type == model_config_pb2.TYPE_INT32
+    assert list(outputs["prob"].dims) == [1] and list(outputs["prob"].reshape.shape) == []
+    assert list(outputs["mask"].dims) == [1, 64, 64]
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    (warmup,) = config.model_warmup
+    assert warmup.batch_size == 2 and warmup.inputs["image"].random_data
+    # The model file answers like the artifact (onnxruntime alone, the names of the config).
+    session = ort.InferenceSession(str(repo / "rn34un" / "1" / "model.onnx"))
+    x = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    prob, area = session.run(["prob", "area"], {"image": x.numpy()})
+    want = load_predictor(written, device="cpu")(x)
+    np.testing.assert_allclose(prob, want.prob.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(area, want.area.numpy())
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]

@@ -93,9 +93,15 @@ def _tolerance_options(command):
     default="none",
     help="hflip: average each image with its left-right mirror inside the graph (2x compute).",
 )
+@option(
+    "--triton",
+    type=DIR,
+    help="Also write a Triton Inference Server model repository here: <model>/config.pbtxt and "
+    "<model>/1/model.onnx (and <model>_tensorrt/1/model.plan after a TensorRT export).",
+)
 def export_command(
     cascade, model, runs, checkpoint, out, backend, precision, batch, size, device, data, profile,
-    return_mask, parity_n, seed, operating_point, tta, **tolerance_options,
+    return_mask, parity_n, seed, operating_point, tta, triton, **tolerance_options,
 ) -> None:  # fmt: skip
     """Fuse a trained model into one graph, compile it, gate it on parity, write an artifact.
 
@@ -112,6 +118,7 @@ def export_command(
       ptxfast export --cascade eb3un+eb3 --profile cpu-bf16
       ptxfast export --model eb3un --backend torchscript --precision fp32
       ptxfast export --cascade eb3un+eb3 --operating-point recall=0.95 --tta hflip
+      ptxfast export --cascade eb3un+eb3 --backend onnx --triton models/
     """
     from ptxfast.export import ExportConfig, ExportError, ParityError, export_model, parse_batch
     from ptxfast.export.render import figures_table, result_tables
@@ -130,7 +137,7 @@ def export_command(
             batch=parse_batch(batch) if batch else None, size=size, device=device, data=data,
             profile=profile, return_mask=return_mask, parity_n=parity_n, seed=seed,
             tolerance={k: v for k, v in tolerance_options.items() if v is not None},
-            operating_point=operating_point, tta=tta,
+            operating_point=operating_point, tta=tta, triton=triton,
         )  # fmt: skip
         result = export_model(
             cfg, say=lambda line: console.print(line, highlight=False, markup=False)

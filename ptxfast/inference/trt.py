@@ -219,6 +219,20 @@ def compile_fused(
     return Compiled(compiled, "dynamo", "ep", save, precision, source)
 
 
+def engine_bytes(
+    fused: nn.Module, *, size: int, batch: tuple[int, int, int], dtype: torch.dtype = torch.half
+) -> bytes:
+    """The fused model (on its CUDA device, in `dtype`, eval) as one serialized TensorRT engine
+    over the batch range `batch`: the `model.plan` Triton's tensorrt_plan platform loads."""
+    tt = torch_tensorrt_module()
+    convert = tt.convert_method_to_trt_engine
+    options = _supported(convert, {"use_explicit_typing": True, "min_block_size": 1})
+    engine = convert(
+        fused, "forward", arg_inputs=_inputs(tt, batch, size, dtype), ir="dynamo", **options
+    )
+    return bytes(engine)
+
+
 def load(file: str | Path, path: str, device: torch.device) -> Callable[[torch.Tensor], Any]:
     """Load a saved TensorRT artifact (after its sha256 was checked) for `device`."""
     tt = torch_tensorrt_module()
