@@ -16,8 +16,12 @@ class PtxfastError(ValueError):
     ValueError still do."""
 
 
-def first_line(err: BaseException) -> str:
+def first_line(err: BaseException, typed: bool = False) -> str:
     """The first line of an error's message (its type's name when it has none): how a
-    third-party error is quoted inside one of ptxfast's one-line messages."""
+    third-party error is quoted inside one of ptxfast's one-line messages. `typed`: as
+    "Type: first line", what a failed row or an error column records."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    first = text.splitlines()[0] if text else ""
+    if not first:
+        return type(err).__name__
+    return f"{type(err).__name__}: {first}" if typed else first

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ptxfast import pages, report_page
+from ptxfast.errors import PtxfastError
 
 DEFAULT_TOP = 48  # positives shown as cards with images
 DEFAULT_PAGE = 200  # rows per page of a list
@@ -53,7 +54,7 @@ _JPEG_QUALITY = 82
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
-class ReportError(ValueError):
+class ReportError(PtxfastError):
     """A report that cannot be made as asked; the message names the file and the fix."""
 
 

@@ -20,6 +20,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from ptxfast.benchmarking.config import BenchConfig
+from ptxfast.benchmarking.plan import resolve_source
 from ptxfast.cli import cli
 from ptxfast.inference import backends
 from ptxfast.inference.artifact import (
@@ -180,6 +182,8 @@ def test_a_damaged_newest_sidecar_is_named_not_skipped(artifact, folder, tmp_pat
     assert broken.name in str(err.value)
     result = _score(folder, tmp_path, "--exports", str(exports))
     _one_line_refusal(result, broken.name, "not readable JSON")
+    with pytest.raises(ArtifactError, match="newest sidecar"):  # bench does not fall back either
+        resolve_source(BenchConfig(exports=exports), False, lambda line: None)
     # Older than the newest readable one, the same file is not a candidate and is passed over.
     earlier = good.stat().st_mtime - 60
     os.utime(broken, (earlier, earlier))

@@ -117,21 +117,17 @@ def _random_init(name: str, size: int, seed: int) -> Source:
 def resolve_source(cfg: BenchConfig, gpu: bool, say: Callable[[str], None]) -> Source:
     """The model `cfg` names: its artifact (`model`), its checkpoint (`name`, from `runs`), or
     without either the newest export in `exports`, else eb3un+eb3 at random init."""
-    from ptxfast.inference.artifact import ArtifactError, latest_artifact, read_sidecar
+    from ptxfast.inference.artifact import list_artifacts, read_sidecar
 
     if cfg.model is not None and cfg.name is not None:
         raise BenchError("give --model ARTIFACT or --cascade NAME, not both")
     default_size = (GPU_DEFAULTS if gpu else CPU_DEFAULTS)["size"]
     if cfg.model is not None:
-        try:
-            return _from_sidecar(read_sidecar(cfg.model), cfg, say)
-        except ArtifactError as err:
-            raise BenchError(str(err)) from None
+        return _from_sidecar(read_sidecar(cfg.model), cfg, say)
     if cfg.name is not None:
         return _from_name(cfg, default_size, say)
-    try:
-        sidecar = read_sidecar(latest_artifact(cfg.exports))
-    except ArtifactError:
+    found = list_artifacts(cfg.exports)  # a damaged newest sidecar stops here, named
+    if not found:
         size = cfg.size or default_size
         say(
             f"no --model, --cascade or export in {cfg.exports}: eb3un+eb3 at random init "
@@ -139,6 +135,7 @@ def resolve_source(cfg: BenchConfig, gpu: bool, say: Callable[[str], None]) -> S
             "the backends on untrained weights"
         )
         return _random_init("eb3un+eb3", size, cfg.seed)
+    sidecar = found[-1]
     say(f"no --model or --cascade: benchmarking the newest export, {sidecar.path}")
     return _from_sidecar(sidecar, cfg, say)
 
@@ -266,12 +263,12 @@ def build_variant(variant: str, src: Source, device: torch.device, batch_sizes, 
         onnx_file = Path(src.onnx_dir.name) / f"{src.name}.onnx"
     # Inductor in torch.compile's default mode (not max-autotune, whose kernel search takes
     # minutes) unless --inductor-mode says otherwise, with automatic dynamic shapes, so the
-    # batch sizes after the first share one compiled graph instead of one each (the other
-    # backends ignore these options).
+    # batch sizes after the first share one compiled graph instead of one each.
     inductor = dict(inductor_mode=cfg.inductor_mode or "default", dynamic=None)
+    own = {k: v for k, v in inductor.items() if k in registered(backend).options}
     with quiet_jit():
         return build_predictor(
             backend, src.model, name=src.name, size=src.size, precision=precision,
             device=device, batch=(lo, opt, hi), check_trace=False, seed=cfg.seed,
-            onnx_file=onnx_file, **inductor,
+            onnx_file=onnx_file, **own,
         )  # fmt: skip

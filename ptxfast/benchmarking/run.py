@@ -43,7 +43,7 @@ from ptxfast.benchmarking.results import (
 )
 from ptxfast.benchmarking.stages import StageInputs, stage_inputs, stage_row
 from ptxfast.benchmarking.timing import INPUT_BUFFERS
-from ptxfast.environment import DeviceError, resolve_device, versions
+from ptxfast.environment import resolve_device, versions
 from ptxfast.files import write_json, write_text
 
 __all__ = ["run_bench"]
@@ -54,14 +54,12 @@ Plan = list[tuple[str, str | None, str]]  # plan_variants' (variant, reason, sta
 def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Benchmark one model on each backend variant; see the package docstring.
 
-    Raises BenchError for what cannot start (a bad option, a missing checkpoint); anything that
+    Raises a PtxfastError (BenchError, DeviceError, ArtifactError) for what cannot start (a bad
+    option, a missing checkpoint, an unreadable artifact); anything that
     fails later is recorded in the report and the run goes on.
     """
     start = time.perf_counter()
-    try:
-        dev = resolve_device(cfg.device)
-    except DeviceError as err:
-        raise BenchError(str(err)) from None
+    dev = resolve_device(cfg.device)
     gpu = dev.type == "cuda"
     figures = settings(cfg, gpu)
     threads_before = torch.get_num_threads()

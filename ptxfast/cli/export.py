@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 
 from ptxfast.cli import app
-from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
+from ptxfast.cli.app import DIR, FILE, CliError, cli, console, option
 from ptxfast.export.plan import BACKEND_ALIASES
 from ptxfast.inference.backends import EXPORTABLE
 
@@ -120,13 +120,12 @@ def export_command(
       ptxfast export --cascade eb3un+eb3 --operating-point recall=0.95 --tta hflip
       ptxfast export --cascade eb3un+eb3 --backend onnx --triton models/
     """
-    from ptxfast.export import ExportConfig, ExportError, ParityError, export_model, parse_batch
+    from ptxfast.errors import first_line
+    from ptxfast.export import ExportConfig, ParityError, export_model, parse_batch
     from ptxfast.export.render import figures_table, result_tables
-    from ptxfast.inference.artifact import ArtifactError
-    from ptxfast.inference.runtime import PredictorError
 
     if bool(cascade) == bool(model):
-        raise PtxfastError(
+        raise CliError(
             "name one model: --cascade NAME (a cascade) or --model NAME (the other four)"
         )
     name = cascade or model
@@ -142,13 +141,10 @@ def export_command(
         result = export_model(
             cfg, say=lambda line: console.print(line, highlight=False, markup=False)
         )
-    except ParityError as e:
+    except ParityError as e:  # the figures beside the one line
         console.print(figures_table(e.figures))
-        raise PtxfastError(str(e)) from None
-    except (ExportError, ArtifactError, PredictorError) as e:
-        raise PtxfastError(str(e)) from None
+        raise
     except RuntimeError as e:  # a TensorRT build failure: one line, not a traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PtxfastError(f"export of {name} failed: {first}") from None
+        raise CliError(f"export of {name} failed: {first_line(e)}") from None
     for table in result_tables(result):
         Console().print(table)

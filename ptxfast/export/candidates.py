@@ -20,9 +20,8 @@ import torch
 from ptxfast.export.config import ExportError
 from ptxfast.export.plan import Plan
 from ptxfast.inference.artifact import file_stem
-from ptxfast.inference.backends import PredictorError, Request
+from ptxfast.inference.backends import Request
 from ptxfast.inference.backends import backend as registered
-from ptxfast.inference.fused import FusedError
 from ptxfast.inference.predictor import Predictor
 
 SELECTION_CALLS = 5  # timed calls of each candidate (after 2 warm-up calls), interleaved
@@ -79,10 +78,7 @@ def build_candidate(backend: str, precision: str, job: Build) -> Candidate:
     tmp = job.out / f".{artifact_stem(p, backend, precision)}.{os.getpid()}.tmp"
     if registered(backend).onnx:
         tmp = job.out / f".{p.name}.onnx.{os.getpid()}.tmp"
-    try:
-        saved = registered(backend).export(job.model, req, tmp, job.onnx_file)
-    except (FusedError, PredictorError) as err:
-        raise ExportError(str(err)) from None
+    saved = registered(backend).export(job.model, req, tmp, job.onnx_file)
     predictor = Predictor(
         saved.module, name=p.name, size=job.size, backend=backend, precision=precision,
         batch=p.batch, return_mask=p.return_mask, rule=p.rule, path=saved.path,

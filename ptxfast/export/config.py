@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ptxfast import read_toml, shipped_dir, shipped_toml
+from ptxfast.errors import PtxfastError
 
 PROFILE_DIR = shipped_dir("export")
 
@@ -20,7 +21,7 @@ PROFILE_DIR = shipped_dir("export")
 DEFAULT_PARITY_N = 200  # synthetic phantoms when there is no validation split
 
 
-class ExportError(ValueError):
+class ExportError(PtxfastError):
     """An export that cannot run or did not pass; the message says what to do."""
 
 

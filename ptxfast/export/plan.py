@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ptxfast import CASCADES, MODEL_NAMES
-from ptxfast.environment import DeviceError, cpu_bf16, resolve_device
+from ptxfast.environment import cpu_bf16, resolve_device
 from ptxfast.export.config import (
     DEFAULT_TOLERANCES,
     ExportConfig,
@@ -24,7 +24,6 @@ from ptxfast.export.config import (
 from ptxfast.inference.backends import (
     BACKENDS,
     EXPORTABLE,
-    PredictorError,
     available_backends,
     check_precision,
 )
@@ -79,10 +78,7 @@ def plan(cfg: ExportConfig) -> Plan:
         cfg = replace(cfg, **{k: v for k, v in profile.items() if getattr(cfg, k) is None})
         cfg = replace(cfg, tolerance=tolerance)
     notes: list[str] = []
-    try:
-        device = resolve_device(cfg.device or "auto")
-    except DeviceError as err:
-        raise ExportError(str(err)) from None
+    device = resolve_device(cfg.device or "auto")
     precision = cfg.precision or ("fp16" if device.type == "cuda" else "fp32")
     backend = BACKEND_ALIASES.get(cfg.backend, cfg.backend) if cfg.backend else None
     gpu_default = BACKENDS["tensorrt"]  # the GPU default where it runs; torchscript otherwise
@@ -129,10 +125,7 @@ def _check_runs(
         if instead and instead not in missing:
             missing += f". {instead}"
         raise ExportError(missing)
-    try:
-        check_precision(backend, precision, device)
-    except PredictorError as err:
-        raise ExportError(str(err)) from None
+    check_precision(backend, precision, device)
     if device.type == "cpu" and precision == "bf16" and not bf16:
         notes.append(
             "this CPU has no bf16 units: "

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
+from ptxfast.checkpoint import load_checkpoint, sha256_file
 from ptxfast.environment import versions
+from ptxfast.errors import PtxfastError, first_line
 from ptxfast.export.candidates import (
     SELECTION_CALLS,
     Build,
@@ -35,8 +36,8 @@ from ptxfast.export.data import gate_data
 from ptxfast.export.gate import collect_outputs, compare_outputs, gate
 from ptxfast.export.plan import Plan, plan
 from ptxfast.inference.artifact import ArtifactSpec, read_sidecar, utc_now, write_artifact
-from ptxfast.inference.backends import BACKENDS, PredictorError
-from ptxfast.inference.fused import FusedError, fuse
+from ptxfast.inference.backends import BACKENDS
+from ptxfast.inference.fused import fuse
 from ptxfast.inference.operating import OperatingPointError, describe, label_rule
 from ptxfast.inference.operating import resolve as resolve_operating_point
 from ptxfast.inference.predictor import Predictor
@@ -55,10 +56,7 @@ def _checkpoint_path(cfg: ExportConfig) -> Path:
 
 def _load_model(path: Path, name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The fp32 eval model of a checkpoint, read with weights_only (pickled code is refused)."""
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as err:
-        raise ExportError(str(err)) from None
+    state = load_checkpoint(path)
     saved = state["model_args"].get("name")
     if saved != name:
         raise ExportError(f"{path} holds {saved!r}, not {name!r}; pass the {name} checkpoint")
@@ -66,8 +64,9 @@ def _load_model(path: Path, name: str) -> tuple[torch.nn.Module, dict[str, Any]]
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ExportError(f"{path}: weights do not fit {name} ({first}); retrain it") from None
+        raise ExportError(
+            f"{path}: weights do not fit {name} ({first_line(err)}); retrain it"
+        ) from None
     return model.eval(), state
 
 
@@ -245,7 +244,7 @@ def _triton(
             made.append(plan_file)
             runtime.triton_plan(job.model, candidate_request(job, chosen.precision), plan_file)
         return triton.write_repository(spec, cfg.triton, onnx_file, plan_file)
-    except (onnx_graph.OnnxError, FusedError, PredictorError) as err:
+    except PtxfastError as err:
         raise ExportError(f"{spec.path} is written, the Triton repository is not: {err}") from None
     finally:
         for f in made:
@@ -265,14 +264,11 @@ def _operating_point(cfg: ExportConfig, ckpt: Path, kind: str) -> dict[str, Any]
 def _reference(model: torch.nn.Module, p: Plan, size: int) -> Predictor:
     """The eager fp32 predictor every candidate is gated against (with masks, for Dice)."""
     masks = p.kind != "classifier"
-    try:
-        return Predictor(
-            fuse(model, p.name, size, device=p.device, return_mask=masks, tta=p.tta),
-            name=p.name, size=size, backend="eager", precision="fp32", device=p.device,
-            path="eager", return_mask=masks, rule=p.rule,
-        )  # fmt: skip
-    except FusedError as err:
-        raise ExportError(str(err)) from None
+    return Predictor(
+        fuse(model, p.name, size, device=p.device, return_mask=masks, tta=p.tta),
+        name=p.name, size=size, backend="eager", precision="fp32", device=p.device,
+        path="eager", return_mask=masks, rule=p.rule,
+    )  # fmt: skip
 
 
 def _build_and_gate(
@@ -291,7 +287,7 @@ def _build_and_gate(
         say(f"{p.name}: {verb} {backend} {precision} at {size}² on {p.device}")
         try:
             c = build_candidate(backend, precision, job)
-        except ExportError as err:
+        except PtxfastError as err:  # a missing runtime, an exporter that failed, ...
             if len(p.candidates) == 1:
                 raise
             say(f"{p.name}: {backend} {precision} left out ({err})")

@@ -7,20 +7,20 @@ thresholds, backend, precision, versions, the sha256 of the model file and of th
 came from, and the parity figures measured at export. The model file is written first and the
 sidecar last, each through a temporary file and `os.replace` (`ptxfast.files.atomic_write`), so
 a sidecar never names a file that is not complete; every loader checks the model file against
-the sidecar's sha256 first.
+the sidecar's sha256 first. What a sidecar holds is `ptxfast.inference.spec.ArtifactSpec`:
+`write_artifact` checks a sidecar against it before anything is moved into place, and
+`read_sidecar` returns one (validated) or raises one `ArtifactError` line naming the field.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ptxfast.checkpoint import sha256_file
-from ptxfast.errors import first_line
-from ptxfast.files import write_json
+from ptxfast.files import read_json, write_json
 from ptxfast.inference.spec import FORMAT_VERSION, SIDECAR_FIELDS, ArtifactError, ArtifactSpec
 
 SIDECAR_SUFFIX = ".json"
@@ -98,13 +98,7 @@ def read_sidecar(path: str | Path) -> ArtifactSpec:
         raise ArtifactError(
             f"no sidecar {side} for artifact {path}; export it with `ptxfast export ...`"
         )
-    try:
-        fields = json.loads(side.read_text())
-    except (OSError, ValueError) as err:
-        raise ArtifactError(
-            f"sidecar {side} is not readable JSON ({first_line(err)}); re-export it"
-        ) from None
-    return ArtifactSpec.from_record(fields, side)
+    return ArtifactSpec.from_record(read_json(side, ArtifactError, "re-export it", "sidecar"), side)
 
 
 def verify(sidecar: ArtifactSpec | str | Path) -> Path:

@@ -106,6 +106,7 @@ class Backend:
     fixed_batch: bool = False  # an engine built for the batch range only (pad and split)
     onnx: bool = False  # runs the ONNX file of the fused graph (shared by every ONNX backend)
     slow_cpu_compile: bool = False  # compiling takes minutes on a few CPU cores
+    options: tuple[str, ...] = ()  # the Request fields of its own it reads (callers pass these)
 
     @property
     def tag(self) -> str:
@@ -273,21 +274,6 @@ def _onnx_options(info: dict[str, Any]) -> dict[str, Any]:
     return {"channels_last": False, "device": cpu, "mask_output": "mask" in info["outputs"]}
 
 
-def _open_onnx(opener: Callable[..., Module]) -> Callable[..., Module]:
-    """A backend's `load`: `opener` with OnnxError turned into PredictorError."""
-
-    @functools.wraps(opener)
-    def load(file: Path, device: torch.device, **how: Any) -> Module:
-        from ptxfast.inference import onnx_graph
-
-        try:
-            return opener(file, device, **how)
-        except onnx_graph.OnnxError as err:
-            raise PredictorError(str(err)) from None
-
-    return load
-
-
 def _onnxruntime(file: Path, device: torch.device, **_: Any) -> Module:
     from ptxfast.inference import onnx_graph
 
@@ -308,13 +294,10 @@ def _build_onnx(load: Callable[..., Module], model: nn.Module, req: Request) -> 
     from ptxfast.inference import onnx_graph
 
     fused = _onnx_graph(model, req)
-    try:
-        with tempfile.TemporaryDirectory(prefix="ptxfast-onnx-") as tmp:
-            path = Path(req.onnx_file) if req.onnx_file else Path(tmp) / f"{req.name}.onnx"
-            info = onnx_graph.describe(path) if path.is_file() else onnx_graph.to_onnx(fused, path)
-            module = load(path, torch.device("cpu"), precision=req.precision)
-    except onnx_graph.OnnxError as err:
-        raise PredictorError(str(err)) from None
+    with tempfile.TemporaryDirectory(prefix="ptxfast-onnx-") as tmp:
+        path = Path(req.onnx_file) if req.onnx_file else Path(tmp) / f"{req.name}.onnx"
+        info = onnx_graph.describe(path) if path.is_file() else onnx_graph.to_onnx(fused, path)
+        module = load(path, torch.device("cpu"), precision=req.precision)
     return Built(module, f"onnx:{info['exporter']}", _onnx_options(info))
 
 
@@ -326,10 +309,7 @@ def _export_onnx(
     from ptxfast.inference import onnx_graph
 
     if "path" not in shared:
-        try:
-            shared["info"] = onnx_graph.to_onnx(_onnx_graph(model, req), file)
-        except onnx_graph.OnnxError as err:
-            raise PredictorError(str(err)) from None
+        shared["info"] = onnx_graph.to_onnx(_onnx_graph(model, req), file)
         shared["path"] = file
     path, info = shared["path"], shared["info"]
     module = load(path, torch.device("cpu"), precision=req.precision)
@@ -345,13 +325,12 @@ def _export_onnx(
 
 
 def _onnx_backend(name: str, load: Callable[..., Module], **attrs: Any) -> Backend:
-    load = _open_onnx(load)
     return Backend(
         name=name, title=f"an ONNX artifact for {name}",
         unavailable=functools.partial(_onnx_reason, name),
         build=functools.partial(_build_onnx, load),
         export=functools.partial(_export_onnx, load), load=load,
-        threads_itself=True, onnx=True, **attrs,
+        threads_itself=True, onnx=True, options=("onnx_file",), **attrs,
     )  # fmt: skip
 
 
@@ -371,6 +350,7 @@ BACKENDS: dict[str, Backend] = {
             _build_torchscript,
             _export_torchscript,
             _load_torchscript,
+            options=("check_trace", "optimize", "cpu_fusion"),
         ),  # fmt: skip
         Backend(
             "tensorrt",
@@ -394,6 +374,7 @@ BACKENDS: dict[str, Backend] = {
             _inductor_reason,
             _build_inductor,
             slow_cpu_compile=True,
+            options=("inductor_mode", "dynamic"),
         ),  # fmt: skip
         _onnx_backend(
             "onnxruntime",

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ptxfast import MODEL_NAMES
-from ptxfast.environment import DeviceError, resolve_device
-from ptxfast.errors import first_line
+from ptxfast.environment import resolve_device
+from ptxfast.errors import PtxfastError, first_line
 from ptxfast.inference.artifact import ArtifactError, ArtifactSpec, read_sidecar, verify
 from ptxfast.inference.backends import (
     BACKENDS,
@@ -126,7 +126,7 @@ def _load_module(spec: ArtifactSpec, file: Path, dev: torch.device):
         return BACKENDS[spec.backend].load(
             file, dev, path=spec.build_path, precision=spec.precision, runtime=spec.runtime
         )
-    except (PredictorError, DeviceError):
+    except PtxfastError:  # a missing runtime, an ONNX file its runtime refuses: said already
         raise
     except (RuntimeError, ValueError, OSError) as err:
         raise ArtifactError(

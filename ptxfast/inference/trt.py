@@ -32,6 +32,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from ptxfast.errors import first_line
+
 INSTALL_HINT = "pip install 'ptxfast[tensorrt]'"
 
 
@@ -53,7 +55,7 @@ def _import() -> tuple[Any, str | None]:
             return None, f"torch-tensorrt is not installed ({INSTALL_HINT})"
         return None, f"torch-tensorrt failed to import: {err} ({INSTALL_HINT})"
     except Exception as err:  # no driver, a missing libnvinfer, an ABI mismatch: all the same here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         return None, f"torch-tensorrt failed to import ({type(err).__name__}: {first})"
     return torch_tensorrt, None
 

@@ -306,7 +306,7 @@ def _drain(ray, ds, job: Job, summary: ScoreSummary, t_loop: float, total: int):
         cause = getattr(err, "cause", None)  # an actor's own refusal, e.g. a disk that is full
         if isinstance(cause, ScoreError | ledger.LedgerError):
             raise cause from None
-        raise ScoreError(_first_line(err)) from None
+        raise ScoreError(_ray_failure(err)) from None
     summary.latency_ms = latency_ms(latencies)
     summary.cluster["actor_processes"] = len(actors)
     # The first actors timed the model at the same moment (their start), so their sum is the
@@ -336,6 +336,7 @@ def _tally(summary: ScoreSummary, actors: dict[str, float], block, keep: list[in
         actors[name] = max(actors.get(name, 0.0), float(block["model_only"][j]))
 
 
-def _first_line(err: BaseException) -> str:
+def _ray_failure(err: BaseException) -> str:
+    """The Ray run's failure in one line: the last line of Ray's wrapped error is its cause."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return f"the Ray run failed: {lines[-1] if lines else type(err).__name__}"

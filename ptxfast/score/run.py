@@ -100,13 +100,10 @@ def _source(config: ScoreConfig):
         if config.wants_masks:
             check_masks(config.model.kind, config.model.return_mask, repr(config.model), None)
         return config.model
-    try:
-        model = config.model
-        sidecar = artifact.read_sidecar(
-            artifact.latest_artifact(config.exports_dir) if model is None else model
-        )
-    except artifact.ArtifactError as err:
-        raise ScoreError(str(err)) from None
+    model = config.model
+    sidecar = artifact.read_sidecar(
+        artifact.latest_artifact(config.exports_dir) if model is None else model
+    )
     if config.wants_masks:
         check_masks(
             sidecar.kind, sidecar.return_mask, str(sidecar.model_path), sidecar.export_command
