@@ -42,9 +42,10 @@ from ptxfast.benchmarking.results import (
     set_speedups,
 )
 from ptxfast.benchmarking.stages import StageInputs, stage_inputs, stage_row
-from ptxfast.benchmarking.timing import INPUT_BUFFERS
 from ptxfast.environment import resolve_device, versions
 from ptxfast.files import write_json, write_text
+from ptxfast.score.pipeline import default_workers
+from ptxfast.timing import INPUT_BUFFERS
 
 __all__ = ["run_bench"]
 
@@ -129,8 +130,6 @@ class _Run:
     def prepare(self) -> None:
         """The parity set, the stage inputs (real files decoded once, the same for every
         variant) and the eager fp32 reference."""
-        from ptxfast.score.pipeline import default_workers
-
         self.save()  # the files exist (and say what is planned) before the first measurement
         self.parity_set = labelled_set(self.cfg, self.src, self.figures["parity_n"], self.say)
         self.report.data = self.parity_set.info

@@ -168,7 +168,7 @@ class ArtifactSpec(Mapping):
         )
         if not lo <= opt <= hi:
             raise r.fail("batch", dict(record["batch"]), "min <= opt <= max")
-        op = r.get("operating_point", (dict, type(None)), "an object or null")
+        op = r.get("operating_point", (dict, type(None)), "an object or null", required=False)
         if op is not None:
             r.get("operating_point.threshold", _REAL, "a number in [0, 1]", _number(0, 1))
             r.get("operating_point.chosen", str, "a text saying how it was chosen")

@@ -22,11 +22,11 @@ from concurrent.futures import Future
 
 import torch
 
-from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.score import inputs, speed
 from ptxfast.score.config import ScoreConfig
 from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
 from ptxfast.score.dicom_out import model_identity
+from ptxfast.score.job import Job
 from ptxfast.score.ledger import read_done
 from ptxfast.score.pipeline import (
     InFlight,
@@ -41,9 +41,9 @@ from ptxfast.score.pipeline import (
     parallelism,
     results,
 )
-from ptxfast.score.run import Job
 from ptxfast.score.summary import ScoreSummary, count, new_summary, operating_point
 from ptxfast.score.writer import OutputWriter
+from ptxfast.timing import latency_ms
 
 __all__ = ["run"]
 

@@ -48,14 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.inference import operating
 from ptxfast.score import inputs, ledger, speed
 from ptxfast.score.config import ScoreError
+from ptxfast.score.job import Job
 from ptxfast.score.ledger import CSV_COLUMNS
 from ptxfast.score.ray_stages import COUNTERS, Decoder, Scorer
-from ptxfast.score.run import Job
 from ptxfast.score.summary import ScoreSummary, count, new_summary
+from ptxfast.timing import latency_ms
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"
 _RESTARTS = 3  # times Ray restarts a dead decoder or model actor
@@ -114,7 +114,7 @@ def _plan(resources: dict[str, float], device: str, sidecar, options: RayOptions
     cpus = int(resources.get("CPU", 0))
     gpus = int(resources.get("GPU", 0))
     if device == "auto":
-        wanted = sidecar.device
+        wanted = str(sidecar.get("device", "cpu"))  # the ArtifactSpec's record
         device = "cuda" if gpus and wanted.startswith("cuda") else "cpu"
     elif device.startswith("cuda"):
         if not gpus:
@@ -182,9 +182,7 @@ def run(job: Job, sidecar, options: RayOptions, device: str = "auto") -> ScoreSu
             ray.shutdown()
     count(summary, job.preds.path, {found.inputs[i] for i in todo})
     speed.fill_rates(summary, marks, t_loop, loop, 2 * plan.actors, plan.actors)
-    steady = summary.steady_images_per_s or summary.images_per_s
-    if steady and summary.model_only_images_per_s:
-        summary.ratio = steady / summary.model_only_images_per_s
+    speed.set_ratio(summary)
     return summary
 
 

@@ -11,26 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from ptxfast.files import write_json
-from ptxfast.score import ledger
+from ptxfast.score import engine_local, engine_ray, ledger
 from ptxfast.score.config import ScoreConfig, ScoreError, check_masks
+from ptxfast.score.job import Job, load
 from ptxfast.score.summary import ScoreSummary
 
 __all__ = ["Job", "load", "score_folder"]
-
-
-@dataclass
-class Job:
-    """A checked request and what `score_folder` prepared for the engine."""
-
-    config: ScoreConfig
-    preds: ledger.PredsCsv  # open, locked, its rows read on --resume
-    predictor: Any  # runtime.Predictor (local engine); None on Ray, whose actors load it
-    source: Any  # the artifact's sidecar, or the Predictor passed in
-    t_start: float  # when score_folder was called
 
 
 def score_folder(
@@ -64,11 +52,7 @@ def score_folder(
     job = Job(config, preds, predictor, source, t_start)
     try:
         if config.engine == "ray":
-            from ptxfast.score import engine_ray
-
             return _finish(job, engine_ray.run(job, source, ray_options, config.device))
-        from ptxfast.score import engine_local
-
         return _finish(job, engine_local.run(job))
     finally:
         preds.close()
@@ -79,7 +63,6 @@ def _check_engine(config: ScoreConfig):
     if config.engine != "ray":
         return None
     from ptxfast.inference import runtime
-    from ptxfast.score import engine_ray
 
     engine_ray.require_ray()
     options = config.ray or engine_ray.RayOptions()
@@ -121,17 +104,6 @@ def _predictor(config: ScoreConfig, source):
             raise ScoreError(str(err)) from None
         return None
     return source if isinstance(source, runtime.Predictor) else load(source, config.device)
-
-
-def load(sidecar, device: str):
-    """The artifact's predictor on `device`; its refusals as ScoreError."""
-    from ptxfast.inference import runtime
-
-    try:
-        # "auto": the device type the artifact was exported for when it is here, else the CPU.
-        return runtime.load_predictor(sidecar, device=device)
-    except ValueError as err:  # PredictorError, ArtifactError (bytes not the sidecar's)
-        raise ScoreError(str(err)) from None
 
 
 def _finish(job: Job, summary: ScoreSummary) -> ScoreSummary:
