@@ -153,6 +153,17 @@ def test_a_damaged_sidecar_is_one_line_naming_the_field(case, artifact, folder, 
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_every_command_shows_a_ptxfast_error_as_one_line(artifact, tmp_path):
+    """The command group catches the common base once: bench and report raise their own
+    errors, and the artifact's, with no re-wrapping of their own."""
+    copy = _copy(artifact, tmp_path / "exports", backend=None)
+    result = CliRunner().invoke(cli, ["bench", "--model", str(copy), "--device", "cpu"])
+    _one_line_refusal(result, "'backend'", "re-export it")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "other.csv")])
+    _one_line_refusal(result, "not a ptxfast predictions CSV")
+
+
 def test_a_sidecar_value_cannot_act_on_the_terminal(artifact, tmp_path):
     copy = _copy(artifact, tmp_path, backend="\x1b[2J\x1b]0;owned\x07")
     with pytest.raises(ArtifactError) as err:
