@@ -205,7 +205,7 @@ def test_a_damaged_newest_sidecar_is_named_not_skipped(artifact, folder, tmp_pat
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torchscript"])
-def test_export_writes_a_triton_repository(backend, artifact, tmp_path):
+def test_export_writes_a_triton_repository(backend, artifact, tmp_path, monkeypatch):
     import onnxruntime as ort
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -245,3 +245,23 @@ def test_export_writes_a_triton_repository(backend, artifact, tmp_path):
     np.testing.assert_allclose(prob, want.prob.numpy(), atol=1e-4)
     np.testing.assert_array_equal(area, want.area.numpy())
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    if backend == "onnx":  # a TensorRT engine's model: the engine's own tensor names and types
+        from ptxfast.export import triton
+        from ptxfast.inference import trt
+
+        bindings = [("x", "HALF", True), ("output0", "HALF", False), ("output1", "INT32", False)]
+        monkeypatch.setattr(trt, "engine_io", lambda engine: bindings)
+        plan = tmp_path / "engine.bin"
+        plan.write_bytes(b"serialized engine")
+        written = triton.write_repository(written, tmp_path / "trt", written.model_path, plan)
+        config = model_config_pb2.ModelConfig()
+        text_format.Parse(written[1].read_text(), config)
+        assert (config.name, config.platform) == ("rn34un_tensorrt", "tensorrt_plan")
+        assert [(t.name, t.data_type) for t in config.input] == [("x", model_config_pb2.TYPE_FP16)]
+        assert [(t.name, t.data_type) for t in config.output] == [
+            ("output0", model_config_pb2.TYPE_FP16),
+            ("output1", model_config_pb2.TYPE_INT32),
+        ]
+        assert (
+            tmp_path / "trt" / "rn34un_tensorrt" / "1" / "model.plan"
+        ).read_bytes() == b"serialized engine"

@@ -30,8 +30,10 @@ from ptxfast.export.config import ExportError
 from ptxfast.files import atomic_write, write_text
 from ptxfast.inference.spec import ArtifactSpec
 
-# ONNX TensorProto element types → Triton data types.
+# ONNX TensorProto element types and TensorRT data types → Triton data types.
 _TRITON_TYPES = {1: "TYPE_FP32", 6: "TYPE_INT32", 7: "TYPE_INT64", 10: "TYPE_FP16", 16: "TYPE_BF16"}
+_TRT_TYPES = {"FLOAT": "TYPE_FP32", "HALF": "TYPE_FP16", "BF16": "TYPE_BF16", "INT32": "TYPE_INT32",
+              "INT64": "TYPE_INT64"}  # fmt: skip
 _QUEUE_DELAY_US = 500  # how long Triton may hold a request to batch it with others
 
 
@@ -110,6 +112,23 @@ def config_text(
     )
 
 
+def _engine_tensors(
+    plan: Path, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ONNX graph's tensors renamed and retyped as the engine binds them (in order: the
+    image; prob, area and, when the engine returns it, the mask)."""
+    from ptxfast.inference import trt
+
+    tensors = trt.engine_io(plan.read_bytes())
+    ins = [(n, t) for n, t, is_input in tensors if is_input]
+    outs = [(n, t) for n, t, is_input in tensors if not is_input]
+    return (
+        [{**d, "name": n, "type": _TRT_TYPES[t]} for d, (n, t) in zip(inputs, ins, strict=True)],
+        # The ONNX graph always carries the mask; an engine fused without it has two outputs.
+        [{**d, "name": n, "type": _TRT_TYPES[t]} for d, (n, t) in zip(outputs, outs, strict=False)],
+    )
+
+
 def _place(source: Path, target: Path) -> None:
     """Copy `source` to `target` through a temporary name, so a model file is whole or absent."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +151,8 @@ def write_repository(
     if plan_file is not None:
         models.append((f"{name}_tensorrt", "tensorrt_plan", plan_file, "model.plan"))
     for model, platform, source, target in models:
-        if platform == "tensorrt_plan" and spec.input_dtype == "float16":
-            inputs = [{**t, "type": "TYPE_FP16"} for t in inputs]  # a half engine takes half
+        if platform == "tensorrt_plan":
+            inputs, outputs = _engine_tensors(source, inputs, outputs)
         _place(source, out / model / "1" / target)
         config = out / model / "config.pbtxt"
         text = config_text(spec, inputs, outputs, name=model, platform=platform, gpu=gpu)

@@ -228,11 +228,30 @@ def engine_bytes(
     over the batch range `batch`: the `model.plan` Triton's tensorrt_plan platform loads."""
     tt = torch_tensorrt_module()
     convert = tt.convert_method_to_trt_engine
-    options = _supported(convert, {"use_explicit_typing": True, "min_block_size": 1})
+    options = _supported(
+        convert,
+        {"use_explicit_typing": True, "enabled_precisions": {dtype}, "min_block_size": 1},
+    )
     engine = convert(
         fused, "forward", arg_inputs=_inputs(tt, batch, size, dtype), ir="dynamo", **options
     )
     return bytes(engine)
+
+
+def engine_io(engine: bytes) -> list[tuple[str, str, bool]]:
+    """[(name, dtype, is_input)] of a serialized engine's tensors in binding order; dtype as
+    TensorRT names it (FLOAT, HALF, BF16, INT32, INT64). What Triton's config must say of a
+    tensorrt_plan model: the engine's own names and types, not the ONNX graph's."""
+    import tensorrt
+
+    runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.ERROR))
+    e = runtime.deserialize_cuda_engine(engine)
+    out = []
+    for i in range(e.num_io_tensors):
+        name = e.get_tensor_name(i)
+        is_input = e.get_tensor_mode(name) == tensorrt.TensorIOMode.INPUT
+        out.append((name, e.get_tensor_dtype(name).name, is_input))
+    return out
 
 
 def load(file: str | Path, path: str, device: torch.device) -> Callable[[torch.Tensor], Any]:
