@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from ptxfast.benchmarking.parity import probabilities
-from ptxfast.benchmarking.timing import timed_calls
 from ptxfast.environment import resolve_device, versions
 from ptxfast.export import phantom_batches
 from ptxfast.files import write_json
 from ptxfast.inference.runtime import Predictor, build_predictor
 from ptxfast.metrics import parity
+from ptxfast.timing import timed_calls
 
 VARIANTS = {
     # name: (backend, precision, channels_last, optimize_for_inference, cpu_fusion)

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from ptxfast import MODEL_NAMES
-from ptxfast.benchmarking.timing import timed_calls
 from ptxfast.environment import resolve_device, versions
 from ptxfast.files import write_json
 from ptxfast.models import build, kind_of
+from ptxfast.timing import timed_calls
 from ptxfast.training import Step, train_step
 
 MODES = ("paper", "nhwc", "fast")

@@ -14,7 +14,6 @@ chosen for target recalls, the calibration temperature) is not part of the weigh
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import random
@@ -26,10 +25,11 @@ import torch
 from torch import nn
 
 from ptxfast import __version__
-from ptxfast.files import atomic_write, write_json
+from ptxfast.errors import PtxfastError, first_line
+from ptxfast.files import atomic_write, read_json, write_json
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PtxfastError):
     """A checkpoint that cannot be used; the message says which file and what to do."""
 
 
@@ -61,12 +61,7 @@ def read_evaluation(checkpoint: str | Path) -> dict[str, Any] | None:
     path = evaluation_path(checkpoint)
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path} is not readable JSON ({err}); rerun `ptxfast evaluate` to rewrite it"
-        ) from None
+    doc = read_json(path, CheckpointError, "rerun `ptxfast evaluate` to rewrite it")
     if not isinstance(doc, dict) or doc.get("sha256") != sha256_file(checkpoint):
         return None
     return doc
@@ -98,7 +93,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(
             f"{path} was refused: it holds Python objects, not only tensors and plain containers "
             f"({first}); load only checkpoints written by ptxfast"

@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ptxfast.errors import PtxfastError
+
 __all__ = ["DeviceError", "cpu_bf16", "resolve_device", "sync", "versions"]
 
 
-class DeviceError(ValueError):
+class DeviceError(PtxfastError):
     """A device that is not there; the message says what to use instead."""
 
 

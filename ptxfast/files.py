@@ -5,6 +5,7 @@ One source for two rules every stage shares:
   the target, so readers see the old file or the new one, never a torn one.
 - `json_clean`: the JSON ptxfast writes is strict — NaN and ±inf become null, paths strings,
   numpy scalars Python numbers — so any JSON reader (not only Python's) can load it.
+`read_json` reads one back, an unreadable file being one line that names it and the fix.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "json_clean", "write_json", "write_text"]
+__all__ = ["atomic_write", "json_clean", "read_json", "write_json", "write_text"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -33,6 +34,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_json(path: str | Path, error: type[Exception], fix: str, what: str = "") -> Any:
+    """The JSON document in `path`; a file that cannot be read or parsed raises `error` with
+    one line: "<what> <path> is not readable JSON (<why>); <fix>"."""
+    from ptxfast.errors import first_line
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        name = f"{what} {path}" if what else str(path)
+        raise error(f"{name} is not readable JSON ({first_line(err)}); {fix}") from None
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ptxfast import MODEL_NAMES, read_toml, shipped_toml
+from ptxfast.errors import PtxfastError
 
 
-class TrainError(ValueError):
+class TrainError(PtxfastError):
     """A training run that cannot start or go on; the message says what to do."""
 
 

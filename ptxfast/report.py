@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ptxfast import pages, report_page
+from ptxfast.errors import PtxfastError
 
 DEFAULT_TOP = 48  # positives shown as cards with images
 DEFAULT_PAGE = 200  # rows per page of a list
@@ -53,7 +54,7 @@ _JPEG_QUALITY = 82
 _ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
-class ReportError(ValueError):
+class ReportError(PtxfastError):
     """A report that cannot be made as asked; the message names the file and the fix."""
 
 
@@ -198,16 +199,15 @@ def _model(summary: dict[str, Any]) -> Model:
         except artifact.ArtifactError as err:
             m.note = f"sidecar not read: {err}"
     if side is not None:
-        m.sha256 = str(side.get("sha256") or "") or None
-        thresholds = side.get("thresholds") or {}
-        if thresholds.get("label") is not None:
-            m.threshold = float(thresholds["label"])
-        op = side.get("operating_point")
-        m.operating_point = op if isinstance(op, dict) else None
-        if isinstance(op, dict) and op.get("threshold") is not None:
+        m.sha256 = side.sha256
+        thresholds = side.thresholds
+        m.threshold = float(thresholds["label"])
+        op = side.operating_point
+        m.operating_point = dict(op) if op is not None else None
+        if op is not None:
             m.threshold = float(op["threshold"])
-        m.size = (side.get("input") or {}).get("size")
-        if side.get("kind") == "segmenter" and m.threshold is not None:
+        m.size = side.size
+        if side.kind == "segmenter":
             m.rule = (
                 f"positive when the k-th largest pixel probability exceeds {m.threshold:g} "
                 f"(more than {thresholds.get('min_area')} pixels above {thresholds.get('pixel')})"

@@ -30,14 +30,14 @@ from ptxfast.benchmarking import (
     summarize_times,
 )
 from ptxfast.benchmarking import run as bench_run
-from ptxfast.benchmarking.timing import (
+from ptxfast.cli import cli
+from ptxfast.inference.runtime import Outputs
+from ptxfast.timing import (
     INPUT_BUFFERS,
     model_only_images_per_s,
     time_predictor,
     timed_calls,
 )
-from ptxfast.cli import cli
-from ptxfast.inference.runtime import Outputs
 
 NAME = "rn34un+rn34"
 pytestmark = pytest.mark.usefixtures("offline", "one_thread")

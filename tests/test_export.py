@@ -426,16 +426,16 @@ def test_checkpoint_with_pickled_code_is_refused_unrun(tmp_path):
 
 
 def test_parity_gate_fails_a_perturbed_artifact_and_writes_nothing(runs, tmp_path, monkeypatch):
-    import ptxfast.export.candidates as export_module
+    import ptxfast.inference.backends as backends_module
 
-    real = export_module.to_torchscript
+    real = backends_module.to_torchscript
 
     def perturbed(fused, *args, **kwargs):
         # The candidate is a copy of the model: shift its logit, not the reference's.
         fused.model.net.fc.bias.data += 4.0
         return real(fused, *args, **kwargs)
 
-    monkeypatch.setattr(export_module, "to_torchscript", perturbed)
+    monkeypatch.setattr(backends_module, "to_torchscript", perturbed)
     out = tmp_path / "exports"
     args = ["export", "--model", "rn34", "--runs", str(runs), "--out", str(out)]
     args += ["--device", "cpu", "--batch", "1:2:4", "--parity-n", "6", "--backend", "torchscript"]

@@ -190,7 +190,7 @@ def test_load_predictor_runs_the_artifact(tmp_path, x):
 def test_unfused_cpu_artifact_is_fused_on_load(tmp_path, x, monkeypatch):
     import functools
 
-    import ptxfast.export.candidates
+    import ptxfast.inference.backends
     from ptxfast.checkpoint import checkpoint_header, save_checkpoint
 
     torch.manual_seed(3)
@@ -200,8 +200,8 @@ def test_unfused_cpu_artifact_is_fused_on_load(tmp_path, x, monkeypatch):
         tmp_path / "runs" / "rn34" / "best.pt",
     )
     # An artifact as exported before the CPU rewrite existed: the plain frozen graph.
-    plain = functools.partial(ptxfast.export.candidates.to_torchscript, cpu_fusion=False)
-    monkeypatch.setattr(ptxfast.export.candidates, "to_torchscript", plain)
+    plain = functools.partial(ptxfast.inference.backends.to_torchscript, cpu_fusion=False)
+    monkeypatch.setattr(ptxfast.inference.backends, "to_torchscript", plain)
     cfg = ExportConfig(
         "rn34", runs=tmp_path / "runs", out=tmp_path / "exports", device="cpu", parity_n=4,
         backend="torchscript",

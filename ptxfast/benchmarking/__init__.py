@@ -20,8 +20,8 @@ cut short still leaves what it measured.
 
 The modules, one idea each:
 - `config`: `BenchConfig`, `BenchError`, the defaults per device type;
-- `timing`: warm-up, synchronised timing of a callable, percentiles (also the scorer's
-  model-only images/s);
+- `ptxfast.timing` (beside this package, since the scorer uses it too): warm-up,
+  synchronised timing of a callable, percentiles, the scorer's model-only images/s;
 - `measure`: one throughput row's figures (timing, peak memory, GPU telemetry, energy);
 - `plan`: the model to time and the variants to build, and building them;
 - `parity`: the labelled set, the eager fp32 reference, parity rows;
@@ -39,7 +39,7 @@ from ptxfast.benchmarking.render import to_markdown, write_plots
 from ptxfast.benchmarking.results import PARITY_KEYS, ROW_KEYS, STAGE_KEYS, BenchReport
 from ptxfast.benchmarking.run import run_bench
 from ptxfast.benchmarking.stages import measure_stages, stage_figures
-from ptxfast.benchmarking.timing import (
+from ptxfast.timing import (
     latency_ms,
     model_only_images_per_s,
     percentiles,

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ptxfast.errors import PtxfastError
+
 __all__ = ["CPU_DEFAULTS", "GPU_DEFAULTS", "PARITY_BATCH", "BenchConfig", "BenchError", "settings"]
 
 
-class BenchError(ValueError):
+class BenchError(PtxfastError):
     """A benchmark that cannot start as asked; the message says what to do."""
 
 

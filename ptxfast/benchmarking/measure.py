@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ptxfast.benchmarking.timing import summarize_times, time_predictor
 from ptxfast.environment import sync
+from ptxfast.timing import summarize_times, time_predictor
 
 __all__ = ["PeakMemory", "energy_per_image", "measure"]
 

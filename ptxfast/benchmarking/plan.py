@@ -16,6 +16,7 @@ from ptxfast import MODEL_NAMES
 from ptxfast.benchmarking.config import CPU_DEFAULTS, GPU_DEFAULTS, BenchConfig, BenchError
 from ptxfast.benchmarking.results import first_line
 from ptxfast.environment import cpu_bf16
+from ptxfast.inference.spec import ArtifactSpec
 
 __all__ = [
     "CPU_INDUCTOR_SKIP",
@@ -116,21 +117,17 @@ def _random_init(name: str, size: int, seed: int) -> Source:
 def resolve_source(cfg: BenchConfig, gpu: bool, say: Callable[[str], None]) -> Source:
     """The model `cfg` names: its artifact (`model`), its checkpoint (`name`, from `runs`), or
     without either the newest export in `exports`, else eb3un+eb3 at random init."""
-    from ptxfast.inference.artifact import ArtifactError, latest_artifact, read_sidecar
+    from ptxfast.inference.artifact import list_artifacts, read_sidecar
 
     if cfg.model is not None and cfg.name is not None:
         raise BenchError("give --model ARTIFACT or --cascade NAME, not both")
     default_size = (GPU_DEFAULTS if gpu else CPU_DEFAULTS)["size"]
     if cfg.model is not None:
-        try:
-            return _from_sidecar(read_sidecar(cfg.model), cfg, say)
-        except ArtifactError as err:
-            raise BenchError(str(err)) from None
+        return _from_sidecar(read_sidecar(cfg.model), cfg, say)
     if cfg.name is not None:
         return _from_name(cfg, default_size, say)
-    try:
-        sidecar = read_sidecar(latest_artifact(cfg.exports))
-    except ArtifactError:
+    found = list_artifacts(cfg.exports)  # a damaged newest sidecar stops here, named
+    if not found:
         size = cfg.size or default_size
         say(
             f"no --model, --cascade or export in {cfg.exports}: eb3un+eb3 at random init "
@@ -138,19 +135,20 @@ def resolve_source(cfg: BenchConfig, gpu: bool, say: Callable[[str], None]) -> S
             "the backends on untrained weights"
         )
         return _random_init("eb3un+eb3", size, cfg.seed)
+    sidecar = found[-1]
     say(f"no --model or --cascade: benchmarking the newest export, {sidecar.path}")
     return _from_sidecar(sidecar, cfg, say)
 
 
-def _from_sidecar(sidecar, cfg: BenchConfig, say: Callable[[str], None]) -> Source:
+def _from_sidecar(sidecar: ArtifactSpec, cfg: BenchConfig, say: Callable[[str], None]) -> Source:
     """An artifact, with the checkpoint it was exported from when that is still here."""
-    size = int(sidecar["input"]["size"])
+    size = sidecar.size
     if cfg.size and cfg.size != size:
         raise BenchError(
             f"{sidecar.model_path} runs at {size}², not --size {cfg.size}; drop --size or "
             f"export at {cfg.size}"
         )
-    ckpt = Path(((sidecar.get("sources") or {}).get("checkpoint") or {}).get("path", ""))
+    ckpt = sidecar.checkpoint or Path("")
     model, no_model, weights = None, None, f"artifact {sidecar.model_path}"
     if ckpt.is_file():
         model, _ = _load_checkpoint_model(ckpt)
@@ -162,7 +160,7 @@ def _from_sidecar(sidecar, cfg: BenchConfig, say: Callable[[str], None]) -> Sour
         )
         say(no_model)
     trained_on = _data_dir(sidecar.get("recipe"))
-    return Source(sidecar["name"], size, model, sidecar, weights, trained_on, no_model)
+    return Source(sidecar.name, size, model, sidecar, weights, trained_on, no_model)
 
 
 def _from_name(cfg: BenchConfig, default_size: int, say: Callable[[str], None]) -> Source:
@@ -201,6 +199,7 @@ def plan_variants(
     is left out of a default on purpose is "skipped".
     """
     from ptxfast.inference.runtime import available_backends
+    from ptxfast.inference.runtime import backend as registered
 
     gpu = device.type == "cuda"
     default = requested is None
@@ -224,7 +223,7 @@ def plan_variants(
         reason = reasons.get(backend) or _precision_reason(backend, precision, device)
         if reason is not None:
             out.append((name, reason, "unavailable"))
-        elif default and not gpu and backend == "inductor":
+        elif default and not gpu and registered(backend).slow_cpu_compile:
             out.append((name, CPU_INDUCTOR_SKIP, "skipped"))
         elif default and not gpu and precision == "bf16" and not bf16_units:
             out.append((name, NO_BF16_SKIP, "skipped"))
@@ -247,6 +246,7 @@ def build_variant(variant: str, src: Source, device: torch.device, batch_sizes, 
     """The predictor of one variant, built on the fly by `runtime.build_predictor` (or loaded,
     for the artifact); `Unavailable` when there is no fp32 model to build it from."""
     from ptxfast.inference.fused import quiet_jit
+    from ptxfast.inference.runtime import backend as registered
     from ptxfast.inference.runtime import build_predictor, load_predictor
 
     if variant == "artifact":
@@ -257,7 +257,7 @@ def build_variant(variant: str, src: Source, device: torch.device, batch_sizes, 
     lo, hi = min(batch_sizes), max(batch_sizes)
     opt = min(max(8, lo), hi)
     onnx_file = None
-    if backend in ("onnxruntime", "openvino"):
+    if registered(backend).onnx:
         if src.onnx_dir is None:  # removed with the source at the end of the run
             src.onnx_dir = tempfile.TemporaryDirectory(prefix="ptxfast-bench-onnx-")
         onnx_file = Path(src.onnx_dir.name) / f"{src.name}.onnx"
@@ -265,9 +265,10 @@ def build_variant(variant: str, src: Source, device: torch.device, batch_sizes, 
     # minutes) unless --inductor-mode says otherwise, with automatic dynamic shapes, so the
     # batch sizes after the first share one compiled graph instead of one each.
     inductor = dict(inductor_mode=cfg.inductor_mode or "default", dynamic=None)
+    own = {k: v for k, v in inductor.items() if k in registered(backend).options}
     with quiet_jit():
         return build_predictor(
             backend, src.model, name=src.name, size=src.size, precision=precision,
             device=device, batch=(lo, opt, hi), check_trace=False, seed=cfg.seed,
-            onnx_file=onnx_file, **(inductor if backend == "inductor" else {}),
+            onnx_file=onnx_file, **own,
         )  # fmt: skip

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptxfast import errors
 from ptxfast.files import json_clean
 
 __all__ = [
@@ -103,9 +104,7 @@ def keyed(keys: Sequence[str], **values: Any) -> dict[str, Any]:
 
 def first_line(err: BaseException) -> str:
     """`Type: first line of the message`, what a row records of an error."""
-    text = str(err).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return errors.first_line(err, typed=True)
 
 
 def set_speedups(rows: list[dict[str, Any]]) -> None:

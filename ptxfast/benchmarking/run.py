@@ -42,9 +42,10 @@ from ptxfast.benchmarking.results import (
     set_speedups,
 )
 from ptxfast.benchmarking.stages import StageInputs, stage_inputs, stage_row
-from ptxfast.benchmarking.timing import INPUT_BUFFERS
-from ptxfast.environment import DeviceError, resolve_device, versions
+from ptxfast.environment import resolve_device, versions
 from ptxfast.files import write_json, write_text
+from ptxfast.score.pipeline import default_workers
+from ptxfast.timing import INPUT_BUFFERS
 
 __all__ = ["run_bench"]
 
@@ -54,14 +55,12 @@ Plan = list[tuple[str, str | None, str]]  # plan_variants' (variant, reason, sta
 def run_bench(cfg: BenchConfig, say: Callable[[str], None] = lambda _: None) -> BenchReport:
     """Benchmark one model on each backend variant; see the package docstring.
 
-    Raises BenchError for what cannot start (a bad option, a missing checkpoint); anything that
+    Raises a PtxfastError (BenchError, DeviceError, ArtifactError) for what cannot start (a bad
+    option, a missing checkpoint, an unreadable artifact); anything that
     fails later is recorded in the report and the run goes on.
     """
     start = time.perf_counter()
-    try:
-        dev = resolve_device(cfg.device)
-    except DeviceError as err:
-        raise BenchError(str(err)) from None
+    dev = resolve_device(cfg.device)
     gpu = dev.type == "cuda"
     figures = settings(cfg, gpu)
     threads_before = torch.get_num_threads()
@@ -131,8 +130,6 @@ class _Run:
     def prepare(self) -> None:
         """The parity set, the stage inputs (real files decoded once, the same for every
         variant) and the eager fp32 reference."""
-        from ptxfast.score.pipeline import default_workers
-
         self.save()  # the files exist (and say what is planned) before the first measurement
         self.parity_set = labelled_set(self.cfg, self.src, self.figures["parity_n"], self.say)
         self.report.data = self.parity_set.info
@@ -201,8 +198,7 @@ class _Run:
         label = variant
         if variant == "artifact":
             sidecar = self.src.sidecar
-            backend, precision = sidecar["backend"], sidecar["precision"]["requested"]
-            tta = sidecar.get("tta", "none")
+            backend, precision, tta = sidecar.backend, sidecar.precision, sidecar.tta
             if tta != "none":
                 # Its cost sits beside the plain graphs of the other rows; its parity is
                 # against the plain eager model, so it includes what the averaging changes.

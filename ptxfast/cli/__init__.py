@@ -10,6 +10,6 @@ train: train, evaluate; export; score: score, report; bench.
 from __future__ import annotations
 
 from ptxfast.cli import bench, data, export, score, train  # noqa: F401 - registers the commands
-from ptxfast.cli.app import PtxfastError, cli, console, main
+from ptxfast.cli.app import CliError, cli, console, main
 
-__all__ = ["PtxfastError", "cli", "console", "main"]
+__all__ = ["CliError", "cli", "console", "main"]

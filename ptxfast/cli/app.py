@@ -13,6 +13,8 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from ptxfast.errors import PtxfastError
+
 console = Console(stderr=True)
 
 # The path types the commands' options take.
@@ -89,8 +91,8 @@ def json_option(dest: str, help: str) -> Decorator:
     return option("--json", dest, type=FILE, help=help)
 
 
-class PtxfastError(click.ClickException):
-    """A user-facing error: one line that says what is wrong and what to do."""
+class CliError(click.ClickException):
+    """A user-facing error as the command line shows it: one line, exit status 1."""
 
     def show(self, file=None) -> None:  # noqa: D102 - rich rendering of click's error
         # soft_wrap: one line whatever the width, so a log of a batch job greps whole.
@@ -99,7 +101,21 @@ class PtxfastError(click.ClickException):
         )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """The command group; every `ptxfast.errors.PtxfastError` a command raises is caught here,
+    once, and shown as one line (exit status 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PtxfastError as err:
+            raise CliError(str(err)) from None
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="ptxfast")
 def cli() -> None:
     """ptxfast: pneumothorax detection on chest X-rays, trained, fused, compiled and benchmarked.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from ptxfast.cli import app
-from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
+from ptxfast.cli.app import DIR, FILE, CliError, cli, console, option
 
 
 def _int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
@@ -16,7 +16,7 @@ def _int_list(flag: str, text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         values = ()
     if not values or min(values) < 1:
-        raise PtxfastError(f"{flag} {text!r}: give positive integers separated by commas, e.g. 1,8")
+        raise CliError(f"{flag} {text!r}: give positive integers separated by commas, e.g. 1,8")
     return values
 
 
@@ -91,7 +91,7 @@ def bench_command(
       ptxfast bench --json bench.json --markdown bench.md --plots bench-plots/
       ptxfast bench --cascade eb3un+eb3 --runs runs --backends eager,torchscript-fp16,tensorrt
     """
-    from ptxfast.benchmarking import BenchConfig, BenchError, render, run_bench
+    from ptxfast.benchmarking import BenchConfig, render, run_bench
 
     cfg = BenchConfig(
         model=model, name=name, runs=runs, exports=exports,
@@ -101,8 +101,5 @@ def bench_command(
         stage_n=stage_files, inductor_mode=inductor_mode, threads=threads, seed=seed,
         json_out=json_out, markdown_out=markdown_out,
     )  # fmt: skip
-    try:
-        report = run_bench(cfg, say=lambda line: console.print(line, highlight=False))
-    except BenchError as e:
-        raise PtxfastError(str(e)) from None
+    report = run_bench(cfg, say=lambda line: console.print(line, highlight=False))
     render.print_report(report.as_dict(), Console(), console, plots_dir, (json_out, markdown_out))

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 
 from ptxfast.cli import app
-from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option, warnings_shown
+from ptxfast.cli.app import DIR, FILE, cli, console, option, warnings_shown
 
 
 @cli.command("synth")
@@ -42,12 +42,9 @@ def synth_command(out, n, seed, size, positive_rate, fmt, preview, workers, over
     """
     from ptxfast.data import synth
 
-    try:
-        summary = synth.write_dataset(out, n, seed, size, positive_rate, fmt, workers, overwrite)
-        if preview:
-            synth.write_preview(out, preview)
-    except synth.SynthError as e:
-        raise PtxfastError(str(e)) from None
+    summary = synth.write_dataset(out, n, seed, size, positive_rate, fmt, workers, overwrite)
+    if preview:
+        synth.write_preview(out, preview)
     Console().print(summary.table(preview))
 
 
@@ -70,9 +67,6 @@ def split_command(data: Path, seed: int, force: bool) -> None:
     from ptxfast.data import records, splits
 
     with warnings_shown(records.DatasetWarning):
-        try:
-            result = splits.split_dataset(data, seed=seed, force=force)
-        except records.DatasetError as e:
-            raise PtxfastError(str(e)) from None
+        result = splits.split_dataset(data, seed=seed, force=force)
     Console().print(result.table())
     console.print(result.message(), highlight=False)

@@ -6,7 +6,9 @@ import click
 from rich.console import Console
 
 from ptxfast.cli import app
-from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
+from ptxfast.cli.app import DIR, FILE, CliError, cli, console, option
+from ptxfast.export.plan import BACKEND_ALIASES
+from ptxfast.inference.backends import EXPORTABLE
 
 # The parity-gate tolerances export takes (ExportConfig fields of the same names).
 _TOLERANCE_OPTIONS = (
@@ -45,7 +47,7 @@ def _tolerance_options(command):
 )
 @option(
     "--backend",
-    type=click.Choice(["tensorrt", "torchscript", "onnxruntime", "onnx", "openvino"]),
+    type=click.Choice([*EXPORTABLE, *BACKEND_ALIASES]),
     help="[default: on CUDA tensorrt where it can run, else torchscript; on a CPU the fastest "
     "candidate that passes the gate] onnx = onnxruntime (the portable .onnx artifact).",
 )
@@ -91,9 +93,15 @@ def _tolerance_options(command):
     default="none",
     help="hflip: average each image with its left-right mirror inside the graph (2x compute).",
 )
+@option(
+    "--triton",
+    type=DIR,
+    help="Also write a Triton Inference Server model repository here: <model>/config.pbtxt and "
+    "<model>/1/model.onnx (and <model>_tensorrt/1/model.plan after a TensorRT export).",
+)
 def export_command(
     cascade, model, runs, checkpoint, out, backend, precision, batch, size, device, data, profile,
-    return_mask, parity_n, seed, operating_point, tta, **tolerance_options,
+    return_mask, parity_n, seed, operating_point, tta, triton, **tolerance_options,
 ) -> None:  # fmt: skip
     """Fuse a trained model into one graph, compile it, gate it on parity, write an artifact.
 
@@ -110,14 +118,14 @@ def export_command(
       ptxfast export --cascade eb3un+eb3 --profile cpu-bf16
       ptxfast export --model eb3un --backend torchscript --precision fp32
       ptxfast export --cascade eb3un+eb3 --operating-point recall=0.95 --tta hflip
+      ptxfast export --cascade eb3un+eb3 --backend onnx --triton models/
     """
-    from ptxfast.export import ExportConfig, ExportError, ParityError, export_model, parse_batch
+    from ptxfast.errors import first_line
+    from ptxfast.export import ExportConfig, ParityError, export_model, parse_batch
     from ptxfast.export.render import figures_table, result_tables
-    from ptxfast.inference.artifact import ArtifactError
-    from ptxfast.inference.runtime import PredictorError
 
     if bool(cascade) == bool(model):
-        raise PtxfastError(
+        raise CliError(
             "name one model: --cascade NAME (a cascade) or --model NAME (the other four)"
         )
     name = cascade or model
@@ -128,18 +136,15 @@ def export_command(
             batch=parse_batch(batch) if batch else None, size=size, device=device, data=data,
             profile=profile, return_mask=return_mask, parity_n=parity_n, seed=seed,
             tolerance={k: v for k, v in tolerance_options.items() if v is not None},
-            operating_point=operating_point, tta=tta,
+            operating_point=operating_point, tta=tta, triton=triton,
         )  # fmt: skip
         result = export_model(
             cfg, say=lambda line: console.print(line, highlight=False, markup=False)
         )
-    except ParityError as e:
+    except ParityError as e:  # the figures beside the one line
         console.print(figures_table(e.figures))
-        raise PtxfastError(str(e)) from None
-    except (ExportError, ArtifactError, PredictorError) as e:
-        raise PtxfastError(str(e)) from None
+        raise
     except RuntimeError as e:  # a TensorRT build failure: one line, not a traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PtxfastError(f"export of {name} failed: {first}") from None
+        raise CliError(f"export of {name} failed: {first_line(e)}") from None
     for table in result_tables(result):
         Console().print(table)

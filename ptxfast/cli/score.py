@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ptxfast.cli import app
-from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
+from ptxfast.cli.app import DIR, FILE, CliError, cli, console, option
 
 
 class _FolderOrUrl(click.ParamType):
@@ -173,7 +173,7 @@ def score_command(
 
             ray_options = RayOptions(address=address, decoders=decoders, actors=actors)
         elif address or decoders or actors:
-            raise PtxfastError("--address, --decoders and --actors go with --engine ray")
+            raise CliError("--address, --decoders and --actors go with --engine ray")
         config = score.ScoreConfig(
             root=folder, out=out, model=model, device=device, batch_size=batch_size,
             workers=workers, resume=resume, shard=parts, masks_dir=masks_dir,
@@ -196,13 +196,13 @@ def score_command(
             s = score.score_folder(config)
     except (score.ScoreError, ledger.LedgerError) as e:
         # ledger: another run holds --out, or a file could not be written (disk full...).
-        raise PtxfastError(str(e)) from None
+        raise CliError(str(e)) from None
     score.print_summary(s, config, console)
     from ptxfast.score.senders import failure_line
 
     unsent = failure_line(s.sent, config.out)
     if unsent:
-        raise PtxfastError(unsent)
+        raise CliError(unsent)
 
 
 def _pacs_options(studies, since, send, ae_title, ca_bundle):
@@ -252,13 +252,10 @@ def report_command(preds, out, masks_dir, summary_json, root, top, page_size) ->
     """
     from ptxfast import report
 
-    try:
-        r = report.build_report(
-            preds, out or preds.with_name("report.html"), masks_dir=masks_dir,
-            summary_json=summary_json, root=root, top=top, page_size=page_size,
-        )  # fmt: skip
-    except report.ReportError as e:
-        raise PtxfastError(str(e)) from None
+    r = report.build_report(
+        preds, out or preds.with_name("report.html"), masks_dir=masks_dir,
+        summary_json=summary_json, root=root, top=top, page_size=page_size,
+    )  # fmt: skip
     for line in r.lines():
         console.print(line, highlight=False)
     click.echo(str(r.path))

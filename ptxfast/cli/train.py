@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from ptxfast.cli import app
-from ptxfast.cli.app import DIR, PtxfastError, cli, console, option, warnings_shown
+from ptxfast.cli.app import DIR, CliError, cli, console, option, warnings_shown
 
 
 @cli.command("train")
@@ -44,21 +44,15 @@ def train_command(arch, recipe, resume, **overrides) -> None:
     """
     import os
 
-    from ptxfast import checkpoint, environment, training
+    from ptxfast import training
     from ptxfast.data import records
     from ptxfast.training.render import results_table
 
     rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 speaks
     # `overrides`: the recipe settings given as options (data, runs, epochs, size, batch_size,
     # lr, device, workers, seed, weights); None keeps the recipe's.
-    errors = (training.TrainError, checkpoint.CheckpointError, environment.DeviceError)
-    try:
-        with warnings_shown(records.DatasetWarning, live=True, speak=rank0, models_log=True):
-            results = training.train_models(
-                arch, recipe, resume=resume, console=console, **overrides
-            )
-    except (*errors, records.DatasetError) as e:
-        raise PtxfastError(str(e)) from None
+    with warnings_shown(records.DatasetWarning, live=True, speak=rank0, models_log=True):
+        results = training.train_models(arch, recipe, resume=resume, console=console, **overrides)
     if rank0:
         Console().print(results_table(results, recipe))
 
@@ -133,31 +127,27 @@ def evaluate_command(
       ptxfast evaluate --runs runs --target-recall 0.9
       ptxfast evaluate --target-recall 0.9 --target-recall 0.95 --tune-cutoffs
     """
-    from ptxfast import checkpoint, environment, evaluation
+    from ptxfast import evaluation
     from ptxfast.data import records
     from ptxfast.evaluation import render
 
-    errors = (evaluation.EvalError, checkpoint.CheckpointError, environment.DeviceError)
-    try:
-        with warnings_shown(records.DatasetWarning):
-            cfg = evaluation.EvalConfig(
-                runs=runs,
-                data=data,
-                out=out,
-                models=models,
-                device=device,
-                batch_size=batch_size,
-                tune=tune_cutoffs,
-                overlays=overlays,
-                workers=workers,
-                target_recalls=_target_recalls(target_recalls),
-                n_boot=n_boot,
-            )
-            report = evaluation.run_evaluation(
-                cfg, progress=lambda line: console.print(line, highlight=False)
-            )
-    except (*errors, records.DatasetError) as e:
-        raise PtxfastError(str(e)) from None
+    with warnings_shown(records.DatasetWarning):
+        cfg = evaluation.EvalConfig(
+            runs=runs,
+            data=data,
+            out=out,
+            models=models,
+            device=device,
+            batch_size=batch_size,
+            tune=tune_cutoffs,
+            overlays=overlays,
+            workers=workers,
+            target_recalls=_target_recalls(target_recalls),
+            n_boot=n_boot,
+        )
+        report = evaluation.run_evaluation(
+            cfg, progress=lambda line: console.print(line, highlight=False)
+        )
     Console().print(render.metrics_table(report))
     if any(r.operating_points for r in report.results):
         Console().print(render.operating_point_table(report))
@@ -179,6 +169,6 @@ def _target_recalls(values: tuple[str, ...]) -> tuple[float, ...]:
         except ValueError:
             r = -1.0
         if not 0 < r <= 1:
-            raise PtxfastError(f"--target-recall {v}: give a recall in (0, 1], e.g. 0.9, or none")
+            raise CliError(f"--target-recall {v}: give a recall in (0, 1], e.g. 0.9, or none")
         out.append(r)
     return tuple(out)

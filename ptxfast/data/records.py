@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ptxfast.data.rle import decode
+from ptxfast.errors import PtxfastError
 
 __all__ = [
     "CANDID_COLUMNS",
@@ -45,7 +46,7 @@ _PATIENT_IN_FILENAME = re.compile(r"^(P\d+)_")
 _MISSING_SHOWN = 5  # names listed in the missing-files warning before "... and N more"
 
 
-class DatasetError(ValueError):
+class DatasetError(PtxfastError):
     """Unusable dataset input (missing CSV, wrong columns, stale splits.csv); the message names the fix."""
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ptxfast.errors import PtxfastError
 from ptxfast.metrics import CI_METRICS
 
 DEFAULT_OVERLAYS = 8
@@ -52,7 +53,7 @@ CSV_COLUMNS = (
 )
 
 
-class EvalError(ValueError):
+class EvalError(PtxfastError):
     """Evaluation cannot run as asked; the message says what to do."""
 
 

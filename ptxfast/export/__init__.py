@@ -44,11 +44,10 @@ from ptxfast.export.config import (
 )
 from ptxfast.export.data import dataset_batches, phantom_batches
 from ptxfast.export.gate import collect_outputs, compare_outputs, gate, strict_fp32
-from ptxfast.export.plan import BACKEND_ALIASES, BACKENDS, CPU_CANDIDATES, DEFAULT_BATCH, Plan, plan
+from ptxfast.export.plan import BACKEND_ALIASES, CPU_CANDIDATES, DEFAULT_BATCH, Plan, plan
 from ptxfast.export.run import export_model
 
 __all__ = [
-    "BACKENDS",
     "BACKEND_ALIASES",
     "CPU_CANDIDATES",
     "DEFAULT_BATCH",

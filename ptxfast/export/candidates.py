@@ -19,18 +19,10 @@ import torch
 
 from ptxfast.export.config import ExportError
 from ptxfast.export.plan import Plan
-from ptxfast.inference import cpu_fusion
-from ptxfast.inference.artifact import EXTENSIONS, file_stem
-from ptxfast.inference.fused import (
-    PRECISIONS,
-    FusedError,
-    fuse,
-    graph_precision,
-    input_dtype,
-    quiet_jit,
-    to_torchscript,
-)
-from ptxfast.inference.runtime import ONNX_BACKENDS, Predictor, PredictorError, onnx_module
+from ptxfast.inference.artifact import file_stem
+from ptxfast.inference.backends import Request
+from ptxfast.inference.backends import backend as registered
+from ptxfast.inference.predictor import Predictor
 
 SELECTION_CALLS = 5  # timed calls of each candidate (after 2 warm-up calls), interleaved
 
@@ -71,114 +63,36 @@ class Build:
     onnx_file: dict[str, Any] = field(default_factory=dict)  # the ONNX export candidates share
 
 
+def candidate_request(job: Build, precision: str) -> Request:
+    """What the registry builds for a candidate of `job` at `precision`."""
+    p = job.plan
+    return Request(p.name, job.size, precision, p.device, p.batch, p.return_mask, tta=p.tta)
+
+
 def build_candidate(backend: str, precision: str, job: Build) -> Candidate:
-    """Build, save and load back one artifact; `job.onnx_file` caches the ONNX export that the
-    ONNX Runtime and OpenVINO candidates share."""
+    """Build, save and load back one artifact through its backend in the registry
+    (`ptxfast.inference.backends`); `job.onnx_file` caches the ONNX export that the ONNX
+    Runtime and OpenVINO candidates share."""
     start = time.perf_counter()
-    model, p, size, out = job.model, job.plan, job.size, job.out
-    tmp = out / f".{artifact_stem(p, backend, precision)}.{os.getpid()}.tmp"
-    dtype = PRECISIONS[precision]
-    common = dict(
-        name=p.name, size=size, backend=backend, precision=precision, batch=p.batch,
-        return_mask=p.return_mask, rule=p.rule,
-    )  # fmt: skip
-    try:
-        if backend in ONNX_BACKENDS:
-            return _onnx_candidate(backend, precision, job, common)
-        candidate = fuse(
-            model, p.name, size, precision=precision, device=p.device,
-            return_mask=p.return_mask, tta=p.tta,
-        )  # fmt: skip
-    except FusedError as err:
-        raise ExportError(str(err)) from None
-    ext = EXTENSIONS["torchscript"]
-    if backend == "torchscript":
-        try:
-            scripted = to_torchscript(candidate, p.batch, p.device)
-        except FusedError as err:
-            raise ExportError(str(err)) from None
-        with quiet_jit():
-            torch.jit.save(scripted, str(tmp))
-            loaded = torch.jit.load(str(tmp), map_location=p.device).eval()
-        path = "trace"
-        actual, weights = graph_precision(loaded)
-        source = "dtype of the frozen graph's weight constants"
-        fusion = {"cpu_fusion": cpu_fusion.describe(loaded)}  # the torch it is bound to
-    else:
-        from ptxfast.inference import trt
-
-        compiled = trt.compile_fused(
-            candidate, size=size, batch=p.batch, device=p.device, dtype=dtype
-        )
-        ext = compiled.ext
-        with open(tmp, "wb") as f:  # a file object: exported programs want .pt2 names
-            compiled.save(f)
-        loaded = trt.load(tmp, compiled.path, p.device)
-        path, actual, source = compiled.path, compiled.precision, compiled.precision_source
-        weights, fusion = {}, {}
+    p, req = job.plan, candidate_request(job, precision)
+    tmp = job.out / f".{artifact_stem(p, backend, precision)}.{os.getpid()}.tmp"
+    if registered(backend).onnx:
+        tmp = job.out / f".{p.name}.onnx.{os.getpid()}.tmp"
+    saved = registered(backend).export(job.model, req, tmp, job.onnx_file)
     predictor = Predictor(
-        loaded, device=p.device, input_dtype=input_dtype(dtype), path=path, **common
+        saved.module, name=p.name, size=job.size, backend=backend, precision=precision,
+        batch=p.batch, return_mask=p.return_mask, rule=p.rule, path=saved.path,
+        **{"device": p.device, **saved.options},
     )  # fmt: skip
     fields = {
-        "path": path,
-        "precision": {
-            "requested": precision,
-            "actual": actual,
-            "source": source,
-            **({"weight_elements": weights} if weights else {}),
-        },
-        "input_dtype": str(input_dtype(dtype)).replace("torch.", ""),
-        "channels_last": True,
-        **fusion,
+        "path": saved.path,
+        "input_dtype": str(predictor.input_dtype).replace("torch.", ""),
+        "channels_last": predictor.channels_last,
+        **saved.fields,
     }
-    return Candidate(backend, precision, predictor, tmp, ext, fields, time.perf_counter() - start)
-
-
-def _onnx_candidate(backend: str, precision: str, job: Build, common: dict[str, Any]) -> Candidate:
-    """An ONNX Runtime or OpenVINO candidate over the fp32 ONNX export (made once per export)."""
-    from ptxfast.inference import onnx_graph
-
-    start = time.perf_counter()
-    model, p, size, out, onnx_file = job.model, job.plan, job.size, job.out, job.onnx_file
-    if "path" not in onnx_file:
-        tmp = out / f".{p.name}.onnx.{os.getpid()}.tmp"
-        fused = fuse(
-            model, p.name, size, device="cpu", return_mask=p.return_mask, channels_last=False,
-            tta=p.tta,
-        )  # fmt: skip
-        try:
-            onnx_file["info"] = onnx_graph.to_onnx(fused, tmp)
-        except onnx_graph.OnnxError as err:
-            raise ExportError(str(err)) from None
-        onnx_file["path"] = tmp
-        onnx_file["seconds"] = time.perf_counter() - start
-    tmp, info = onnx_file["path"], onnx_file["info"]
-    try:
-        module = onnx_module(backend, tmp, precision, {}, torch.device("cpu"))
-    except PredictorError as err:
-        raise ExportError(str(err)) from None
-    path = f"onnx:{info['exporter']}"
-    predictor = Predictor(
-        module, device=torch.device("cpu"), path=path, channels_last=False,
-        mask_output="mask" in info["outputs"], **common,
-    )  # fmt: skip
-    runtime = dict(module.info)
-    if backend == "openvino":
-        actual = "bf16" if runtime["inference_precision"] == "bf16" else "fp32"
-        source = "INFERENCE_PRECISION_HINT of the compiled OpenVINO model"
-    else:
-        actual, source = "fp32", "float32 initializers of the ONNX graph"
-    fields = {
-        "path": path,
-        "precision": {"requested": precision, "actual": actual, "source": source},
-        "input_dtype": "float32",
-        "channels_last": False,
-        "onnx": info,
-        "runtime": runtime,
-    }
-    # The first ONNX candidate's build time includes the export they share.
-    seconds = time.perf_counter() - start + onnx_file.pop("seconds", 0.0)
-    return Candidate(backend, precision, predictor, tmp, "onnx", fields, seconds)
+    # The first ONNX candidate's build time includes the export the others share.
+    seconds = time.perf_counter() - start
+    return Candidate(backend, precision, predictor, saved.file, saved.ext, fields, seconds)
 
 
 def time_predictors(

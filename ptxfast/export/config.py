@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ptxfast import read_toml, shipped_dir, shipped_toml
+from ptxfast.errors import PtxfastError
 
 PROFILE_DIR = shipped_dir("export")
 
@@ -20,7 +21,7 @@ PROFILE_DIR = shipped_dir("export")
 DEFAULT_PARITY_N = 200  # synthetic phantoms when there is no validation split
 
 
-class ExportError(ValueError):
+class ExportError(PtxfastError):
     """An export that cannot run or did not pass; the message says what to do."""
 
 
@@ -88,6 +89,7 @@ class ExportConfig:
     operating_point: str | None = None
     tta: str = "none"  # "hflip": average each image with its mirror inside the graph
     n_boot: int = 2000  # bootstrap resamples behind the operating point's validation CIs
+    triton: Path | None = None  # also write a Triton model repository here (export.triton)
     # The CLI option that named the model ("cascade" | "model"): a name it does not take is
     # refused with the option's own choices; None (library calls) takes any of the eight.
     option: str | None = None
@@ -102,6 +104,7 @@ class ExportResult:
     sidecar: dict[str, Any]
     notes: list[str] = field(default_factory=list)  # one-line choices made on the user's behalf
     seconds: float = 0.0
+    triton: list[Path] = field(default_factory=list)  # config.pbtxt of each Triton model written
 
 
 def profile_path(profile: str | Path) -> Path:

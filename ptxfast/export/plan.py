@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ptxfast import CASCADES, MODEL_NAMES
-from ptxfast.environment import DeviceError, cpu_bf16, resolve_device
+from ptxfast.environment import cpu_bf16, resolve_device
 from ptxfast.export.config import (
     DEFAULT_TOLERANCES,
     ExportConfig,
@@ -22,17 +22,14 @@ from ptxfast.export.config import (
     load_profile,
 )
 from ptxfast.inference.backends import (
-    ONNX_BACKENDS,
-    PredictorError,
+    BACKENDS,
+    EXPORTABLE,
     available_backends,
     check_precision,
 )
 from ptxfast.inference.fused import TTAS
 from ptxfast.inference.operating import LabelRule
 from ptxfast.models import kind_of
-
-BACKENDS = ("tensorrt", "torchscript", "onnxruntime", "openvino")
-
 
 BACKEND_ALIASES = {"onnx": "onnxruntime"}
 
@@ -74,8 +71,6 @@ class Plan:
 
 def plan(cfg: ExportConfig) -> Plan:
     """Resolve profile, options and defaults into one `Plan`; refuse what cannot run here."""
-    from ptxfast.inference import trt
-
     _check_name(cfg.name, cfg.option)
     if cfg.profile:  # the profile fills what the options left open
         profile = load_profile(cfg.profile)
@@ -83,47 +78,28 @@ def plan(cfg: ExportConfig) -> Plan:
         cfg = replace(cfg, **{k: v for k, v in profile.items() if getattr(cfg, k) is None})
         cfg = replace(cfg, tolerance=tolerance)
     notes: list[str] = []
-    try:
-        device = resolve_device(cfg.device or "auto")
-    except DeviceError as err:
-        raise ExportError(str(err)) from None
+    device = resolve_device(cfg.device or "auto")
     precision = cfg.precision or ("fp16" if device.type == "cuda" else "fp32")
     backend = BACKEND_ALIASES.get(cfg.backend, cfg.backend) if cfg.backend else None
-    reason = trt.unavailable_reason(device)
+    gpu_default = BACKENDS["tensorrt"]  # the GPU default where it runs; torchscript otherwise
+    reason = gpu_default.unavailable(device)
     bf16 = cpu_bf16()
     if backend is None and device.type == "cpu":
         candidates = _cpu_candidates(cfg.precision, bf16, notes)
-    elif backend is None and precision == "bf16":
+    elif backend is None and precision not in gpu_default.precisions:
         candidates = [("torchscript", precision)]  # TensorRT engines here are fp16 / fp32
     elif backend is None:
-        candidates = [("tensorrt" if reason is None else "torchscript", precision)]
+        candidates = [(gpu_default.name if reason is None else "torchscript", precision)]
         if reason is not None:
             notes.append(f"backend torchscript: {reason.split('. Use --backend')[0]}")
-    elif backend not in BACKENDS:
-        choices = ", ".join([*BACKENDS, *BACKEND_ALIASES])
+    elif backend not in EXPORTABLE:
+        choices = ", ".join([*EXPORTABLE, *BACKEND_ALIASES])
         raise ExportError(f"unknown backend {backend!r}; choose one of {choices}")
-    elif backend == "tensorrt" and reason is not None:
-        raise ExportError(
-            reason if "Use --backend" in reason else f"{reason}. Use --backend torchscript."
-        )
     else:
         candidates = [(backend, precision)]
     if len(candidates) == 1:
         backend, precision = candidates[0]
-        if backend in ONNX_BACKENDS:
-            missing = available_backends(device)[backend]
-            if missing is not None:
-                raise ExportError(missing)
-        try:
-            check_precision(backend, precision, device)
-        except PredictorError as err:
-            raise ExportError(str(err)) from None
-        if device.type == "cpu" and precision == "bf16" and not bf16:
-            notes.append(
-                "this CPU has no bf16 units: OpenVINO computes this artifact in f32 here"
-                if backend == "openvino"
-                else "this CPU has no bf16 units: the bf16 artifact runs emulated (slow)"
-            )
+        _check_runs(backend, precision, device, bf16, notes)
     kind = kind_of(cfg.name)
     return_mask = bool(cfg.return_mask)
     if return_mask and kind == "classifier":
@@ -137,6 +113,25 @@ def plan(cfg: ExportConfig) -> Plan:
         cfg.name, kind, device, backend, precision, batch, return_mask, tolerances[precision],
         notes, candidates, tolerances, cfg.tta,
     )  # fmt: skip
+
+
+def _check_runs(
+    backend: str, precision: str, device: torch.device, bf16: str | None, notes: list[str]
+) -> None:
+    """Refuse the one planned candidate when it cannot run here; note an emulated bf16."""
+    missing = available_backends(device)[backend]
+    if missing is not None:
+        instead = BACKENDS[backend].instead
+        if instead and instead not in missing:
+            missing += f". {instead}"
+        raise ExportError(missing)
+    check_precision(backend, precision, device)
+    if device.type == "cpu" and precision == "bf16" and not bf16:
+        notes.append(
+            "this CPU has no bf16 units: "
+            + ("OpenVINO computes this artifact in f32 here" if BACKENDS[backend].threads_itself
+               else "the bf16 artifact runs emulated (slow)")
+        )  # fmt: skip
 
 
 def _check_name(name: str, option: str | None) -> None:

@@ -91,6 +91,10 @@ def result_tables(result: ExportResult) -> list[Table]:
     if s.get("tta", "none") != "none":
         table.add_row("test-time aug.", f"{s['tta']}: the image and its mirror, averaged")
     table.add_row("sha256", s["sha256"])
+    for config in result.triton:
+        table.add_row(
+            "triton", f"{config.parent} (tritonserver --model-repository {config.parent.parent})"
+        )
     table.add_row("time", f"{result.seconds:.1f} s")
     tables = [table, figures_table(s["parity"])]
     if s.get("selection"):

@@ -8,6 +8,7 @@ leaves no file behind.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -16,14 +17,16 @@ from typing import Any
 
 import torch
 
-from ptxfast.checkpoint import CheckpointError, load_checkpoint, sha256_file
+from ptxfast.checkpoint import load_checkpoint, sha256_file
 from ptxfast.environment import versions
+from ptxfast.errors import PtxfastError, first_line
 from ptxfast.export.candidates import (
     SELECTION_CALLS,
     Build,
     Candidate,
     artifact_stem,
     build_candidate,
+    candidate_request,
     choose_default,
     selection_row,
     time_predictors,
@@ -32,11 +35,12 @@ from ptxfast.export.config import ExportConfig, ExportError, ExportResult, Parit
 from ptxfast.export.data import gate_data
 from ptxfast.export.gate import collect_outputs, compare_outputs, gate
 from ptxfast.export.plan import Plan, plan
-from ptxfast.inference.artifact import read_sidecar, utc_now, write_artifact
-from ptxfast.inference.fused import FusedError, fuse
+from ptxfast.inference.artifact import ArtifactSpec, read_sidecar, utc_now, write_artifact
+from ptxfast.inference.backends import BACKENDS
+from ptxfast.inference.fused import fuse
 from ptxfast.inference.operating import OperatingPointError, describe, label_rule
 from ptxfast.inference.operating import resolve as resolve_operating_point
-from ptxfast.inference.runtime import Predictor
+from ptxfast.inference.predictor import Predictor
 from ptxfast.models import build, cascade_parts, kind_of, thresholds
 
 
@@ -52,10 +56,7 @@ def _checkpoint_path(cfg: ExportConfig) -> Path:
 
 def _load_model(path: Path, name: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The fp32 eval model of a checkpoint, read with weights_only (pickled code is refused)."""
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as err:
-        raise ExportError(str(err)) from None
+    state = load_checkpoint(path)
     saved = state["model_args"].get("name")
     if saved != name:
         raise ExportError(f"{path} holds {saved!r}, not {name!r}; pass the {name} checkpoint")
@@ -63,8 +64,9 @@ def _load_model(path: Path, name: str) -> tuple[torch.nn.Module, dict[str, Any]]
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ExportError(f"{path}: weights do not fit {name} ({first}); retrain it") from None
+        raise ExportError(
+            f"{path}: weights do not fit {name} ({first_line(err)}); retrain it"
+        ) from None
     return model.eval(), state
 
 
@@ -194,6 +196,7 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
             sidecar["selection"] = selection
         final = out / f"{artifact_stem(p, chosen.backend, chosen.precision)}.{chosen.ext}"
         side = write_artifact(chosen.tmp, final, sidecar)
+        triton = _triton(cfg, job, chosen, read_sidecar(side), say)
     finally:
         for c in built:
             c.tmp.unlink(missing_ok=True)
@@ -205,7 +208,47 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
         sidecar=read_sidecar(side),
         notes=p.notes,
         seconds=time.perf_counter() - start,
+        triton=triton,
     )
+
+
+def _triton(
+    cfg: ExportConfig, job: Build, chosen: Candidate, spec: ArtifactSpec, say: Callable[[str], None]
+) -> list[Path]:
+    """With --triton, the model repository of the written artifact (`ptxfast.export.triton`):
+    its ONNX file, or, beside a TorchScript / TensorRT artifact, the same fused graph exported
+    to ONNX here (checked against eager by `to_onnx`), plus the TensorRT engine as a plan where
+    the artifact's backend builds one."""
+    if cfg.triton is None:
+        return []
+    from ptxfast.export import triton
+    from ptxfast.inference import onnx_graph
+
+    p, runtime = job.plan, BACKENDS[chosen.backend]
+    onnx_file, plan_file = job.onnx_file.get("path"), None
+    made = []
+    try:
+        if runtime.onnx:
+            onnx_file = spec.model_path
+        elif onnx_file is None:
+            say(f"{p.name}: exporting the fused graph to ONNX for Triton")
+            onnx_file = job.out / f".{p.name}.triton.{os.getpid()}.tmp"
+            made.append(onnx_file)
+            fused = fuse(
+                job.model, p.name, job.size, device="cpu", return_mask=p.return_mask,
+                channels_last=False, tta=p.tta,
+            )  # fmt: skip
+            onnx_graph.to_onnx(fused, onnx_file)
+        if runtime.triton_plan is not None:
+            plan_file = job.out / f".{p.name}.plan.{os.getpid()}.tmp"
+            made.append(plan_file)
+            runtime.triton_plan(job.model, candidate_request(job, chosen.precision), plan_file)
+        return triton.write_repository(spec, cfg.triton, onnx_file, plan_file)
+    except PtxfastError as err:
+        raise ExportError(f"{spec.path} is written, the Triton repository is not: {err}") from None
+    finally:
+        for f in made:
+            f.unlink(missing_ok=True)
 
 
 def _operating_point(cfg: ExportConfig, ckpt: Path, kind: str) -> dict[str, Any] | None:
@@ -221,14 +264,11 @@ def _operating_point(cfg: ExportConfig, ckpt: Path, kind: str) -> dict[str, Any]
 def _reference(model: torch.nn.Module, p: Plan, size: int) -> Predictor:
     """The eager fp32 predictor every candidate is gated against (with masks, for Dice)."""
     masks = p.kind != "classifier"
-    try:
-        return Predictor(
-            fuse(model, p.name, size, device=p.device, return_mask=masks, tta=p.tta),
-            name=p.name, size=size, backend="eager", precision="fp32", device=p.device,
-            path="eager", return_mask=masks, rule=p.rule,
-        )  # fmt: skip
-    except FusedError as err:
-        raise ExportError(str(err)) from None
+    return Predictor(
+        fuse(model, p.name, size, device=p.device, return_mask=masks, tta=p.tta),
+        name=p.name, size=size, backend="eager", precision="fp32", device=p.device,
+        path="eager", return_mask=masks, rule=p.rule,
+    )  # fmt: skip
 
 
 def _build_and_gate(
@@ -243,11 +283,11 @@ def _build_and_gate(
     batches, ref = data
     p, size = job.plan, job.size
     for backend, precision in p.candidates:
-        verb = "compiling" if backend == "tensorrt" else "building"
+        verb = BACKENDS[backend].verb
         say(f"{p.name}: {verb} {backend} {precision} at {size}² on {p.device}")
         try:
             c = build_candidate(backend, precision, job)
-        except ExportError as err:
+        except PtxfastError as err:  # a missing runtime, an exporter that failed, ...
             if len(p.candidates) == 1:
                 raise
             say(f"{p.name}: {backend} {precision} left out ({err})")

@@ -7,81 +7,45 @@ thresholds, backend, precision, versions, the sha256 of the model file and of th
 came from, and the parity figures measured at export. The model file is written first and the
 sidecar last, each through a temporary file and `os.replace` (`ptxfast.files.atomic_write`), so
 a sidecar never names a file that is not complete; every loader checks the model file against
-the sidecar's sha256 first.
+the sidecar's sha256 first. What a sidecar holds is `ptxfast.inference.spec.ArtifactSpec`:
+`write_artifact` checks a sidecar against it before anything is moved into place, and
+`read_sidecar` returns one (validated) or raises one `ArtifactError` line naming the field.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ptxfast.checkpoint import sha256_file
-from ptxfast.files import write_json
+from ptxfast.files import read_json, write_json
+from ptxfast.inference.spec import FORMAT_VERSION, SIDECAR_FIELDS, ArtifactError, ArtifactSpec
 
-FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".json"
-EXTENSIONS = {"torchscript": "ts", "exported_program": "ep", "onnx": "onnx"}
-# The backend part of a file name where it is not the backend's own name: the ONNX Runtime
-# artifact is the portable one, `<name>.onnx-fp32.onnx`.
-FILE_TAGS = {"onnxruntime": "onnx"}
 
-# Every sidecar carries these keys (tests and loaders rely on them).
-SIDECAR_FIELDS = (
-    "format_version",
-    "name",
-    "kind",
-    "file",
-    "input",
-    "batch",
-    "thresholds",
-    "backend",
-    "path",
-    "precision",
-    "return_mask",
-    "outputs",
-    "device",
-    "versions",
-    "created",
-    "sha256",
-    "sources",
-    "recipe",
-    "parity",
-)
-
-
-class ArtifactError(ValueError):
-    """An artifact that cannot be used; the message says which file and what to do."""
-
-
-class Sidecar(dict):
-    """A sidecar's fields (a plain dict) plus where it was read from."""
-
-    def __init__(self, fields: dict[str, Any], path: Path) -> None:
-        super().__init__(fields)
-        self.path = Path(path)
-
-    @property
-    def model_path(self) -> Path:
-        """The model file the sidecar describes (its `file`, beside the sidecar)."""
-        return self.path.parent / self["file"]
-
-    @property
-    def export_command(self) -> str:
-        """The command that remakes this artifact (for error messages)."""
-        flag = "--cascade" if self.get("kind") == "cascade" else "--model"
-        return (
-            f"ptxfast export {flag} {self.get('name', '?')} --backend {self.get('backend', '?')} "
-            f"--precision {self.get('precision', {}).get('requested', '?')}"
-        )
+__all__ = [
+    "FORMAT_VERSION",
+    "SIDECAR_FIELDS",
+    "ArtifactError",
+    "ArtifactSpec",
+    "file_stem",
+    "latest_artifact",
+    "list_artifacts",
+    "read_sidecar",
+    "sidecar_path",
+    "verify",
+    "write_artifact",
+]
 
 
 def file_stem(name: str, backend: str, precision: str) -> str:
     """`eb3un+eb3.torchscript-fp32`, `eb3un+eb3.onnx-fp32`: an artifact's file name without its
     extension."""
-    return f"{name}.{FILE_TAGS.get(backend, backend)}-{precision}"
+    from ptxfast.inference.backends import backend as registered
+
+    return f"{name}.{registered(backend).tag}-{precision}"
 
 
 def write_artifact(model_tmp: str | Path, model_path: str | Path, sidecar: dict[str, Any]) -> Path:
@@ -99,11 +63,13 @@ def write_artifact(model_tmp: str | Path, model_path: str | Path, sidecar: dict[
     fields["file"] = model_path.name
     fields["sha256"] = sha256_file(model_tmp)
     fields.setdefault("created", utc_now())
-    missing = [k for k in SIDECAR_FIELDS if k not in fields]
-    if missing:
-        raise ValueError(f"sidecar for {model_path.name} lacks {', '.join(missing)}")
+    side = model_path.with_suffix(SIDECAR_SUFFIX)
+    try:  # what every reader will check, checked before anything is moved into place
+        ArtifactSpec.from_record(fields, side)
+    except ArtifactError as err:
+        raise ValueError(f"export wrote a sidecar its readers refuse: {err}") from None
     os.replace(model_tmp, model_path)  # the model file is complete: moving it is the write
-    return write_json(model_path.with_suffix(SIDECAR_SUFFIX), fields)
+    return write_json(side, fields)
 
 
 def utc_now() -> str:
@@ -117,8 +83,11 @@ def sidecar_path(path: str | Path) -> Path:
     return path if path.suffix == SIDECAR_SUFFIX else path.with_suffix(SIDECAR_SUFFIX)
 
 
-def read_sidecar(path: str | Path) -> Sidecar:
-    """Read an artifact's sidecar; `path` may be the model file or the `.json` beside it."""
+def read_sidecar(path: str | Path) -> ArtifactSpec:
+    """An artifact's validated sidecar; `path` may be the model file or the `.json` beside it.
+
+    Anything a loader would trip over (unreadable JSON, another format version, a missing or
+    mistyped field, an unknown backend) is one ArtifactError line naming the field and the fix."""
     if not str(path).strip() or Path(path).is_dir():  # "" (an unset variable) reads as "."
         raise ArtifactError(
             f"{str(path)!r} is not an artifact: give the exported model file or its .json "
@@ -129,31 +98,16 @@ def read_sidecar(path: str | Path) -> Sidecar:
         raise ArtifactError(
             f"no sidecar {side} for artifact {path}; export it with `ptxfast export ...`"
         )
-    try:
-        fields = json.loads(side.read_text())
-    except (OSError, ValueError) as err:
-        raise ArtifactError(f"sidecar {side} is not readable JSON ({err}); re-export it") from None
-    if not isinstance(fields, dict):
-        raise ArtifactError(f"sidecar {side} is not a JSON object; re-export it")
-    version = fields.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(
-            f"sidecar {side} has format version {version!r}, this ptxfast reads "
-            f"{FORMAT_VERSION}; re-export it with this version"
-        )
-    missing = [k for k in SIDECAR_FIELDS if k not in fields]
-    if missing:
-        raise ArtifactError(f"sidecar {side} lacks {', '.join(missing)}; re-export it")
-    return Sidecar(fields, side)
+    return ArtifactSpec.from_record(read_json(side, ArtifactError, "re-export it", "sidecar"), side)
 
 
-def verify(sidecar: Sidecar | str | Path) -> Path:
+def verify(sidecar: ArtifactSpec | str | Path) -> Path:
     """The model file of `sidecar` after checking its bytes against the recorded sha256.
 
     A missing or modified file is refused, so a loader never runs bytes the export did not
     write and gate.
     """
-    if not isinstance(sidecar, Sidecar):
+    if not isinstance(sidecar, ArtifactSpec):
         sidecar = read_sidecar(sidecar)
     model = sidecar.model_path
     if not model.is_file():
@@ -162,33 +116,47 @@ def verify(sidecar: Sidecar | str | Path) -> Path:
             f"`{sidecar.export_command}`"
         )
     actual = sha256_file(model)
-    if actual != sidecar["sha256"]:
+    if actual != sidecar.sha256:
         raise ArtifactError(
             f"artifact {model} does not match its recorded sha256 ({actual[:12]}… on disk, "
-            f"{str(sidecar['sha256'])[:12]}… recorded); re-export it with "
+            f"{sidecar.sha256[:12]}… recorded); re-export it with "
             f"`{sidecar.export_command}`"
         )
     return model
 
 
-def list_artifacts(exports_dir: str | Path, name: str | None = None) -> list[Sidecar]:
-    """Readable sidecars in `exports_dir` (optionally of one model), oldest first by `created`."""
-    found = []
+def list_artifacts(exports_dir: str | Path, name: str | None = None) -> list[ArtifactSpec]:
+    """Readable sidecars in `exports_dir` (optionally of one model), oldest first by `created`.
+
+    A sidecar that cannot be read is refused (an ArtifactError naming it) when it was written
+    after the newest readable one: it is most likely the artifact the user means, damaged, and
+    scoring with an older one instead would go unnoticed. Older unreadable ones (another format
+    version, other JSON files) are not candidates."""
+    found, damaged = [], []
     for side in sorted(Path(exports_dir).glob(f"*{SIDECAR_SUFFIX}")):
         try:
             sc = read_sidecar(side)
-        except ArtifactError:
-            continue  # not a ptxfast sidecar (or an older format): not a candidate
-        if name is None or sc.get("name") == name:
+        except ArtifactError as err:
+            damaged.append((side, err))
+            continue
+        if name is None or sc.name == name:
             found.append(sc)
-    return sorted(found, key=lambda sc: str(sc.get("created", "")))
+    found.sort(key=lambda sc: sc.created)
+    newest = max((sc.path.stat().st_mtime for sc in found), default=float("-inf"))
+    for side, err in damaged:
+        if side.stat().st_mtime >= newest:
+            raise ArtifactError(
+                f"the newest sidecar in {exports_dir} cannot be read ({err}); pass --model "
+                "with the artifact to use, or re-export it"
+            ) from None
+    return found
 
 
 def latest_artifact(exports_dir: str | Path = "exports", name: str | None = None) -> Path:
     """The sidecar of the newest artifact in `exports_dir` (by its `created` time).
 
     `name` restricts the choice to one model. None found is an `ArtifactError` saying how to
-    make one.
+    make one; a newer sidecar that cannot be read is one naming it (`list_artifacts`).
     """
     found = list_artifacts(exports_dir, name)
     if not found:

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ptxfast.errors import PtxfastError
 from ptxfast.inference.cpu_fusion import REWRITE_ATOL, fuse_for_cpu
 from ptxfast.models import (
     PIXEL_THRESHOLD,
@@ -59,7 +60,7 @@ def input_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float16 if dtype == torch.float16 else torch.float32
 
 
-class FusedError(ValueError):
+class FusedError(PtxfastError):
     """A model that cannot be fused or traced as asked; the message says what to change."""
 
 

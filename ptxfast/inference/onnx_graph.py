@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ptxfast.errors import PtxfastError, first_line
 from ptxfast.inference.fused import Fused, example_input
 
 OPSET = 18
@@ -50,7 +51,7 @@ _INSTALL = {
 }
 
 
-class OnnxError(ValueError):
+class OnnxError(PtxfastError):
     """An ONNX export or runtime that cannot work as asked; the message says what to do."""
 
 
@@ -164,8 +165,7 @@ def to_onnx(
             onnx.checker.check_model(str(path), full_check=True)
             _check_answers(graph, path, check_batch)
         except Exception as err:  # each exporter fails in its own ways; the next one is tried
-            text = str(err).strip().splitlines()
-            tried.append(f"{name}: {text[0] if text else type(err).__name__}")
+            tried.append(f"{name}: {first_line(err)}")
             path.unlink(missing_ok=True)
             continue
         used = name
@@ -271,7 +271,7 @@ def onnxruntime_module(
         return _OnnxRuntime(Path(path), ort_providers(device), threads)
     except Exception as err:
         raise OnnxError(
-            f"onnxruntime cannot load {path} ({_first_line(err)}); re-export it"
+            f"onnxruntime cannot load {path} ({first_line(err)}); re-export it"
         ) from None
 
 
@@ -344,17 +344,12 @@ def openvino_module(
     try:
         return _OpenVino(Path(path), precision, hint, threads)
     except Exception as err:
-        raise OnnxError(f"openvino cannot load {path} ({_first_line(err)}); re-export it") from None
+        raise OnnxError(f"openvino cannot load {path} ({first_line(err)}); re-export it") from None
 
 
 def _type_name(value: Any) -> str:
     name = getattr(value, "get_type_name", None)
     return str(name() if callable(name) else value)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 __all__ = [

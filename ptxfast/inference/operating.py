@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ptxfast.checkpoint import evaluation_path, read_evaluation
+from ptxfast.errors import PtxfastError
 
 CALIBRATED_THRESHOLD = 0.5  # a calibrated probability's natural cut: more likely than not
 
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class OperatingPointError(ValueError):
+class OperatingPointError(PtxfastError):
     """An operating point that cannot be set as asked; the message says what to do."""
 
 

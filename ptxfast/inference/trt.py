@@ -32,6 +32,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from ptxfast.errors import first_line
+
 INSTALL_HINT = "pip install 'ptxfast[tensorrt]'"
 
 
@@ -53,7 +55,7 @@ def _import() -> tuple[Any, str | None]:
             return None, f"torch-tensorrt is not installed ({INSTALL_HINT})"
         return None, f"torch-tensorrt failed to import: {err} ({INSTALL_HINT})"
     except Exception as err:  # no driver, a missing libnvinfer, an ABI mismatch: all the same here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         return None, f"torch-tensorrt failed to import ({type(err).__name__}: {first})"
     return torch_tensorrt, None
 
@@ -217,6 +219,39 @@ def compile_fused(
 
     precision, source = _precision_of(compiled, dtype)
     return Compiled(compiled, "dynamo", "ep", save, precision, source)
+
+
+def engine_bytes(
+    fused: nn.Module, *, size: int, batch: tuple[int, int, int], dtype: torch.dtype = torch.half
+) -> bytes:
+    """The fused model (on its CUDA device, in `dtype`, eval) as one serialized TensorRT engine
+    over the batch range `batch`: the `model.plan` Triton's tensorrt_plan platform loads."""
+    tt = torch_tensorrt_module()
+    convert = tt.convert_method_to_trt_engine
+    options = _supported(
+        convert,
+        {"use_explicit_typing": True, "enabled_precisions": {dtype}, "min_block_size": 1},
+    )
+    engine = convert(
+        fused, "forward", arg_inputs=_inputs(tt, batch, size, dtype), ir="dynamo", **options
+    )
+    return bytes(engine)
+
+
+def engine_io(engine: bytes) -> list[tuple[str, str, bool]]:
+    """[(name, dtype, is_input)] of a serialized engine's tensors in binding order; dtype as
+    TensorRT names it (FLOAT, HALF, BF16, INT32, INT64). What Triton's config must say of a
+    tensorrt_plan model: the engine's own names and types, not the ONNX graph's."""
+    import tensorrt
+
+    runtime = tensorrt.Runtime(tensorrt.Logger(tensorrt.Logger.ERROR))
+    e = runtime.deserialize_cuda_engine(engine)
+    out = []
+    for i in range(e.num_io_tensors):
+        name = e.get_tensor_name(i)
+        is_input = e.get_tensor_mode(name) == tensorrt.TensorIOMode.INPUT
+        out.append((name, e.get_tensor_dtype(name).name, is_input))
+    return out
 
 
 def load(file: str | Path, path: str, device: torch.device) -> Callable[[torch.Tensor], Any]:

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ptxfast.data.eligibility import DEFAULT_RULE, RULES
+from ptxfast.errors import PtxfastError
 
 __all__ = ["ScoreConfig", "ScoreError"]
 
 
-class ScoreError(ValueError):
+class ScoreError(PtxfastError):
     """A scoring run that cannot start as asked; the message says what to do."""
 
 

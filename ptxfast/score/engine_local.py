@@ -22,12 +22,11 @@ from concurrent.futures import Future
 
 import torch
 
-from ptxfast.benchmarking.timing import latency_ms
-from ptxfast.inference.backends import ONNX_BACKENDS
 from ptxfast.score import inputs, speed
 from ptxfast.score.config import ScoreConfig
 from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
 from ptxfast.score.dicom_out import model_identity
+from ptxfast.score.job import Job
 from ptxfast.score.ledger import read_done
 from ptxfast.score.pipeline import (
     InFlight,
@@ -42,9 +41,9 @@ from ptxfast.score.pipeline import (
     parallelism,
     results,
 )
-from ptxfast.score.run import Job
 from ptxfast.score.summary import ScoreSummary, count, new_summary, operating_point
 from ptxfast.score.writer import OutputWriter
+from ptxfast.timing import latency_ms
 
 __all__ = ["run"]
 
@@ -66,7 +65,7 @@ def run(job: Job) -> ScoreSummary:
     scorer = _Scorer(job, len(todo))
     loader = ResilientLoader(files, todo, settings, scorer.settle)
     all_threads = torch.get_num_threads()
-    pooled = predictor.backend in ONNX_BACKENDS  # they thread themselves
+    pooled = predictor.threads_itself  # ONNX Runtime, OpenVINO: one batch on every core
     lanes, threads = parallelism(dev, config.lanes, config.threads, pooled)
     if threads:
         torch.set_num_threads(threads)  # lane threads started later take this count too

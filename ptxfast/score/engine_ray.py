@@ -48,14 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.inference import operating
 from ptxfast.score import inputs, ledger, speed
 from ptxfast.score.config import ScoreError
+from ptxfast.score.job import Job
 from ptxfast.score.ledger import CSV_COLUMNS
 from ptxfast.score.ray_stages import COUNTERS, Decoder, Scorer
-from ptxfast.score.run import Job
 from ptxfast.score.summary import ScoreSummary, count, new_summary
+from ptxfast.timing import latency_ms
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"
 _RESTARTS = 3  # times Ray restarts a dead decoder or model actor
@@ -114,7 +114,7 @@ def _plan(resources: dict[str, float], device: str, sidecar, options: RayOptions
     cpus = int(resources.get("CPU", 0))
     gpus = int(resources.get("GPU", 0))
     if device == "auto":
-        wanted = str(sidecar.get("device", "cpu"))
+        wanted = str(sidecar.get("device", "cpu"))  # the ArtifactSpec's record
         device = "cuda" if gpus and wanted.startswith("cuda") else "cpu"
     elif device.startswith("cuda"):
         if not gpus:
@@ -182,9 +182,7 @@ def run(job: Job, sidecar, options: RayOptions, device: str = "auto") -> ScoreSu
             ray.shutdown()
     count(summary, job.preds.path, {found.inputs[i] for i in todo})
     speed.fill_rates(summary, marks, t_loop, loop, 2 * plan.actors, plan.actors)
-    steady = summary.steady_images_per_s or summary.images_per_s
-    if steady and summary.model_only_images_per_s:
-        summary.ratio = steady / summary.model_only_images_per_s
+    speed.set_ratio(summary)
     return summary
 
 
@@ -192,12 +190,12 @@ def _summary(ray, job: Job, sidecar, plan: _Plan, resources, found, todo) -> Sco
     config = job.config
     return new_summary(
         config, found, todo, job.preds.torn,
-        model=str(sidecar["name"]), artifact=str(sidecar.path), backend=str(sidecar["backend"]),
-        precision=str(sidecar["precision"]["requested"]), device=plan.device,
+        model=sidecar.name, artifact=str(sidecar.path), backend=sidecar.backend,
+        precision=sidecar.precision, device=plan.device,
         workers=plan.decoders, threads=plan.threads or 0, lanes=plan.actors,
         eligibility={"rule": config.eligibility},  # files scored unchecked: counted locally only
         operating_point=operating.describe(sidecar),
-        operating_point_detail=sidecar.get("operating_point"),
+        operating_point_detail=sidecar.operating_point and dict(sidecar.operating_point),
         setup_seconds=time.perf_counter() - job.t_start,
         time_s=dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0),
         engine="ray",
@@ -241,7 +239,7 @@ def _dataset(ray, job: Job, sidecar, plan: _Plan, todo: list[tuple[int, str]]):
         ds = ds.map_batches(
             Decoder,
             fn_constructor_kwargs={
-                "root": str(config.root), "size": int(sidecar["input"]["size"]),
+                "root": str(config.root), "size": sidecar.size,
                 "timeout": config.decode_timeout, "eligibility": config.eligibility,
             },
             compute=ActorPoolStrategy(size=plan.decoders),
@@ -306,7 +304,7 @@ def _drain(ray, ds, job: Job, summary: ScoreSummary, t_loop: float, total: int):
         cause = getattr(err, "cause", None)  # an actor's own refusal, e.g. a disk that is full
         if isinstance(cause, ScoreError | ledger.LedgerError):
             raise cause from None
-        raise ScoreError(_first_line(err)) from None
+        raise ScoreError(_ray_failure(err)) from None
     summary.latency_ms = latency_ms(latencies)
     summary.cluster["actor_processes"] = len(actors)
     # The first actors timed the model at the same moment (their start), so their sum is the
@@ -336,6 +334,7 @@ def _tally(summary: ScoreSummary, actors: dict[str, float], block, keep: list[in
         actors[name] = max(actors.get(name, 0.0), float(block["model_only"][j]))
 
 
-def _first_line(err: BaseException) -> str:
+def _ray_failure(err: BaseException) -> str:
+    """The Ray run's failure in one line: the last line of Ray's wrapped error is its cause."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return f"the Ray run failed: {lines[-1] if lines else type(err).__name__}"

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from ptxfast.errors import PtxfastError
 from ptxfast.score.config import ScoreError
 
 __all__ = [
@@ -62,7 +63,7 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
-class LedgerError(ValueError):
+class LedgerError(PtxfastError):
     """A ledger that cannot be written as asked; the message says what to do."""
 
 

@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptxfast.benchmarking.timing import model_only_images_per_s
 from ptxfast.score import pipeline
 from ptxfast.score.decode import Files, Meta, collate, worker_init
 from ptxfast.score.dicom_out import model_identity
+from ptxfast.score.job import load
 from ptxfast.score.ledger import CSV_COLUMNS
-from ptxfast.score.run import load
 from ptxfast.score.summary import ScoreSummary
 from ptxfast.score.writer import OutputWriter, wait_outputs
+from ptxfast.timing import model_only_images_per_s
 
 __all__ = ["COUNTERS", "Decoder", "Scorer"]
 

@@ -11,26 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from ptxfast.files import write_json
-from ptxfast.score import ledger, senders
+from ptxfast.score import engine_local, engine_ray, ledger, senders
 from ptxfast.score.config import ScoreConfig, ScoreError, check_masks
+from ptxfast.score.job import Job, load
 from ptxfast.score.summary import ScoreSummary
 
 __all__ = ["Job", "load", "score_folder"]
-
-
-@dataclass
-class Job:
-    """A checked request and what `score_folder` prepared for the engine."""
-
-    config: ScoreConfig
-    preds: ledger.PredsCsv  # open, locked, its rows read on --resume
-    predictor: Any  # runtime.Predictor (local engine); None on Ray, whose actors load it
-    source: Any  # the artifact's sidecar, or the Predictor passed in
-    t_start: float  # when score_folder was called
 
 
 def score_folder(
@@ -70,12 +58,8 @@ def score_folder(
         # A DICOMweb source's spool, and the --send targets, follow the rows into the CSV.
         with senders.connected(job) as after:
             if config.engine == "ray":
-                from ptxfast.score import engine_ray
-
                 summary = engine_ray.run(job, source, ray_options, config.device)
             else:
-                from ptxfast.score import engine_local
-
                 summary = engine_local.run(job)
             after(summary)
         return _finish(job, summary)
@@ -88,7 +72,6 @@ def _check_engine(config: ScoreConfig):
     if config.engine != "ray":
         return None
     from ptxfast.inference import runtime
-    from ptxfast.score import engine_ray
 
     engine_ray.require_ray()
     options = config.ray or engine_ray.RayOptions()
@@ -109,19 +92,13 @@ def _source(config: ScoreConfig):
         if config.wants_masks:
             check_masks(config.model.kind, config.model.return_mask, repr(config.model), None)
         return config.model
-    try:
-        model = config.model
-        sidecar = artifact.read_sidecar(
-            artifact.latest_artifact(config.exports_dir) if model is None else model
-        )
-    except artifact.ArtifactError as err:
-        raise ScoreError(str(err)) from None
+    model = config.model
+    sidecar = artifact.read_sidecar(
+        artifact.latest_artifact(config.exports_dir) if model is None else model
+    )
     if config.wants_masks:
         check_masks(
-            sidecar["kind"],
-            bool(sidecar["return_mask"]),
-            str(sidecar.model_path),
-            sidecar.export_command,
+            sidecar.kind, sidecar.return_mask, str(sidecar.model_path), sidecar.export_command
         )
     return sidecar
 
@@ -136,17 +113,6 @@ def _predictor(config: ScoreConfig, source):
             raise ScoreError(str(err)) from None
         return None
     return source if isinstance(source, runtime.Predictor) else load(source, config.device)
-
-
-def load(sidecar, device: str):
-    """The artifact's predictor on `device`; its refusals as ScoreError."""
-    from ptxfast.inference import runtime
-
-    try:
-        # "auto": the device type the artifact was exported for when it is here, else the CPU.
-        return runtime.load_predictor(sidecar, device=device)
-    except ValueError as err:  # PredictorError, ArtifactError (bytes not the sidecar's)
-        raise ScoreError(str(err)) from None
 
 
 def _finish(job: Job, summary: ScoreSummary) -> ScoreSummary:

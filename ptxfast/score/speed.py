@@ -1,5 +1,5 @@
 """The speed figures of a scoring run's summary: the steady end-to-end rate, the model alone on
-a preloaded batch (timed by `benchmarking.timing.model_only_images_per_s`, bench's own timing),
+a preloaded batch (timed by `ptxfast.timing.model_only_images_per_s`, bench's own timing),
 and the bound a CPU reaches when decoding shares the model's cores.
 
 The summary compares the end-to-end throughput with the model alone on a preloaded batch of
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ptxfast.benchmarking.timing import model_only_images_per_s
 from ptxfast.inference.runtime import pad_batch
 from ptxfast.score.pipeline import cores
 from ptxfast.score.summary import ScoreSummary
+from ptxfast.timing import model_only_images_per_s
 
 __all__ = ["fill_model_only", "fill_rates", "shared_core_bound", "steady"]
 
@@ -57,8 +57,14 @@ def fill_model_only(
         summary.model_only_by_config[key] = ips
         if ips > (summary.model_only_images_per_s or 0.0):
             summary.model_only_images_per_s, summary.model_only_config = ips, key
+    set_ratio(summary)
+
+
+def set_ratio(summary: ScoreSummary) -> None:
+    """The end-to-end rate (steady, else overall) over the model-only one: how much of the
+    model's speed the run kept. Left as it is until both are known."""
     rate = summary.steady_images_per_s or summary.images_per_s
-    if rate:
+    if rate and summary.model_only_images_per_s:
         summary.ratio = rate / summary.model_only_images_per_s
 
 

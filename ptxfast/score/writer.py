@@ -35,6 +35,7 @@ import numpy as np
 from ptxfast.data.dicom import load_image, read_dataset
 from ptxfast.data.dicom.info import describe, one_line
 from ptxfast.data.resize import resize
+from ptxfast.errors import PtxfastError
 from ptxfast.files import atomic_write
 from ptxfast.score import ledger
 from ptxfast.score.dicom_out import ModelIdentity, write_dicom_seg, write_dicom_sr
@@ -62,7 +63,7 @@ _NAME_MAX = 255  # bytes in one path component on common Linux file systems
 _HASH_CHARS = 32  # of the sha256 hex digest naming an output whose own name is unusable
 
 
-class UnsafeOutputPath(ValueError):
+class UnsafeOutputPath(PtxfastError):
     """An output path that would resolve outside its folder (e.g. through a symlink there)."""
 
 

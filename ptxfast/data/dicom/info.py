@@ -10,10 +10,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ptxfast.errors import PtxfastError, first_line
+
 __all__ = ["ImageInfo", "ImageReadError", "NotEligible", "describe", "one_line", "read_error"]
 
 
-class ImageReadError(ValueError):
+class ImageReadError(PtxfastError):
     """An input that cannot be read as an image; the message names the file and the reason."""
 
 
@@ -58,8 +60,7 @@ def read_error(path: str | os.PathLike, reason: str) -> ImageReadError:
 
 def describe(exc: BaseException) -> str:
     """An exception as "Type: first line of its message", for error messages."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return first_line(exc, typed=True)
 
 
 def one_line(err: BaseException, path: str | os.PathLike) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ptxfast.errors import PtxfastError
+
 FORMATS = ("candid", "siim")
 
 # Shares of the DICOM flavours. Compressed syntaxes cost 5-50x the encoding time of a plain
@@ -25,7 +27,7 @@ _RESCALES = ((2.0, 0.0), (2.0, -1024.0), (1.5, -500.0), (4.0, -2048.0))
 _PATIENT_IMAGES = ((1, 2, 3, 4), (0.45, 0.30, 0.15, 0.10))  # images per patient
 
 
-class SynthError(ValueError):
+class SynthError(PtxfastError):
     """Unusable `synth` arguments or output folder; the message names the fix."""
 
 

@@ -1,7 +1,7 @@
 """Timing a model: warm-up, device-synchronised `perf_counter` calls, and the figures they give.
 
 One source for how ptxfast times inference, shared by `ptxfast bench` and the scorer's
-model-only images/s:
+model-only images/s (a module of its own, so neither package imports the other for it):
 - `timed_calls`: call a function repeatedly, each call between two device synchronisations,
   optionally stopping at a deadline; `warm_up` makes the untimed first calls.
 - `time_predictor`: a predictor on pre-made device inputs, warm-up then repeats (bench rows).
