@@ -408,6 +408,8 @@ class OutputWriter:
         self.lock = threading.Lock()  # the summary's output counters
         self.replaced: set[str] = set()  # inputs with a hash-named output
         wanted = masks_dir is not None or seg_dir is not None or sr_dir is not None
+        if wanted and processes <= 0:
+            library_messages.install()  # writer threads capture; this thread warns as before
         self.pool = output_pool(processes, threads) if wanted else None
 
     def __enter__(self) -> OutputWriter:
