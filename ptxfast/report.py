@@ -45,6 +45,7 @@ import numpy as np
 
 from ptxfast import pages, report_page
 from ptxfast.data.eligibility import reason_of
+from ptxfast.score.folders import not_regular
 
 DEFAULT_TOP = 48  # positives shown as cards with images
 DEFAULT_PAGE = 200  # rows per page of a list
@@ -302,6 +303,8 @@ def _card(row: Row, rank: int, root: Path | None, root_reason: str, masks_dir: P
         card.image_reason = root_reason
     elif source is None:
         card.image_reason = "the path leaves the scored folder"
+    elif (reason := not_regular(source)) is not None:  # never opened: a FIFO would block
+        card.image_reason = reason
     else:
         try:
             with warnings.catch_warnings():
@@ -342,7 +345,7 @@ def _study(root: Path | None, rel: str) -> str | None:
     from ptxfast.data.dicom import read_dataset
 
     path = _inside(root, rel) if root is not None else None
-    if path is None:
+    if path is None or not_regular(path):  # a FIFO among the failures would block the read
         return None
     try:
         return str(read_dataset(path, stop_before_pixels=True).get("StudyInstanceUID", "")) or None

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import xml.etree.ElementTree as ET
@@ -260,6 +261,15 @@ def test_fifo_socket_and_device_get_a_row_and_are_never_opened(artifact, tmp_pat
     for name, kind in (("fifo.dcm", "a named pipe"), ("sock", "a socket")):
         assert rows[name][5].startswith(f"not a regular file ({kind})"), rows[name]
     assert rows["null.dcm"][5].startswith("not a regular file (a character device)")
+    # The report reads headers of the listed files for their StudyInstanceUID: not of these.
+    made = []
+    worker = threading.Thread(
+        target=lambda: made.append(report.build_report(out, tmp_path / "r.html", root=root)),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(120)
+    assert made and made[0].failed == 3, "the report blocked on a FIFO"
 
 
 # ------------------------------------------ 3 and 4: signals, helpers, one lock per file

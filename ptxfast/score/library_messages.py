@@ -49,15 +49,27 @@ def _show(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 class _Forward(logging.Handler):
-    """Counts a library's record in a capturing thread; elsewhere hands it on as if it had
-    propagated to the root logger (its handlers, or logging's last resort)."""
+    """Drops a library's record in a capturing thread (counting highdicom's: pydicom logs
+    each of its warnings as a record too); elsewhere hands it on as propagation would have:
+    to the root's handlers, or to logging's last resort when no handler at all was found."""
+
+    def __init__(self, library: str) -> None:
+        super().__init__()
+        self.library = library
 
     def emit(self, record: logging.LogRecord) -> None:
         tally = _tally()
         if tally is not None:
-            tally.messages += record.levelno >= logging.WARNING
+            if self.library != "pydicom":
+                tally.messages += record.levelno >= logging.WARNING
             return
-        logging.getLogger().callHandlers(record)
+        root = logging.getLogger()
+        if root.handlers:
+            root.callHandlers(record)
+        elif len(logging.getLogger(self.library).handlers) == 1:  # ours alone (no NullHandler)
+            last = logging.lastResort
+            if last is not None and record.levelno >= last.level:
+                last.handle(record)
 
 
 def install() -> None:
@@ -73,7 +85,7 @@ def install() -> None:
         for name in LOGGERS:
             log = logging.getLogger(name)
             if not any(isinstance(h, _Forward) for h in log.handlers):
-                log.addHandler(_Forward())
+                log.addHandler(_Forward(name))
             log.propagate = False  # _Forward hands on what is not captured
 
 
