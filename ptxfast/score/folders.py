@@ -22,7 +22,10 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["OUTPUT_MARKER", "NotRegular", "is_marked", "mark_output_folder", "not_regular"]
+__all__ = [
+    "OUTPUT_MARKER", "NotRegular", "holds_inputs", "is_marked", "mark_output_folder", "not_regular",
+    "read_head",
+]  # fmt: skip
 
 OUTPUT_MARKER = ".ptxfast-output"
 _MARKER_TEXT = (
