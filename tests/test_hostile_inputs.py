@@ -329,7 +329,7 @@ def _stop(proc: subprocess.Popen, how: int) -> tuple[int, str, set[int]]:
 def test_stopped_runs_leave_nothing_running_and_resume_finishes(artifact, tmp_path):
     root, base = tmp_path / "in", tmp_path / "out"
     root.mkdir()
-    names = [f"P{i:02d}.dcm" for i in range(30)]
+    names = [f"P{i:02d}.dcm" for i in range(48)]
     for i, name in enumerate(names):
         _dicom(root / name, seed=i, size=96)
     out = base / "preds.csv"
