@@ -303,9 +303,12 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def _start(cmd: list[str], out: Path, rows_at_least: int) -> subprocess.Popen:
-    """Start a scoring run and return once the CSV holds `rows_at_least` rows."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _start(cmd: list[str], out: Path, rows_at_least: int, group: bool = False) -> subprocess.Popen:
+    """Start a scoring run (in a process group of its own with `group`) and return once the
+    CSV holds `rows_at_least` rows."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=group
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_bytes().count(b"\n") > rows_at_least:
@@ -315,10 +318,15 @@ def _start(cmd: list[str], out: Path, rows_at_least: int) -> subprocess.Popen:
     raise AssertionError(f"the run ended or stalled first: {proc.communicate()[1][-2000:]}")
 
 
-def _stop(proc: subprocess.Popen, how: int) -> tuple[int, str, set[int]]:
+def _stop(proc: subprocess.Popen, how: int, group: bool = False) -> tuple[int, str, set[int]]:
+    """Send `how` to the scorer's pid alone (or, with `group`, to every process of the run, as
+    a batch scheduler's time limit does); its exit code, stderr, and helpers alive 10 s later."""
     helpers = _descendants(proc.pid)
     assert helpers, "the run should have decoding and writing processes"
-    os.kill(proc.pid, how)  # the scorer's pid alone
+    if group:
+        os.killpg(proc.pid, how)
+    else:
+        os.kill(proc.pid, how)
     _, err = proc.communicate(timeout=60)
     deadline = time.monotonic() + 10
     while _alive(helpers) and time.monotonic() < deadline:
@@ -362,6 +370,16 @@ def test_stopped_runs_leave_nothing_running_and_resume_finishes(artifact, tmp_pa
     assert code == 130 and "Aborted" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("stopped by SIGINT; ")
     assert not left
+
+    # SIGTERM to every process of the run (a scheduler's time limit): the same clean stop, and
+    # no helper's end is taken for a file that crashed its decoder.
+    kept = len(ledger.read_done(out)[0])
+    proc = _start([*cmd, "--resume"], out, kept + 1, group=True)
+    code, err, left = _stop(proc, signal.SIGTERM, group=True)
+    assert code == 143 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("stopped by SIGTERM; ") and not left
+    assert not list(base.rglob("*.tmp"))
+    assert not [r for r in _records(out) if r[5]], "a stop became an error row"
 
     kept = len(ledger.read_done(out)[0])
     proc = _start([*cmd, "--resume"], out, kept + 1)
