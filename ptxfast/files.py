@@ -19,7 +19,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "json_clean", "read_json", "write_json", "write_text"]
+__all__ = [
+    "atomic_write",
+    "json_clean",
+    "read_json",
+    "remove_partial_files",
+    "write_json",
+    "write_text",
+]
+
+# Temporary files this process is writing now: a process told to stop (a scorer's output
+# writer whose scorer is gone) removes them before it exits.
+_WRITING: set[Path] = set()
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -28,11 +39,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    _WRITING.add(tmp)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        _WRITING.discard(tmp)
     return path
 
 
@@ -46,6 +59,16 @@ def read_json(path: str | Path, error: type[Exception], fix: str, what: str = ""
     except (OSError, ValueError) as err:
         name = f"{what} {path}" if what else str(path)
         raise error(f"{name} is not readable JSON ({first_line(err)}); {fix}") from None
+
+
+def remove_partial_files() -> None:
+    """Remove the temporary files of every `atomic_write` this process has in progress (called
+    by a process that must exit at once, so that it leaves no `.<name>.<pid>.tmp` behind)."""
+    for tmp in list(_WRITING):
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def write_text(path: str | Path, text: str) -> Path:

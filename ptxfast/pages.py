@@ -14,11 +14,11 @@ import base64
 import html
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from ptxfast.files import write_text
+from ptxfast.safe_text import visible
 
 # Nothing but this page's own inline style and script, and images from data: URIs (and, for
 # pages that link files beside them, from the same place); no fetches, no frames, no forms.
@@ -26,7 +26,6 @@ _CSP = (
     "default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
     "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 )
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 BASE_STYLE = """
 :root { --fg: #1b1f24; --muted: #5b6570; --line: #d5dbe1; --pos: #b3261e; --bg: #f6f8fa; }
@@ -45,11 +44,10 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; user
 
 def text(value: Any) -> str:
     """`value` as display text: undecodable bytes of a file name (surrogate escapes) become
-    U+FFFD and control characters become visible \\xNN escapes, so the page is valid UTF-8
-    and shows what is there."""
+    U+FFFD and control characters visible escapes (`safe_text.visible`), so the page is valid
+    UTF-8 and shows what is there."""
     s = "" if value is None else str(value)
-    s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", s)
+    return visible(s.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 
 def esc(value: Any) -> str:

@@ -44,7 +44,9 @@ from typing import Any
 import numpy as np
 
 from ptxfast import pages, report_page
+from ptxfast.data.eligibility import reason_of
 from ptxfast.errors import PtxfastError
+from ptxfast.score.folders import not_regular
 
 DEFAULT_TOP = 48  # positives shown as cards with images
 DEFAULT_PAGE = 200  # rows per page of a list
@@ -71,7 +73,13 @@ class Row:
 
     @property
     def failed(self) -> bool:
+        """Not scored: a failure, or refused by the eligibility rule (`not_eligible`)."""
         return self.prob is None
+
+    @property
+    def not_eligible(self) -> bool:
+        """Refused by the eligibility rule (not a chest radiograph), not a failure."""
+        return self.prob is None and reason_of(self.error) is not None
 
 
 @dataclass
@@ -81,7 +89,7 @@ class ReportResult:
     path: Path
     rows: int
     positives: int
-    failed: int
+    failed: int  # failures only: not-eligible rows are counted apart, as score counts them
     negatives: int
     cards: int  # positives shown with images
     thumbnails: int  # cards whose radiograph thumbnail could be made
@@ -90,13 +98,16 @@ class ReportResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     masks: bool = False  # the run's masks were given (cards carry overlays)
+    not_eligible: int = 0  # rows the eligibility rule refused (not chest radiographs)
 
     def lines(self) -> list[str]:
         """What the command prints: the notes, then one line of counts, size and time."""
         overlays = f", {self.overlays} with overlays" if self.masks else ""
         return [f"note: {note}" for note in self.notes] + [
             f"{self.rows:,} rows: {self.positives:,} positive, {self.failed:,} failed, "
-            f"{self.negatives:,} negative; {self.thumbnails} of {self.cards} cards with "
+            + (f"{self.not_eligible:,} not eligible, " if self.not_eligible else "")
+            + f"{self.negatives:,} negative; "
+            f"{self.thumbnails} of {self.cards} cards with "
             f"thumbnails{overlays}; {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s"
         ]
 
@@ -111,7 +122,7 @@ def read_predictions(path: str | os.PathLike) -> tuple[list[Row], list[str]]:
     note; any other row that is not six fields, or a probability that is not a number, is an
     error naming the line.
     """
-    from ptxfast.score.ledger import CSV_COLUMNS
+    from ptxfast.score.ledger import CSV_COLUMNS, decode_record
 
     path = Path(path)
     try:
@@ -137,7 +148,7 @@ def read_predictions(path: str | os.PathLike) -> tuple[list[Row], list[str]]:
             raise ReportError(
                 f"{path}: line {n} has {len(rec)} fields, not {len(CSV_COLUMNS)}; fix or remove it"
             )
-        p, sop, prob, label, area, error = rec
+        p, sop, prob, label, area, error = decode_record(rec)
         try:
             value = float(prob) if prob else None
             pixels = int(area) if area else None
@@ -292,6 +303,8 @@ def _card(row: Row, rank: int, root: Path | None, root_reason: str, masks_dir: P
         card.image_reason = root_reason
     elif source is None:
         card.image_reason = "the path leaves the scored folder"
+    elif (reason := not_regular(source)) is not None:  # never opened: a FIFO would block
+        card.image_reason = reason
     else:
         try:
             with warnings.catch_warnings():
@@ -332,7 +345,7 @@ def _study(root: Path | None, rel: str) -> str | None:
     from ptxfast.data.dicom import read_dataset
 
     path = _inside(root, rel) if root is not None else None
-    if path is None:
+    if path is None or not_regular(path):  # a FIFO among the failures would block the read
         return None
     try:
         return str(read_dataset(path, stop_before_pixels=True).get("StudyInstanceUID", "")) or None
@@ -371,11 +384,13 @@ class _Worklist:
         )
 
     def counts(self) -> dict[str, int]:
-        """Rows, scored, failed and positives, for the summary."""
+        """Rows, scored, failed, not eligible and positives, for the summary."""
+        not_eligible = sum(r.not_eligible for r in self.failures)
         return dict(
             rows=len(self.positives) + len(self.negatives) + len(self.failures),
             scored=len(self.positives) + len(self.negatives),
-            failed=len(self.failures),
+            failed=len(self.failures) - not_eligible,
+            not_eligible=not_eligible,
             positives=len(self.positives),
         )
 
@@ -480,7 +495,8 @@ def build_report(
         path=out,
         rows=len(rows),
         positives=len(work.positives),
-        failed=len(work.failures),
+        failed=content.counts["failed"],
+        not_eligible=content.counts["not_eligible"],
         negatives=len(work.negatives),
         cards=len(cards),
         thumbnails=sum(c.image is not None for c in cards),

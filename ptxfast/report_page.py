@@ -30,7 +30,7 @@ class PageContent:
     preds: Path  # the predictions CSV
     model: Model
     summary: dict[str, Any]  # the score summary (`--json`), {} without one
-    counts: dict[str, int]  # rows, scored, failed, positives
+    counts: dict[str, int]  # rows, scored, failed, not_eligible, positives
     notes: list[str]
     histogram: str | None  # data URI of the probability histogram
     cards: list[Card]  # the most probable positives, with images
@@ -80,6 +80,7 @@ def _summary_html(
         ("files", f"{_num(counts['rows'])} rows in <code>{esc(preds)}</code>"),
         ("scored", _num(scored)),
         ("failed", _num(counts["failed"])),
+        *([("not eligible", _num(counts["not_eligible"]))] if counts.get("not_eligible") else []),
         ("positives", f"<strong>{_num(counts['positives'])}</strong>{share}"),
         (
             "images/s",
@@ -322,7 +323,13 @@ def _positives_html(c: PageContent) -> str:
 
 def _failures_html(c: PageContent) -> str:
     return (
-        f'<section id="failures"><h2>Failures: {_num(len(c.failures))}</h2>'
+        f'<section id="failures"><h2>Failures: {_num(c.counts["failed"])}'
+        + (
+            f", not eligible: {_num(c.counts['not_eligible'])}"
+            if c.counts.get("not_eligible")
+            else ""
+        )
+        + "</h2>"
         + (
             _list_html("rows-failures", "failed", c.failures, 1, c.page_size, False)
             if c.failures

@@ -135,8 +135,8 @@ def test_ray_gives_the_rows_of_the_local_engine(cluster, folder, artifact, tmp_p
     masks = sorted(p.relative_to(tmp_path / "rm") for p in (tmp_path / "rm").rglob("*.png"))
     assert masks == sorted(p.relative_to(tmp_path / "lm") for p in (tmp_path / "lm").rglob("*.png"))
     assert s.masks_written == local.masks_written > 0 and s.segs_written > 0
-    srs = sorted(p.name for p in (tmp_path / "rr").iterdir())
-    assert srs == sorted(p.name for p in (tmp_path / "lr").iterdir())
+    srs = sorted(p.name for p in (tmp_path / "rr").glob("*.dcm"))
+    assert srs == sorted(p.name for p in (tmp_path / "lr").glob("*.dcm"))
     assert s.srs_written == local.srs_written == len(srs) > 0
     assert (s.files, s.scored, s.failed, s.skipped) == (
         local.files, local.scored, local.failed, local.skipped,

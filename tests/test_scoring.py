@@ -631,14 +631,14 @@ def test_crafted_uids_cannot_leave_the_output_folders(predictor, tmp_path, monke
     for p in written - allowed:
         assert p.parent in (out / "masks", out / "seg", out / "sr"), p
     assert not escape.parent.exists() and not (tmp_path / "x2.dcm").exists()
-    segs = sorted(p.name for p in (out / "seg").iterdir())
-    assert sorted(p.name for p in (out / "sr").iterdir()) == segs  # the same safe names
+    segs = sorted(p.name for p in (out / "seg").glob("*.dcm"))
+    assert sorted(p.name for p in (out / "sr").glob("*.dcm")) == segs  # the same safe names
     assert "1.2.826.0.1.3680043.8.498.1.dcm" in segs
     for name in segs:
         assert re.fullmatch(r"[0-9.]{1,64}\.dcm|[0-9a-f]{32}\.dcm", name), name
     rows = by(_rows(out / "preds.csv"))
     assert rows["slash.dcm"]["sop_instance_uid"] == "1.2.3/../../x2"  # the record keeps it
-    masks = sorted(p.name for p in (out / "masks").iterdir())
+    masks = sorted(p.name for p in (out / "masks").glob("*.png"))
     assert masks == sorted(f"{n}{x}" for n in uids for x in (".mask.png", ".overlay.png"))
 
 

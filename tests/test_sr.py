@@ -193,7 +193,7 @@ def test_output_threads_write_what_output_processes_write(scored, rn34un_artifac
     for p in (out / "masks").rglob("*.png"):
         other = tmp_path / "masks" / p.relative_to(out / "masks")
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(other))), p.name
-    for p in (out / "seg").iterdir():
+    for p in (out / "seg").glob("*.dcm"):
         a, b = pydicom.dcmread(p), pydicom.dcmread(tmp_path / "seg" / p.name)
         assert np.array_equal(a.pixel_array, b.pixel_array), p.name
 
@@ -205,7 +205,7 @@ def test_every_scored_dicom_has_an_sr_that_matches_its_row(scored, rn34un_artifa
     dicoms = [r for r in rows if r["probability"] and r["sop_instance_uid"]]
     labels = {r["label"] for r in dicoms}
     assert labels == {"0", "1"}, "the test needs positives and negatives"
-    srs = sorted((out / "sr").iterdir())
+    srs = sorted((out / "sr").glob("*.dcm"))
     assert [p.name for p in srs] == sorted(f"{r['sop_instance_uid']}.dcm" for r in dicoms)
     assert summary["srs_written"] == len(dicoms) and summary["sr_not_dicom"] == 1  # the PNG
     assert not summary["output_errors"] and "DICOM SR" in output

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ptxfast.errors import PtxfastError
+from ptxfast.safe_text import visible
 
 console = Console(stderr=True)
 
@@ -95,9 +96,12 @@ class CliError(click.ClickException):
     """A user-facing error as the command line shows it: one line, exit status 1."""
 
     def show(self, file=None) -> None:  # noqa: D102 - rich rendering of click's error
-        # soft_wrap: one line whatever the width, so a log of a batch job greps whole.
+        # soft_wrap: one line whatever the width, so a log of a batch job greps whole; a file
+        # name in the message is shown, control characters and all, but cannot act.
         console.print(
-            f"[bold red]error:[/] {escape(self.format_message())}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {escape(visible(self.format_message()))}",
+            highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -148,7 +152,7 @@ def warnings_shown(
     def show(message, *args, **kwargs) -> None:
         if speak:
             console.print(
-                f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True
+                f"[yellow]warning:[/] {escape(visible(message))}", highlight=False, soft_wrap=True
             )
 
     class _Warn(logging.Handler):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from ptxfast.cli import app
 from ptxfast.cli.app import DIR, FILE, CliError, cli, console, option
+from ptxfast.safe_text import visible
 
 
 class _FolderOrUrl(click.ParamType):
@@ -52,7 +55,11 @@ class _FolderOrUrl(click.ParamType):
     "decoding workers share the cores."
 )
 @option("--resume", is_flag=True, help="Continue OUT: skip files it already has a row for.")
-@option("--overwrite", is_flag=True, help="Replace an existing OUT.")
+@option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing OUT (only an empty file or a ptxfast predictions CSV).",
+)
 @option(
     "--shard",
     default="1/1",
@@ -163,7 +170,7 @@ def score_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from ptxfast import score
-    from ptxfast.score import ledger
+    from ptxfast.score import ledger, signals
 
     try:
         parts = score.parse_shard(shard)
@@ -193,10 +200,17 @@ def score_command(
         ) as bar:
             task = bar.add_task("scoring", total=None)
             config.progress = lambda done, total: bar.update(task, completed=done, total=total)
-            s = score.score_folder(config)
+            with signals.stop_on_signals():  # SIGTERM, Ctrl-C: stop between batches
+                s = score.score_folder(config)
     except (score.ScoreError, ledger.LedgerError) as e:
         # ledger: another run holds --out, or a file could not be written (disk full...).
         raise CliError(str(e)) from None
+    except signals.Stopped as stop:
+        kept = ledger.rows_kept(out)
+        console.print(
+            f"stopped by {stop.name}; {kept} rows kept; --resume continues", highlight=False
+        )
+        sys.exit(stop.exit_code)
     score.print_summary(s, config, console)
     from ptxfast.score.senders import failure_line
 
@@ -257,5 +271,5 @@ def report_command(preds, out, masks_dir, summary_json, root, top, page_size) ->
         summary_json=summary_json, root=root, top=top, page_size=page_size,
     )  # fmt: skip
     for line in r.lines():
-        console.print(line, highlight=False)
+        console.print(Text(visible(line)), highlight=False)
     click.echo(str(r.path))

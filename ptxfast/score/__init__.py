@@ -50,13 +50,19 @@ fsync'd, after the outputs of that batch, so the CSV is the record of what is do
 continues it after any number of interruptions, and the CSV is locked for one run at a time.
 A destination that cannot be written stops the run with `ledger.WriteFailed`: rows fsync'd
 before stay, and a batch whose outputs failed that way has no rows, so `--resume` writes rows
-and outputs again.
+and outputs again. SIGTERM or Ctrl-C (in `ptxfast score`) stops between batches with the
+ledger whole (`signals`); helper processes die with the scorer.
 
 The modules:
 
 - config.py     `ScoreConfig` (the request, one typed field per option), its checks, ScoreError
 - inputs.py     finding and sniffing the inputs, shards, what is left to score
-- ledger.py     the durable CSV: lock, fsync'd appends, resume, torn-line handling
+- folders.py    regular files only (a FIFO is a row, never opened); marked output folders
+- ledger.py     the durable CSV: lock, fsync'd appends, resume, torn-line handling; cells
+                through `ptxfast.safe_text` (escaped, formula-guarded, read back exactly)
+- signals.py    SIGTERM / Ctrl-C stop the run between batches (`Stopped`)
+- processes.py  how helper processes start, and die with the scorer
+- library_messages.py  pydicom/highdicom warnings about headers counted, never printed
 - decode.py     the Dataset, batches, and the loader that survives crashed workers
 - pipeline.py   one batch's model pass, lanes, the window of batches in flight, the ordered
                 committer, how many lanes and workers

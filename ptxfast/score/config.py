@@ -16,6 +16,7 @@ from typing import Any
 
 from ptxfast.data.eligibility import DEFAULT_RULE, RULES
 from ptxfast.errors import PtxfastError
+from ptxfast.score import folders
 
 __all__ = ["ScoreConfig", "ScoreError"]
 
@@ -145,21 +146,35 @@ class ScoreConfig:
             )
 
     def check_folders(self) -> None:
-        """Create each output folder and write a probe file in it, so a bad path fails first."""
-        for folder, option in (
-            (self.masks_dir, "--masks"),
-            (self.seg_dir, "--dicom-seg"),
-            (self.sr_dir, "--dicom-sr"),
-        ):
-            if folder is not None:
-                check_writable(folder, option)
+        """Create each output folder, write a probe file in it (so a bad path fails first) and
+        mark it as ptxfast's (`folders`); an unmarked folder inside `root` that may hold
+        inputs is refused."""
+        outputs = [(self.masks_dir, "--masks"), (self.seg_dir, "--dicom-seg")]
+        outputs.append((self.sr_dir, "--dicom-sr"))
+        root = self.root.resolve()
+        for folder, option in outputs:
+            if folder is None:
+                continue
+            if folder.resolve().is_relative_to(root) and folders.holds_inputs(folder):
+                raise ScoreError(
+                    f"{option} {folder} is inside the input folder {self.root} and holds files "
+                    "ptxfast did not write; give a new or empty folder (or one outside "
+                    f"{self.root}) so outputs are never scored as inputs"
+                )
+            check_writable(folder, option)
+            try:
+                folders.mark_output_folder(folder)
+            except OSError as err:
+                raise ScoreError(f"cannot write {option} {folder}: {err.strerror or err}") from None
         if self.summary_json is not None:
             check_writable(self.summary_json.parent, "--json")
 
     def own_outputs(self) -> list[Path]:
-        """The run's own files and folders, left out of the inputs when they sit in `root`."""
-        lock = self.out.with_name(self.out.name + ".lock")
-        found = [self.out, lock, self.masks_dir, self.seg_dir, self.sr_dir, self.summary_json]
+        """The run's own files and folders, left out of the inputs when they sit in `root`
+        (the CSV and its lock under the name given and the file it resolves to)."""
+        real = Path(os.path.realpath(self.out))
+        found = [self.out, real, real.with_name(real.name + ".lock")]
+        found += [self.masks_dir, self.seg_dir, self.sr_dir, self.summary_json]
         return [p for p in found if p is not None]
 
 

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from ptxfast.data.dicom import ImageReadError, NotEligible, load_image, read_dataset
 from ptxfast.data.dicom.info import one_line
 from ptxfast.data.eligibility import DEFAULT_RULE
-from ptxfast.score.processes import clean_fork, start_method
+from ptxfast.score.folders import not_regular
+from ptxfast.score.processes import clean_fork, helper_started, start_method
 
 __all__ = ["Batch", "CrashRows", "Files", "LoaderSettings", "Meta", "ResilientLoader", "collate"]
 
@@ -104,6 +105,10 @@ class Files(Dataset):
         self.state[i] = os.getpid()
         path = self.root / self.paths[i]
         meta = Meta(index=i)
+        if (reason := not_regular(path)) is not None:  # never opened: a FIFO would block
+            meta.error = reason
+            self.state[i] = -1
+            return None, meta, 0.0
         # In a worker process decoding is all that runs, so its process CPU time counts every
         # thread a codec starts; in the scoring process (workers=0) only this thread's is ours.
         cpu = time.process_time if torch.utils.data.get_worker_info() else time.thread_time
@@ -144,6 +149,7 @@ def collate(items: list[tuple[np.ndarray | None, Meta, float]]) -> Batch:
 
 
 def worker_init(_: int) -> None:
+    helper_started()  # dies with the scorer; Ctrl-C is the scorer's
     # One decode per process: the resize's numpy/BLAS calls must not spawn thread pools
     # that compete with the model for the cores (torch already runs 1 thread in workers).
     try:

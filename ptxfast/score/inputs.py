@@ -5,7 +5,10 @@ not followed) and the files are sorted by relative path. A file is an input when
 say DICOM (`dicom.is_dicom`: the "DICM" preamble or a bare data set), PNG or JPEG, or when its
 name claims to be one (.dcm/.dicom/.dic, .png, .jpg/.jpeg): a claimed file that is not what
 it says gets a row with an error rather than being passed over silently. Files that cannot be
-opened are rows with an error too. Everything else is skipped and counted.
+opened are rows with an error too. Everything else is skipped and counted. Only regular files
+are opened (`folders`): a FIFO, a socket or a device is a row with the error "not a regular
+file", and folders holding ptxfast's output marker (its `--masks`, `--dicom-seg`, `--dicom-sr`)
+are not walked.
 
 Sharding. `shard=(k, n)` keeps the k-th of every n files of the sorted list (i % n == k - 1),
 so n processes, on one machine or many, cover the folder exactly once.
@@ -20,8 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptxfast.data.dicom import is_dicom
+from ptxfast.data.dicom import SNIFF_BYTES, looks_dicom
 from ptxfast.score.config import ScoreConfig, ScoreError
+from ptxfast.score.folders import is_marked, not_regular, read_head
 
 __all__ = ["Inputs", "find_inputs", "parse_shard", "todo"]
 
@@ -56,12 +60,14 @@ def _walk(root: Path, exclude: Sequence[Path]) -> list[str]:
     excluded = {os.path.normcase(os.path.abspath(p)) for p in exclude}
     found = []
     for folder, dirs, files in os.walk(root, followlinks=False):
-        # Hidden folders (.git, .cache) and our own output folders are not inputs.
+        # Hidden folders (.git, .cache) and our own output folders (this run's, or marked by
+        # any run) are not inputs.
         dirs[:] = [
             d
             for d in dirs
             if not d.startswith(".")
             and os.path.normcase(os.path.abspath(os.path.join(folder, d))) not in excluded
+            and not is_marked(os.path.join(folder, d))
         ]
         for name in files:
             full = os.path.join(folder, name)
@@ -78,15 +84,17 @@ def _claims_image(rel: str) -> bool:
 
 
 def _is_input(path: Path, rel: str) -> bool:
-    """DICOM, PNG or JPEG by content, or a name claiming one; unopenable files count too."""
+    """DICOM, PNG or JPEG by content, or a name claiming one; files that cannot be opened and
+    entries that are not regular files (never opened) count too: their rows say why."""
+    if not_regular(path):
+        return True
     try:
-        with open(path, "rb") as f:
-            head = f.read(132)
+        head = read_head(path, SNIFF_BYTES)
     except OSError:
-        return True  # a row says why it could not be read
+        return True
     if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
         return True
-    return _claims_image(rel) or is_dicom(path)
+    return _claims_image(rel) or looks_dicom(head)
 
 
 def find_inputs(

@@ -18,6 +18,14 @@ Write failures. A full disk, a quota, a read-only or failing file system, or a f
 vanished (`WRITE_ERRNOS`) are not problems of one input: they stop the run with one line,
 `WriteFailed`, that names the file that could not be written and says that `--resume`
 continues once it is fixed. Rows fsync'd before stay; a half-written row is cut off.
+
+Cells. Every value goes through `safe_text.to_cell` on the way in (control characters escaped,
+a leading `'` on what a spreadsheet would evaluate) and `safe_text.from_cell` on the way out
+(`decode_record`, used by resume, the summary's counts and `ptxfast report`), so a file name or
+UID holding `=HYPERLINK(...)` or a CR is inert in a spreadsheet, keeps every record on one line,
+and reads back exactly. One CSV, one lock: `--out` is resolved (`os.path.realpath`) before it is
+locked, read or written, so every name of one file (a symlink, `a/../preds.csv`) shares one
+lock. `--overwrite` replaces an empty file or a ptxfast predictions CSV, nothing else.
 """
 
 from __future__ import annotations
@@ -29,16 +37,20 @@ import fcntl
 import io
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ptxfast.errors import PtxfastError
+from ptxfast.safe_text import from_cell, to_cell
+from ptxfast.score import signals
 from ptxfast.score.config import ScoreError
 
 __all__ = [
     "CSV_COLUMNS", "CSV_HEADER", "WRITE_ERRNOS", "LedgerBusy", "LedgerError", "LedgerLock",
-    "OutputsLost", "PredsCsv", "WriteFailed", "read_done", "write_failed",
+    "OutputsLost", "PredsCsv", "WriteFailed", "decode_record", "read_done", "rows_kept",
+    "write_failed",
 ]  # fmt: skip
 
 CSV_COLUMNS = ("path", "sop_instance_uid", "probability", "label", "mask_area", "error")
@@ -107,7 +119,8 @@ class LedgerLock:
     """An exclusive lock on `<csv>.lock`, held from `acquire()` until `release()` or exit."""
 
     def __init__(self, csv_path: str | os.PathLike) -> None:
-        self.csv = Path(csv_path)
+        # Every name of the file (a symlink, a relative path) locks the same lock file.
+        self.csv = Path(os.path.realpath(csv_path))
         self.path = self.csv.with_name(self.csv.name + ".lock")
         self._fd: int | None = None
 
@@ -226,9 +239,46 @@ def read_done(path: Path) -> tuple[set[str], int, bool]:
                 f"{path}: record {records} has {len(record)} fields, not {len(CSV_COLUMNS)}; "
                 "fix or remove that line, or start again with --overwrite"
             )
-        done.add(record[0])
+        done.add(from_cell(record[0]))
         good = len(header) + counted.consumed
     return done, good, good < len(data)
+
+
+def decode_record(record: Sequence[str]) -> list[str]:
+    """A record of the CSV as read by `csv.reader`, back to the values that were written."""
+    return [from_cell(cell) for cell in record]
+
+
+def rows_kept(path: str | os.PathLike) -> int:
+    """How many files have a row in the CSV at `path` (0 when there is none to read)."""
+    try:
+        return len(read_done(Path(path))[0])
+    except (OSError, ScoreError):
+        return 0
+
+
+def _is_ledger(path: Path) -> bool:
+    """True for a ptxfast predictions CSV (its header, or the start of it) or an empty file."""
+    with open(path, "rb") as f:
+        head = f.read(len(CSV_HEADER))
+    return CSV_HEADER.encode().startswith(head) or head.startswith(CSV_HEADER.encode())
+
+
+def _check_out(path: Path, given: Path, overwrite: bool) -> None:
+    """Refuse an `--out` that is not a regular file, or one `--overwrite` must not replace."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise ScoreError(f"--out {given} is a folder; give a file name such as preds.csv")
+    if not stat.S_ISREG(st.st_mode):
+        raise ScoreError(f"--out {given} is not a regular file; give a file name such as preds.csv")
+    if overwrite and st.st_size and not _is_ledger(path):
+        raise ScoreError(
+            f"--overwrite: {given} is not a ptxfast predictions CSV (its first line is not "
+            f"{CSV_HEADER.strip()!r}), so it is not replaced; choose another --out"
+        )
 
 
 class PredsCsv:
@@ -238,15 +288,20 @@ class PredsCsv:
     `WriteFailed`."""
 
     def __init__(self, path: Path, resume: bool, overwrite: bool) -> None:
-        self.path = path
+        given = Path(path)
+        # The file itself, whatever name it was given by: the lock, the reads and the writes
+        # all follow a symlinked --out to one file.
+        self.path = path = Path(os.path.realpath(given))
         self.done: set[str] = set()
         self.torn = False
         self.good = 0  # bytes of complete rows to keep (resume); 0 starts a new file
         self.lock = LedgerLock(path)
         # Called with each batch of rows once they are durable (DICOMweb spool, --send).
         self.listeners: list[Callable[[Sequence[Sequence[str]]], None]] = []
-        if path.is_dir():
-            raise ScoreError(f"--out {path} is a folder; give a file name such as preds.csv")
+        try:
+            _check_out(path, given, overwrite)
+        except OSError as err:
+            raise ScoreError(f"cannot write --out {given}: {err.strerror or err}") from None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.lock.acquire()  # before the CSV is read: another run may be appending to it
@@ -285,13 +340,14 @@ class PredsCsv:
         except OSError as err:
             raise ScoreError(f"cannot write --out {self.path}: {err.strerror or err}") from None
         self.size = good  # bytes of complete rows on disk
-        if good:
-            self.file.truncate(good)  # drop a torn last line; its file is scored again
-            self.file.seek(good)
-            self._write(b"")
-        else:
-            self._write(CSV_HEADER.encode())
-            _fsync_dir(self.path.parent)  # the new name survives a power cut too
+        with signals.deferred():
+            if good:
+                self.file.truncate(good)  # drop a torn last line; its file is scored again
+                self.file.seek(good)
+                self._write(b"")
+            else:
+                self._write(CSV_HEADER.encode())
+                _fsync_dir(self.path.parent)  # the new name survives a power cut too
 
     def _write(self, data: bytes) -> None:
         """Write `data` whole and fsync; on a write error cut back to the complete rows."""
@@ -310,12 +366,13 @@ class PredsCsv:
         self.size += len(data)
 
     def append(self, rows: Sequence[Sequence[str]]) -> None:
-        """Write rows with one write call, then fsync."""
+        """Write rows with one write call, then fsync; each value through `to_cell`."""
         if not rows:
             return
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(rows)
-        self._write(buf.getvalue().encode(**ENCODING))
+        csv.writer(buf, lineterminator="\n").writerows([to_cell(v) for v in r] for r in rows)
+        with signals.deferred():  # a stop waits for the batch's rows to be whole on disk
+            self._write(buf.getvalue().encode(**ENCODING))
         for listener in self.listeners:
             listener(rows)
 

@@ -33,7 +33,7 @@ _DECODE_ATTEMPTS = 2  # fresh decoding processes a file may kill before it is an
 # What OutputWriter counts in the summary, carried back from the model actors with the rows.
 COUNTERS = (
     "masks_written", "segs_written", "seg_not_dicom", "srs_written", "sr_not_dicom",
-    "names_replaced",
+    "names_replaced", "library_messages",
 )  # fmt: skip
 _NULLABLE = {f.name for f in fields(Meta) if "None" in str(f.type)}
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxfast.score.ledger import ENCODING
+from ptxfast.score.ledger import ENCODING, decode_record
 from ptxfast.score.pacs import (
     PacsError,
     PacsOptions,
@@ -338,7 +338,7 @@ def _csv_rows(path: Path) -> Iterator[list[str]]:
         next(reader, None)
         for row in reader:
             if len(row) == 6:
-                yield row
+                yield decode_record(row)  # the values written, not their CSV-safe cells
 
 
 def failure_line(sent: Sequence[dict[str, Any]], out: Path) -> str | None:

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ptxfast.data.eligibility import reason_of
 from ptxfast.files import json_clean
+from ptxfast.safe_text import visible
 from ptxfast.score.config import ScoreConfig
-from ptxfast.score.ledger import CSV_COLUMNS, ENCODING
+from ptxfast.score.ledger import CSV_COLUMNS, ENCODING, decode_record
 
 if TYPE_CHECKING:
     from ptxfast.score.inputs import Inputs
@@ -61,6 +63,9 @@ class ScoreSummary:
     # Inputs whose output names (SOPInstanceUID or input path) were unsafe and replaced by a
     # hash of the input's path (writer.safe_output_path).
     names_replaced: int = 0
+    # pydicom/highdicom warnings and log records raised while writing SEG and SR: they may
+    # quote header values (a patient's name), so they are counted here and never printed.
+    library_messages: int = 0
     output_errors: list[str] = field(default_factory=list)
     output_workers: int = 0  # processes that wrote those outputs; 0: threads of the run's process
     skipped_examples: list[str] = field(default_factory=list)
@@ -113,13 +118,15 @@ def count(summary: ScoreSummary, csv_path: Path, paths: set[str]) -> None:
     with open(csv_path, newline="", **ENCODING) as f:
         reader = csv.reader(f)
         next(reader, None)
-        for row in reader:
+        for record in reader:
+            row = decode_record(record)
             if len(row) != len(CSV_COLUMNS) or row[0] not in paths:
                 continue
             if row[2]:
                 summary.scored += 1
                 summary.positives += row[3] == "1"
             elif (reason := reason_of(row[5])) is not None:
+                reason = visible(reason)  # a header value: printed and written as JSON
                 summary.not_eligible += 1
                 reasons[reason] = reasons.get(reason, 0) + 1
             else:
@@ -150,15 +157,16 @@ def print_summary(s: ScoreSummary, config: ScoreConfig, notes: Console) -> None:
     table = Table(title=f"scored {s.root}", show_header=False)
     table.add_column(justify="right", style="bold")
     table.add_column()
-    for row in (*_what(s), *_speed(s), *_time(s), *_outputs(s, config)):
-        table.add_row(*row)
     json_path = config.summary_json
-    table.add_row("CSV", str(s.out) + (f", JSON {json_path}" if json_path else ""))
+    csv_row = ("CSV", str(s.out) + (f", JSON {json_path}" if json_path else ""))
+    for name, value in (*_what(s), *_speed(s), *_time(s), *_outputs(s, config), csv_row):
+        # Text, not markup: names and header values in it must not become styles or links.
+        table.add_row(name, Text(visible(value)))
     Console().print(table)
     if s.torn_line_dropped:
         notes.print("note: dropped a torn last line of the CSV and scored that file again")
     for line in s.output_errors[:10]:
-        notes.print(f"[yellow]warning:[/] {line}", highlight=False)
+        notes.print(Text.assemble(("warning:", "yellow"), " ", visible(line)), highlight=False)
     if len(s.output_errors) > 10:
         notes.print(f"[yellow]warning:[/] {len(s.output_errors) - 10} more output errors")
 
@@ -291,6 +299,11 @@ def _outputs(s: ScoreSummary, config: ScoreConfig) -> list[tuple[str, str]]:
         outs.append(f"{s.srs_written} DICOM SR in {sr_dir}")
         if s.sr_not_dicom:
             outs.append(f"{s.sr_not_dicom} PNG/JPEG inputs get no SR")
+    if s.library_messages:
+        outs.append(
+            f"{s.library_messages} pydicom/highdicom warning(s) about header values counted, "
+            "not shown (they may quote patient data)"
+        )
     if s.names_replaced:
         outs.append(
             f"{s.names_replaced} input(s) named by a hash of their path (their "
@@ -316,7 +329,7 @@ def new_summary(config: ScoreConfig, found: Inputs, todo: list[int], torn: bool,
         files=len(found.inputs),
         already=len(found.inputs) - len(todo),
         skipped=len(found.skipped),
-        skipped_examples=found.skipped[:5],
+        skipped_examples=[visible(p) for p in found.skipped[:5]],
         torn_line_dropped=torn,
         **fields,
     )

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import re
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -37,9 +38,10 @@ from ptxfast.data.dicom.info import describe, one_line
 from ptxfast.data.resize import resize
 from ptxfast.errors import PtxfastError
 from ptxfast.files import atomic_write
-from ptxfast.score import ledger
+from ptxfast.safe_text import visible
+from ptxfast.score import ledger, library_messages
 from ptxfast.score.dicom_out import ModelIdentity, write_dicom_seg, write_dicom_sr
-from ptxfast.score.processes import clean_fork, start_method
+from ptxfast.score.processes import clean_fork, helper_started, start_method
 
 if TYPE_CHECKING:
     from ptxfast.score.decode import Batch
@@ -246,6 +248,9 @@ class Written:
     sr_not_dicom: int = 0
     replaced: bool = False  # an output of this file got a hash name
     errors: list[str] = field(default_factory=list)
+    # pydicom/highdicom warnings and log records raised while writing them: they quote header
+    # values (a patient's name), so they are counted, never printed (`library_messages`).
+    library_messages: int = 0
 
 
 @dataclass
@@ -263,9 +268,11 @@ def write_outputs(job: OutputJob) -> Written:
     cannot be written raises `ledger.WriteFailed`, which keeps the batch's rows out of the CSV.
     """
     done = Written()
-    seg = _masks_and_seg(job, done) if job.prob is not None else None
-    if job.sr_dir is not None:
-        _report(job, seg, done)
+    with library_messages.captured() as heard:
+        seg = _masks_and_seg(job, done) if job.prob is not None else None
+        if job.sr_dir is not None:
+            _report(job, seg, done)
+    done.library_messages = heard.messages
     return done
 
 
@@ -341,6 +348,15 @@ def _ready() -> None:
     import PIL.PngImagePlugin  # noqa: F401
 
 
+def _writer_started() -> None:
+    """A writing process's first call: it dies with the scorer, leaving no temporary file
+    (`processes.helper_started`), and what pydicom and highdicom say about headers is counted,
+    never printed (`library_messages`)."""
+    helper_started(writes_files=True)
+    library_messages.install()
+    warnings.simplefilter("always")  # every message counted, not only a location's first
+
+
 def output_pool(processes: int, threads: int = 2) -> Executor:
     """Where outputs are written: `processes` writing processes, or (0) `threads` threads of
     this process.
@@ -354,7 +370,7 @@ def output_pool(processes: int, threads: int = 2) -> Executor:
         return ThreadPoolExecutor(threads, thread_name_prefix="outputs")
     context = multiprocessing.get_context(start_method())
     with clean_fork():
-        pool = ProcessPoolExecutor(processes, mp_context=context)
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_writer_started)
         for _ in range(processes):
             pool.submit(_ready)  # a forking pool starts every process at its first submit
     return pool
@@ -393,6 +409,8 @@ class OutputWriter:
         self.lock = threading.Lock()  # the summary's output counters
         self.replaced: set[str] = set()  # inputs with a hash-named output
         wanted = masks_dir is not None or seg_dir is not None or sr_dir is not None
+        if wanted and processes <= 0:
+            library_messages.install()  # writer threads capture; this thread warns as before
         self.pool = output_pool(processes, threads) if wanted else None
 
     def __enter__(self) -> OutputWriter:
@@ -400,7 +418,10 @@ class OutputWriter:
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True)  # every done-callback has run after this
+            # Every done-callback has run after this. A run that stops (an error, a signal)
+            # drops the outputs not started; those being written are finished, so no
+            # temporary file is left behind.
+            self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
 
     def rows(
         self, batch: Batch, prob, area, label, masks: dict[int, np.ndarray]
@@ -444,7 +465,8 @@ class OutputWriter:
             s.srs_written += done.srs
             s.seg_not_dicom += done.seg_not_dicom
             s.sr_not_dicom += done.sr_not_dicom
-            s.output_errors.extend(done.errors)
+            s.output_errors.extend(visible(e) for e in done.errors)
+            s.library_messages += done.library_messages
             if done.replaced:
                 self.replaced.add(rel)
                 s.names_replaced = len(self.replaced)
