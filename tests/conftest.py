@@ -66,3 +66,14 @@ def rn34un_artifact(tmp_path_factory):
         return made[head_bias]
 
     return make
+
+
+@pytest.fixture
+def forking(monkeypatch):
+    """Scoring's helper processes fork, so they inherit the test's monkeypatches: without this,
+    a gRPC module loaded by an earlier test in the same process (Ray, tritonclient) switches
+    them to a forkserver, whose children start clean (`ptxfast.score.processes.start_method`)."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "grpc", raising=False)
+    return monkeypatch

@@ -139,7 +139,7 @@ def _loader(root, names, workers, settle) -> ResilientLoader:
     return ResilientLoader(files, range(len(names)), settings, settle)
 
 
-def test_loader_turns_a_crashed_worker_into_a_row_and_goes_on(pngs, monkeypatch):
+def test_loader_turns_a_crashed_worker_into_a_row_and_goes_on(pngs, forking):
     root, names = pngs
     real = decode.load_image
 
@@ -149,7 +149,7 @@ def test_loader_turns_a_crashed_worker_into_a_row_and_goes_on(pngs, monkeypatch)
             os._exit(11)
         return real(path, size, **kw)
 
-    monkeypatch.setattr(decode, "load_image", crashing)
+    forking.setattr(decode, "load_image", crashing)
     committed: set[str] = set()  # what the ledger holds
     crashes: list[list[str]] = []
     loader = _loader(root, names, 1, lambda: set(committed))

@@ -383,7 +383,7 @@ def test_parallelism_fills_the_cores(monkeypatch, tmp_path):
         score.score_folder(tmp_path, tmp_path / "x.csv", lanes=0)
 
 
-def test_worker_crash_becomes_a_row(folder, predictor, tmp_path, monkeypatch):
+def test_worker_crash_becomes_a_row(folder, predictor, tmp_path, forking):
     real = decode.load_image
 
     def crashing(path, size=None, **kw):
@@ -392,7 +392,7 @@ def test_worker_crash_becomes_a_row(folder, predictor, tmp_path, monkeypatch):
             os._exit(11)
         return real(path, size, **kw)
 
-    monkeypatch.setattr(decode, "load_image", crashing)
+    forking.setattr(decode, "load_image", crashing)
     s = score.score_folder(
         folder, tmp_path / "p.csv", model=predictor, batch_size=2, workers=1, model_only_iters=0
     )
@@ -516,8 +516,9 @@ def test_a_forked_child_never_finalises_the_parents_garbage(tmp_path):
 
 
 def test_an_output_process_that_dies_stops_the_run_and_resume_finishes(
-    folder, predictor, tmp_path, monkeypatch
+    folder, predictor, tmp_path, forking
 ):
+    monkeypatch = forking
     _all_positive(monkeypatch)
     expected = [f for f in _inputs(folder) if f not in SKIPPED]
     real = writer.write_outputs
