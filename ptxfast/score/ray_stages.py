@@ -128,7 +128,7 @@ class Decoder:
                 restarts[j] = self.child.started - started
         # A process started for the batch as a whole (one died before it) is the first
         # file's; the actor's very first process is no restart.
-        restarts[0] += self.child.started - before - restarts.sum() - (before == 0)
+        restarts[:1] += self.child.started - before - restarts.sum() - (before == 0)
         return _decoded_columns(batch["index"], paths, items, self.size, restarts)
 
     def _isolated(self, path: str) -> tuple:
@@ -249,8 +249,8 @@ class Scorer:
             c: np.asarray([r[i] for r in rows], dtype=object) for i, c in enumerate(CSV_COLUMNS)
         }
         # Each row carries its own file's figures; the model's times are the batch's, shared.
-        cols["compute_s"] = np.full(n, times["compute"] / n)
-        cols["transfer_s"] = np.full(n, times["transfer"] / n)
+        cols["compute_s"] = np.full(n, times["compute"] / max(n, 1))
+        cols["transfer_s"] = np.full(n, times["transfer"] / max(n, 1))
         cols["model_only"] = np.full(n, self.model_only)
         cols.update(_written_columns(paths, [o.result() for o in outputs]))
         cols["actor"] = np.asarray([self.name] * n, dtype=object)
