@@ -47,6 +47,7 @@ from ptxfast import pages, report_page
 from ptxfast.data.eligibility import reason_of
 from ptxfast.errors import PtxfastError
 from ptxfast.score.folders import not_regular
+from ptxfast.score.pacs import is_url, redact
 
 DEFAULT_TOP = 48  # positives shown as cards with images
 DEFAULT_PAGE = 200  # rows per page of a list
@@ -399,11 +400,17 @@ def _scored_folder(
     root: str | os.PathLike | None, summary: dict[str, Any]
 ) -> tuple[Path | None, str]:
     """The folder the radiographs are read from (the given one, else the summary's), and why
-    there is none ("" when there is)."""
+    there is none ("" when there is). A run that read a DICOMweb server (its root a URL) has
+    no folder: its files were fetched, and only the CSV's text is shown."""
     if root is None and summary.get("root"):
         root = summary["root"]
     if root is None:
         return None, "scored folder unknown (give --json or --root)"
+    if is_url(root):
+        return None, (
+            f"the run fetched the radiographs from the DICOMweb server {redact(root)}, so there is "
+            "no folder to read them from"
+        )
     if not Path(root).is_dir():
         return None, f"scored folder {Path(root)} not found"
     return Path(root), ""

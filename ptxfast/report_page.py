@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptxfast import pages
 from ptxfast.pages import esc
+from ptxfast.score.pacs import is_url
 
 if TYPE_CHECKING:
     from ptxfast.report import Card, Model
@@ -88,7 +89,8 @@ def _summary_html(
         ),
     ]
     if summary.get("root"):
-        items.append(("scored folder", f"<code>{esc(summary['root'])}</code>"))
+        where = "DICOMweb server" if is_url(summary["root"]) else "scored folder"
+        items.append((where, f"<code>{esc(summary['root'])}</code>"))
     if model.note:
         notes = [*notes, model.note]
     body = "".join(f'<tr><th scope="row">{k}</th><td>{v}</td></tr>' for k, v in items)

@@ -147,6 +147,27 @@ def test_summary_cards_images_and_uids(run, page):
     assert f"Thumbnails for the {TOP} most probable of" in text
 
 
+def test_a_dicomweb_run_has_a_url_not_a_folder(run, tmp_path):
+    # A run that fetched its files from a DICOMweb server names the server as its root: the
+    # page shows the URL as it is and says why there are no thumbnails, never "not found".
+    _, out, _ = run
+    url = "http://pacs.example:8042/dicom-web"
+    summary = json.loads((out / "score.json").read_text())
+    (tmp_path / "score.json").write_text(json.dumps({**summary, "root": url}))
+    res = CliRunner().invoke(
+        cli, ["report", str(out / "preds.csv"), "--json", str(tmp_path / "score.json"),
+              "--masks", str(out / "masks"), "--top", str(TOP), "--out", str(tmp_path / "r.html")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    lines = " ".join(res.output.split())
+    assert "not found" not in lines and f"; 0 of {TOP} cards with thumbnails" in lines
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f'<th scope="row">DICOMweb server</th><td><code>{url}</code>' in text
+    assert "not found" not in text and "http:/pacs" not in text
+    assert f"fetched the radiographs from the DICOMweb server {url}" in text
+    assert text.count('alt="overlay"') == TOP  # the masks folder is still read
+
+
 def test_names_from_the_archive_are_escaped(tmp_path):
     evil = [
         ["<script>alert(1)</script>.dcm", '"><img src=x onerror=alert(2)>', "0.9", "1", "7", ""],

@@ -263,3 +263,39 @@ def test_plan_places_actors_on_gpus_or_cpu_lanes():
     assert (p.device, p.actors, p.decoders, p.threads) == ("cpu", 1, 3, 2)
     with pytest.raises(score.ScoreError, match="no GPUs"):
         score_ray._plan({"CPU": 2}, "cuda", cuda, opts, None)
+
+
+def test_each_row_carries_its_own_files_figures():
+    # The driver keeps a path's first row only: a repeated row must take exactly its own file's
+    # figures (outputs, errors, time, restarts) with it, whatever its place in the block.
+    import numpy as np
+
+    from ptxfast.score import engine_ray, ray_stages
+    from ptxfast.score.stats import LoopStats
+    from ptxfast.score.writer import Written
+
+    paths = ["a.dcm", "b.dcm", "c.png"]
+    written = [
+        Written("a.dcm", masks=1, segs=1, srs=1, errors=["a.dcm: \x1b[31mred"]),
+        Written("c.png", masks=1, seg_not_dicom=1, sr_not_dicom=1, replaced=True, library_messages=2),
+    ]  # fmt: skip
+    block = ray_stages._written_columns(paths, written)  # b.dcm: no outputs
+    block.update(
+        decode_s=np.array([0.5, 0.25, 0.125]), compute_s=np.full(3, 1.0),
+        transfer_s=np.zeros(3), decoder_restarts=np.array([0, 2, 0]),
+        actor=np.array(["n:1"] * 3, dtype=object), model_only=np.full(3, 40.0),
+    )  # fmt: skip
+    assert ray_stages.written_of(block, 2) == Written(**{**written[1].__dict__, "rel": ""})
+    tally = engine_ray._Tally(LoopStats())
+    tally.add(block, keep=[0, 1])  # c.png was a repeat
+    o = tally.outputs
+    assert (o.masks_written, o.segs_written, o.srs_written) == (1, 1, 1)
+    assert (o.seg_not_dicom, o.names_replaced, o.library_messages) == (0, 0, 0)
+    assert o.output_errors == ["a.dcm: \\x1b[31mred"]  # escaped, as the local engine's
+    assert tally.loop.times["decode"] == 0.75 and tally.loop.times["compute"] == 2.0
+    assert tally.loop.worker_restarts == 2
+    tally.add(block, keep=[2])
+    assert (o.masks_written, o.names_replaced, o.library_messages) == (2, 1, 2)
+    loop = tally.finish({"actors": 1}, actors=1)
+    assert loop.model_only == {"1 model actor(s) at once": 40.0}
+    assert loop.cluster["actor_processes"] == 1

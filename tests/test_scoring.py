@@ -817,12 +817,8 @@ def test_full_disk_is_one_line_and_resume_finishes(folder, artifact, tmp_path, m
 
 
 def test_shared_core_bound_from_model_and_decode_cost():
-    s = score.ScoreSummary(
-        root="r", out="o", model="m", artifact=None, backend="b", precision="fp32",
-        device="cpu", batch_size=8, workers=1, threads=1, shard=(1, 1),
-    )  # fmt: skip
-    s.model_only_images_per_s = 100.0  # 10 ms of the c cores per image
-    speed.shared_core_bound(s, decode_cpu_s=0.02, cores=2, steady=45.0)  # + 10 ms decoding
+    model_only = 100.0  # 10 ms of the c cores per image
+    s = speed.shared_core_bound(model_only, decode_cpu_s=0.02, cores=2, steady=45.0)  # + 10 ms
     assert s.shared_core_bound_images_per_s == pytest.approx(50.0)
     assert s.bound_share == pytest.approx(0.9) and s.cores == 2
 

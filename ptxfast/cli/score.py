@@ -172,6 +172,8 @@ def score_command(
     from ptxfast import score
     from ptxfast.score import ledger, signals
 
+    # A ScoreError or LedgerError (another run holds --out, a disk is full...) is a
+    # PtxfastError: the command group shows it as one line, exit status 1.
     try:
         parts = score.parse_shard(shard)
         ray_options = None
@@ -202,9 +204,6 @@ def score_command(
             config.progress = lambda done, total: bar.update(task, completed=done, total=total)
             with signals.stop_on_signals():  # SIGTERM, Ctrl-C: stop between batches
                 s = score.score_folder(config)
-    except (score.ScoreError, ledger.LedgerError) as e:
-        # ledger: another run holds --out, or a file could not be written (disk full...).
-        raise CliError(str(e)) from None
     except signals.Stopped as stop:
         kept = ledger.rows_kept(out)
         console.print(

@@ -67,7 +67,9 @@ The modules:
 - pipeline.py   one batch's model pass, lanes, the window of batches in flight, the ordered
                 committer, how many lanes and workers
 - writer.py     rows and output files (PNG masks, overlays, safe names); dicom_out.py: SEG, SR
-- summary.py    `ScoreSummary`, counts read back from the ledger, the printed table
+- stats.py      what an engine returns: `Setup`, `LoopStats` (and the writer's `OutputStats`)
+- summary.py    `ScoreSummary`, built once by `build` from those and the counts read back from
+                the ledger; the printed table
 - speed.py      steady rate, model-only timing, the shared-core bound
 - run.py        `score_folder`: checks, model, ledger, engine, JSON
 - pacs.py       `PacsOptions` (a DICOMweb source, --send targets), credentials, retries;

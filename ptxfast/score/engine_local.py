@@ -41,15 +41,15 @@ from ptxfast.score.pipeline import (
     parallelism,
     results,
 )
-from ptxfast.score.summary import ScoreSummary, count, new_summary, operating_point
+from ptxfast.score.stats import EngineStats, LoopStats, Setup
+from ptxfast.score.summary import operating_point
 from ptxfast.score.writer import OutputWriter
-from ptxfast.timing import latency_ms
 
 __all__ = ["run"]
 
 
-def run(job: Job) -> ScoreSummary:
-    """Score the files of `job` that its ledger lacks, on this machine."""
+def run(job: Job) -> EngineStats:
+    """Score the files of `job` that its ledger lacks, on this machine; what it measured."""
     config, predictor = job.config, job.predictor
     dev = predictor.device
     workers = config.workers if config.workers is not None else default_workers(dev)
@@ -69,44 +69,49 @@ def run(job: Job) -> ScoreSummary:
     lanes, threads = parallelism(dev, config.lanes, config.threads, pooled)
     if threads:
         torch.set_num_threads(threads)  # lane threads started later take this count too
-    side = predictor.sidecar
-    summary = new_summary(
-        config, found, todo, job.preds.torn,
-        model=predictor.name, artifact=str(side.path) if side is not None else None,
-        backend=predictor.backend, precision=predictor.precision, device=str(dev),
-        workers=workers, threads=torch.get_num_threads(), lanes=lanes,
-        operating_point=operating_point(predictor),
-        operating_point_detail=(side or {}).get("operating_point"),
-        output_workers=_output_workers(config),
-    )  # fmt: skip
-    summary.eligibility = {"rule": config.eligibility, "unchecked": 0}
+    output_workers = _output_workers(config)
+    loop = LoopStats(ahead=workers * config.prefetch_factor)
     from ptxfast.telemetry import GpuSampler
 
     # Output-writing processes start here and get ready while the model warms.
     with OutputWriter(
-        config.root, found.inputs, summary, config.masks_dir, config.seg_dir,
-        model_identity(predictor), sr_dir=config.sr_dir, processes=summary.output_workers,
+        config.root, found.inputs, config.masks_dir, config.seg_dir,
+        model_identity(predictor), sr_dir=config.sr_dir, processes=output_workers,
     ) as writer:  # fmt: skip
         _warm(predictor, loader, min(config.batch_size, len(todo)))
-        summary.setup_seconds = time.perf_counter() - job.t_start
-        t_loop = time.perf_counter()
+        setup = _setup(job, workers, lanes, output_workers)
+        loop.t_loop = time.perf_counter()
         with GpuSampler(dev) as sampler, Lanes(lanes) as pool:
             scorer.score(loader, pool, writer)
-    loop = time.perf_counter() - t_loop
+    loop.seconds = time.perf_counter() - loop.t_loop
     torch.set_num_threads(all_threads)
-    summary.worker_restarts = loader.restarts
+    loop.worker_restarts = loader.restarts
     if sampler.active:
-        summary.gpu = sampler.stats.as_dict()
-    _summarise(summary, job, scorer, {found.inputs[i] for i in todo}, t_loop, loop)
+        loop.gpu = sampler.stats.as_dict()
+    scorer.measured(loop)
     if config.model_only_iters > 0 and scorer.last_x is not None:
-        speed.fill_model_only(
-            summary, predictor, scorer.last_x, config.model_only_iters, lanes, threads,
-            all_threads,
+        loop.model_only = speed.model_only(
+            predictor, scorer.last_x, config.batch_size, config.model_only_iters, lanes,
+            threads, all_threads,
         )  # fmt: skip
         if dev.type == "cpu" and scorer.decoded:
-            rate = summary.steady_images_per_s or summary.images_per_s
-            speed.shared_core_bound(summary, scorer.decode_cpu / scorer.decoded, cores(), rate)
-    return summary
+            loop.decode_cpu_s_per_image, loop.cores = scorer.decode_cpu / scorer.decoded, cores()
+    return EngineStats(setup, loop, writer.stats, found, todo)
+
+
+def _setup(job: Job, workers: int, lanes: int, output_workers: int) -> Setup:
+    """The model and the run's parallelism, once the model is warm (threads as the lanes
+    run them)."""
+    predictor = job.predictor
+    side = predictor.sidecar
+    return Setup(
+        model=predictor.name, artifact=str(side.path) if side is not None else None,
+        backend=predictor.backend, precision=predictor.precision, device=str(predictor.device),
+        workers=workers, threads=torch.get_num_threads(), lanes=lanes,
+        operating_point=operating_point(predictor),
+        operating_point_detail=(side or {}).get("operating_point"),
+        setup_seconds=time.perf_counter() - job.t_start, output_workers=output_workers,
+    )  # fmt: skip
 
 
 def _output_workers(config: ScoreConfig) -> int:
@@ -127,20 +132,6 @@ def _warm(predictor, loader: ResilientLoader, batch: int) -> None:
             return
         except RuntimeError as err:
             loader.defer(err)
-
-
-def _summarise(
-    summary: ScoreSummary, job: Job, scorer: _Scorer, paths: set[str], t_loop: float, loop: float
-) -> None:
-    """Counts from the ledger, the loop's rates and times."""
-    config = job.config
-    count(summary, job.preds.path, paths)
-    scorer.times["write"] += scorer.committer.write_seconds
-    summary.time_s = scorer.times
-    summary.latency_ms = latency_ms(scorer.latencies)
-    summary.eligibility["unchecked"] = scorer.unchecked
-    ahead = summary.workers * config.prefetch_factor
-    speed.fill_rates(summary, scorer.marks, t_loop, loop, ahead, summary.lanes)
 
 
 class _Scorer:
@@ -179,6 +170,12 @@ class _Scorer:
                 return
             except RuntimeError as err:  # a decoding worker died while this thread scored
                 self.committer.add(loader.recover(err).rows)
+
+    def measured(self, loop: LoopStats) -> None:
+        """Put what the loop measured (stage times, latencies, commit marks) in `loop`."""
+        self.times["write"] += self.committer.write_seconds
+        loop.times, loop.latencies, loop.marks = self.times, self.latencies, self.marks
+        loop.unchecked = self.unchecked
 
     def settle(self) -> set[str]:
         """After a decoding worker died: scored batches keep their rows, launched ones whose

@@ -43,19 +43,19 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ptxfast.inference import operating
-from ptxfast.score import inputs, ledger, speed
+from ptxfast.score import inputs, ledger
 from ptxfast.score.config import ScoreError
 from ptxfast.score.job import Job
 from ptxfast.score.ledger import CSV_COLUMNS
-from ptxfast.score.ray_stages import COUNTERS, Decoder, Scorer
-from ptxfast.score.summary import ScoreSummary, count, new_summary
-from ptxfast.timing import latency_ms
+from ptxfast.score.ray_stages import Decoder, Scorer, written_of
+from ptxfast.score.stats import EngineStats, LoopStats, Setup
+from ptxfast.score.writer import OutputStats
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"
 _RESTARTS = 3  # times Ray restarts a dead decoder or model actor
@@ -162,7 +162,7 @@ def _connect(ray, address: str | None) -> bool:
     return True
 
 
-def run(job: Job, sidecar, options: RayOptions, device: str = "auto") -> ScoreSummary:
+def run(job: Job, sidecar, options: RayOptions, device: str = "auto") -> EngineStats:
     """Score `job` on Ray; `job.preds` is open (and locked), the artifact's bytes checked."""
     ray = require_ray()
     started = _connect(ray, options.address)
@@ -170,47 +170,40 @@ def run(job: Job, sidecar, options: RayOptions, device: str = "auto") -> ScoreSu
         found, todo = inputs.todo(job.config, job.preds.done)
         resources = ray.cluster_resources()
         plan = _plan(resources, device, sidecar, options, job.config.threads)
-        summary = _summary(ray, job, sidecar, plan, resources, found, todo)
-        t_loop = time.perf_counter()
-        marks: list[tuple[float, int]] = []
+        setup = _setup(job, sidecar, plan)
+        cluster = _cluster(ray, plan, resources)
+        tally = _Tally(LoopStats(t_loop=time.perf_counter(), ahead=2 * plan.actors))
         if todo:
             ds = _dataset(ray, job, sidecar, plan, [(i, found.inputs[i]) for i in todo])
-            marks = _drain(ray, ds, job, summary, t_loop, len(todo))
-        loop = time.perf_counter() - t_loop
+            _drain(ray, ds, job, tally, len(todo))
+        tally.loop.seconds = time.perf_counter() - tally.loop.t_loop
     finally:
         if started:
             ray.shutdown()
-    count(summary, job.preds.path, {found.inputs[i] for i in todo})
-    speed.fill_rates(summary, marks, t_loop, loop, 2 * plan.actors, plan.actors)
-    speed.set_ratio(summary)
-    return summary
+    return EngineStats(setup, tally.finish(cluster, plan.actors), tally.outputs, found, todo)
 
 
-def _summary(ray, job: Job, sidecar, plan: _Plan, resources, found, todo) -> ScoreSummary:
-    config = job.config
-    return new_summary(
-        config, found, todo, job.preds.torn,
+def _setup(job: Job, sidecar, plan: _Plan) -> Setup:
+    return Setup(
         model=sidecar.name, artifact=str(sidecar.path), backend=sidecar.backend,
         precision=sidecar.precision, device=plan.device,
         workers=plan.decoders, threads=plan.threads or 0, lanes=plan.actors,
-        eligibility={"rule": config.eligibility},  # files scored unchecked: counted locally only
         operating_point=operating.describe(sidecar),
         operating_point_detail=sidecar.operating_point and dict(sidecar.operating_point),
-        setup_seconds=time.perf_counter() - job.t_start,
-        time_s=dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0),
-        engine="ray",
-        cluster={
-            "address": ray.get_runtime_context().gcs_address,
-            "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
-            "cpus": resources.get("CPU", 0.0),
-            "gpus": resources.get("GPU", 0.0),
-            "decoders": plan.decoders,
-            "actors": plan.actors,
-            "actor_processes": 0,
-            "duplicates_dropped": 0,
-            "first_rows_s": None,  # pass start → first rows: starting actors, loading the model
-        },
+        setup_seconds=time.perf_counter() - job.t_start, engine="ray",
     )  # fmt: skip
+
+
+def _cluster(ray, plan: _Plan, resources) -> dict[str, Any]:
+    """What the summary says of the cluster (read while connected)."""
+    return {
+        "address": ray.get_runtime_context().gcs_address,
+        "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+        "cpus": resources.get("CPU", 0.0),
+        "gpus": resources.get("GPU", 0.0),
+        "decoders": plan.decoders,
+        "actors": plan.actors,
+    }
 
 
 def _dataset(ray, job: Job, sidecar, plan: _Plan, todo: list[tuple[int, str]]):
@@ -265,37 +258,77 @@ def _dataset(ray, job: Job, sidecar, plan: _Plan, todo: list[tuple[int, str]]):
         )
 
 
-def _drain(ray, ds, job: Job, summary: ScoreSummary, t_loop: float, total: int):
-    """Append the rows the model actors return, each path once, one fsync'd write per block;
-    returns (time written, images scored) per block for the steady rate."""
-    times = summary.time_s
+@dataclass
+class _Tally:
+    """What the driver adds up from the rows it keeps: every row carries its own file's
+    figures (decode, its share of the batch's model time, its outputs, decoder restarts),
+    so a row dropped as a repeat takes exactly its own figures with it."""
+
+    loop: LoopStats
+    outputs: OutputStats = field(default_factory=OutputStats)
+    actors: dict[str, float] = field(default_factory=dict)  # actor process → model-only images/s
+    duplicates: int = 0
+    first_rows_s: float | None = None  # pass start → first rows: starting actors, the model
+
+    def add(self, block: dict[str, np.ndarray], keep: list[int]) -> None:
+        """A block's kept rows' figures; every row's actor and its model-only rate."""
+        times = self.loop.times
+        for j in keep:
+            times["decode"] += float(block["decode_s"][j])
+            times["compute"] += float(block["compute_s"][j])
+            times["transfer"] += float(block["transfer_s"][j])
+            self.loop.worker_restarts += int(block["decoder_restarts"][j])
+            written = written_of(block, j)
+            self.outputs.add(written, written.replaced)  # (a path is kept once)
+        for j in range(len(block["actor"])):
+            name = str(block["actor"][j])
+            self.actors[name] = max(self.actors.get(name, 0.0), float(block["model_only"][j]))
+
+    def finish(self, cluster: dict[str, Any], actors: int) -> LoopStats:
+        """The loop's stats with the cluster's account and the model-only figure."""
+        self.loop.cluster = {
+            **cluster,
+            "actor_processes": len(self.actors),
+            "duplicates_dropped": self.duplicates,
+            "first_rows_s": self.first_rows_s,
+        }
+        # The first actors timed the model at the same moment (their start), so their sum is
+        # the cluster's; a restarted actor timed its own while the others scored, and is left
+        # out.
+        first = list(self.actors.values())[:actors]
+        if first and all(first):
+            self.loop.model_only = {f"{len(first)} model actor(s) at once": sum(first)}
+        return self.loop
+
+
+def _drain(ray, ds, job: Job, tally: _Tally, total: int) -> None:
+    """Append the rows the model actors return, each path once, one fsync'd write per block,
+    adding their figures to `tally`."""
+    loop = tally.loop
     written = set(job.preds.done)
-    actors: dict[str, float] = {}  # actor process → its model-only images/s
-    latencies: list[float] = []
-    marks: list[tuple[float, int]] = []
     done = 0
     t_prev = time.perf_counter()
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
             t_got = time.perf_counter()
-            times["wait"] += t_got - t_prev
-            if summary.cluster["first_rows_s"] is None:
-                summary.cluster["first_rows_s"] = t_got - t_loop
+            loop.times["wait"] += t_got - t_prev
+            if tally.first_rows_s is None:
+                tally.first_rows_s = t_got - loop.t_loop
             keep = []
             for j, path in enumerate(block["path"]):
                 if path in written:  # a batch run again after an actor died
-                    summary.cluster["duplicates_dropped"] += 1
+                    tally.duplicates += 1
                 else:
                     written.add(path)
                     keep.append(j)
             rows = [[str(block[c][j]) for c in CSV_COLUMNS] for j in keep]
-            _tally(summary, actors, block, keep)
+            tally.add(block, keep)
             job.preds.append(rows)
             t_end = time.perf_counter()
-            times["write"] += t_end - t_got
+            loop.times["write"] += t_end - t_got
             if rows:
-                latencies.append(time.time() - float(np.min(block["t_decoded"])))
-                marks.append((t_end, sum(1 for r in rows if not r[5])))
+                loop.latencies.append(time.time() - float(np.min(block["t_decoded"])))
+                loop.marks.append((t_end, sum(1 for r in rows if not r[5])))
             done += len(rows)
             if job.config.progress:
                 job.config.progress(done, total)
@@ -305,33 +338,6 @@ def _drain(ray, ds, job: Job, summary: ScoreSummary, t_loop: float, total: int):
         if isinstance(cause, ScoreError | ledger.LedgerError):
             raise cause from None
         raise ScoreError(_ray_failure(err)) from None
-    summary.latency_ms = latency_ms(latencies)
-    summary.cluster["actor_processes"] = len(actors)
-    # The first actors timed the model at the same moment (their start), so their sum is the
-    # cluster's; a restarted actor timed its own while the others scored, and is left out.
-    first = list(actors.values())[: summary.cluster["actors"]]
-    if first and all(first):
-        key = f"{len(first)} model actor(s) at once"
-        summary.model_only_images_per_s = summary.model_only_by_config[key] = sum(first)
-        summary.model_only_config = key
-    return marks
-
-
-def _tally(summary: ScoreSummary, actors: dict[str, float], block, keep: list[int]) -> None:
-    """Add a block's counters (carried on its kept rows) to the summary."""
-    times = summary.time_s
-    for j in keep:
-        times["decode"] += float(block["decode_s"][j])
-        times["compute"] += float(block["compute_s"][j])
-        times["transfer"] += float(block["transfer_s"][j])
-        for key in COUNTERS:
-            setattr(summary, key, getattr(summary, key) + int(block[key][j]))
-        summary.worker_restarts += int(block["decoder_restarts"][j])
-        if block["output_errors"][j]:
-            summary.output_errors.extend(str(block["output_errors"][j]).split("\n"))
-    for j in range(len(block["actor"])):
-        name = str(block["actor"][j])
-        actors[name] = max(actors.get(name, 0.0), float(block["model_only"][j]))
 
 
 def _ray_failure(err: BaseException) -> str:

@@ -1,12 +1,15 @@
 """The two Ray Data stages of `ptxfast score --engine ray` (see `engine_ray`): decoder actors,
 each decoding in a forked child process so that a file that kills its decoder kills only the
 child, and model actors, which score decoded batches with the local engine's own parts and
-return CSV rows with the counters the driver adds to the summary.
+return CSV rows. Each row also carries its own file's figures (decode seconds, decoder
+restarts, its share of the batch's model time, what its outputs came to: `written_of`), which
+the driver adds up over the rows it keeps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import socket
@@ -23,18 +26,14 @@ from ptxfast.score.decode import Files, Meta, collate, worker_init
 from ptxfast.score.dicom_out import model_identity
 from ptxfast.score.job import load
 from ptxfast.score.ledger import CSV_COLUMNS
-from ptxfast.score.summary import ScoreSummary
-from ptxfast.score.writer import OutputWriter, wait_outputs
+from ptxfast.score.writer import OutputWriter, Written, wait_outputs
 from ptxfast.timing import model_only_images_per_s
 
-__all__ = ["COUNTERS", "Decoder", "Scorer"]
+__all__ = ["Decoder", "Scorer", "written_of"]
 
 _DECODE_ATTEMPTS = 2  # fresh decoding processes a file may kill before it is an error row
-# What OutputWriter counts in the summary, carried back from the model actors with the rows.
-COUNTERS = (
-    "masks_written", "segs_written", "seg_not_dicom", "srs_written", "sr_not_dicom",
-    "names_replaced", "library_messages",
-)  # fmt: skip
+# What a file's outputs came to, carried back with its row as the columns "written_<name>".
+_WRITTEN = tuple(f.name for f in fields(Written) if f.name != "rel")
 _NULLABLE = {f.name for f in fields(Meta) if "None" in str(f.type)}
 
 
@@ -118,11 +117,18 @@ class Decoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
         before = self.child.started
+        restarts = np.zeros(len(paths), dtype=np.int64)  # decoding processes started again
         try:
             items = self.child.decode(paths)
         except _ChildDied:
-            items = [self._isolated(p) for p in paths]
-        restarts = max(0, self.child.started - before - (before == 0))
+            items = []
+            for j, path in enumerate(paths):  # each file's own restarts, its row's
+                started = self.child.started
+                items.append(self._isolated(path))
+                restarts[j] = self.child.started - started
+        # A process started for the batch as a whole (one died before it) is the first
+        # file's; the actor's very first process is no restart.
+        restarts[:1] += self.child.started - before - restarts.sum() - (before == 0)
         return _decoded_columns(batch["index"], paths, items, self.size, restarts)
 
     def _isolated(self, path: str) -> tuple:
@@ -140,7 +146,7 @@ class Decoder:
 
 
 def _decoded_columns(
-    index: np.ndarray, paths: list[str], items: list[tuple], size: int, restarts: int
+    index: np.ndarray, paths: list[str], items: list[tuple], size: int, restarts: np.ndarray
 ) -> dict[str, np.ndarray]:
     n = len(paths)
     images = np.zeros((n, size, size), dtype=np.float32)
@@ -159,8 +165,7 @@ def _decoded_columns(
             values = ["" if v is None else v for v in values]
         cols[f"meta_{f.name}"] = np.asarray(values, dtype=object)
     cols["decode_s"] = np.asarray([s for _, _, s in items], dtype=np.float64)
-    cols["decoder_restarts"] = np.zeros(n, dtype=np.int64)
-    cols["decoder_restarts"][:1] = restarts
+    cols["decoder_restarts"] = restarts
     cols["t_decoded"] = np.full(n, time.time())
     return cols
 
@@ -217,16 +222,9 @@ class Scorer:
             x = torch.rand(batch_size, 1, self.predictor.size, self.predictor.size)
             self.model_only = model_only_images_per_s(self.predictor, x, model_only_iters)
         self.paths: dict[int, str] = {}  # the current batch's positions → paths, for OutputWriter
-        self.counts = ScoreSummary(
-            root=root, out="", model=self.predictor.name, artifact=sidecar,
-            backend=self.predictor.backend, precision=self.predictor.precision,
-            device=str(self.predictor.device), batch_size=batch_size, workers=0,
-            threads=torch.get_num_threads(), shard=(1, 1),
-        )  # fmt: skip
         self.writer = OutputWriter(
             Path(root),
             self.paths,
-            self.counts,
             Path(masks_dir) if masks_dir else None,
             Path(seg_dir) if seg_dir else None,
             model_identity(self.predictor),
@@ -250,23 +248,35 @@ class Scorer:
         cols = {
             c: np.asarray([r[i] for r in rows], dtype=object) for i, c in enumerate(CSV_COLUMNS)
         }
-        first = np.zeros(n, dtype=np.float64)
-        counted = {key: getattr(self.counts, key) for key in COUNTERS}
-        for key, value in (
-            ("compute_s", times["compute"]),
-            ("transfer_s", times["transfer"]),
-            ("model_only", self.model_only),
-            *counted.items(),
-        ):
-            cols[key] = first.copy()
-            cols[key][:1] = value
-            if key in counted:
-                setattr(self.counts, key, 0)
-        cols["output_errors"] = np.asarray(
-            ["\n".join(self.counts.output_errors)] + [""] * (n - 1), dtype=object
-        )
-        self.counts.output_errors = []
+        # Each row carries its own file's figures; the model's times are the batch's, shared.
+        cols["compute_s"] = np.full(n, times["compute"] / max(n, 1))
+        cols["transfer_s"] = np.full(n, times["transfer"] / max(n, 1))
+        cols["model_only"] = np.full(n, self.model_only)
+        cols.update(_written_columns(paths, [o.result() for o in outputs]))
         cols["actor"] = np.asarray([self.name] * n, dtype=object)
         for key in ("decode_s", "decoder_restarts", "t_decoded"):
             cols[key] = batch[key]
         return cols
+
+
+def _written_columns(paths: list[str], written: list[Written]) -> dict[str, np.ndarray]:
+    """What each path's outputs came to (`Written`, zero without outputs), one column per
+    field; the errors as a JSON list."""
+    by_rel = {w.rel: w for w in written}
+    per_row = [by_rel.get(p) or Written(p) for p in paths]
+    cols = {}
+    for name in _WRITTEN:
+        values = [getattr(w, name) for w in per_row]
+        if name == "errors":
+            cols[f"written_{name}"] = np.asarray([json.dumps(v) for v in values], dtype=object)
+        else:
+            cols[f"written_{name}"] = np.asarray(values, dtype=np.int64)
+    return cols
+
+
+def written_of(block: dict[str, np.ndarray], j: int) -> Written:
+    """Row `j`'s `Written`, from the columns `_written_columns` made."""
+    kw = {name: _plain(block[f"written_{name}"][j]) for name in _WRITTEN}
+    kw["errors"] = json.loads(kw["errors"])
+    kw["replaced"] = bool(kw["replaced"])
+    return Written(**kw)

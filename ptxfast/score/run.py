@@ -4,7 +4,8 @@ Everything that can be refused is refused before a file is decoded: the options,
 folders (a probe file is written in each), the artifact (its sha256, device and precision) and
 the ledger (its lock, its header, a torn last line). Then the local engine
 (`engine_local.run`) or the Ray engine (`engine_ray.run`) scores the files the ledger lacks,
-and the summary is stamped and written as JSON.
+and the run's summary is built once from what the engine returns (`summary.build`) and
+written as JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import time
 
 from ptxfast.files import write_json
-from ptxfast.score import engine_local, engine_ray, ledger, senders
+from ptxfast.score import engine_local, engine_ray, ledger, senders, summary
 from ptxfast.score.config import ScoreConfig, ScoreError, check_masks
 from ptxfast.score.job import Job, load
 from ptxfast.score.summary import ScoreSummary
@@ -58,11 +59,11 @@ def score_folder(
         # A DICOMweb source's spool, and the --send targets, follow the rows into the CSV.
         with senders.connected(job) as after:
             if config.engine == "ray":
-                summary = engine_ray.run(job, source, ray_options, config.device)
+                stats = engine_ray.run(job, source, ray_options, config.device)
             else:
-                summary = engine_local.run(job)
-            after(summary)
-        return _finish(job, summary)
+                stats = engine_local.run(job)
+            sent = after()
+        return _finish(job, summary.build(job, stats, sent))
     finally:
         preds.close()
 
@@ -115,15 +116,14 @@ def _predictor(config: ScoreConfig, source):
     return source if isinstance(source, runtime.Predictor) else load(source, config.device)
 
 
-def _finish(job: Job, summary: ScoreSummary) -> ScoreSummary:
-    """Stamp the wall time and write the --json file (every engine's last step)."""
-    summary.seconds = time.perf_counter() - job.t_start
+def _finish(job: Job, made: ScoreSummary) -> ScoreSummary:
+    """Write the --json file (every engine's last step)."""
     path = job.config.summary_json
     if path is not None:
         try:
-            write_json(path, summary.as_dict())
+            write_json(path, made.as_dict())
         except OSError as err:
             if ledger.is_write_error(err):
                 raise ledger.write_failed(path, err) from None
             raise
-    return summary
+    return made

@@ -353,10 +353,10 @@ def failure_line(sent: Sequence[dict[str, Any]], out: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def connected(job) -> Iterator[Callable[[Any], None]]:
+def connected(job) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """Around an engine's run: the spool of a DICOMweb source, and the sender of `--send`,
-    both fed by the ledger as rows are written. Yields `after(summary)`, which waits for the
-    sends and puts their account in the summary."""
+    both fed by the ledger as rows are written. Yields `after()`, which waits for the sends
+    and returns their account per target for the summary (empty without `--send`)."""
     config, preds = job.config, job.preds
     options = config.pacs
     spool = sender = None
@@ -374,9 +374,8 @@ def connected(job) -> Iterator[Callable[[Any], None]]:
             sender.listen(list(_csv_rows(preds.path)))  # rows of earlier runs (--resume)
             preds.listeners.append(sender.listen)
 
-        def after(summary) -> None:
-            if sender is not None:
-                summary.sent = sender.finish()
+        def after() -> list[dict[str, Any]]:
+            return sender.finish() if sender is not None else []
 
         yield after
     finally:

@@ -1,10 +1,12 @@
-"""What a scoring run did and how fast: `ScoreSummary` (the `--json` file), the counts read
-back from the ledger, and `print_summary`, the table `ptxfast score` prints.
+"""What a scoring run did and how fast: `ScoreSummary` (the `--json` file), made once by
+`build` from the engine's account of its run (`stats.EngineStats`) and the counts read back
+from the ledger, and `print_summary`, the table `ptxfast score` prints.
 """
 
 from __future__ import annotations
 
 import csv
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,13 +18,15 @@ from rich.text import Text
 from ptxfast.data.eligibility import reason_of
 from ptxfast.files import json_clean
 from ptxfast.safe_text import visible
+from ptxfast.score import speed
 from ptxfast.score.config import ScoreConfig
 from ptxfast.score.ledger import CSV_COLUMNS, ENCODING, decode_record
+from ptxfast.score.stats import EngineStats, LoopStats
 
 if TYPE_CHECKING:
-    from ptxfast.score.inputs import Inputs
+    from ptxfast.score.job import Job
 
-__all__ = ["ScoreSummary", "count", "new_summary", "operating_point", "print_summary"]
+__all__ = ["Counts", "ScoreSummary", "build", "count", "operating_point", "print_summary"]
 
 
 @dataclass
@@ -110,11 +114,21 @@ class ScoreSummary:
         return json_clean(asdict(self))
 
 
-def count(summary: ScoreSummary, csv_path: Path, paths: set[str]) -> None:
+@dataclass
+class Counts:
+    """This run's files as the CSV records them."""
+
+    scored: int = 0
+    failed: int = 0
+    positives: int = 0
+    not_eligible: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # not eligible, by reason
+
+
+def count(csv_path: Path, paths: set[str]) -> Counts:
     """Scored / failed / not eligible / positives of this run's files, read back from the CSV
     (the record)."""
-    summary.scored = summary.failed = summary.positives = summary.not_eligible = 0
-    reasons: dict[str, int] = {}
+    c = Counts()
     with open(csv_path, newline="", **ENCODING) as f:
         reader = csv.reader(f)
         next(reader, None)
@@ -123,18 +137,85 @@ def count(summary: ScoreSummary, csv_path: Path, paths: set[str]) -> None:
             if len(row) != len(CSV_COLUMNS) or row[0] not in paths:
                 continue
             if row[2]:
-                summary.scored += 1
-                summary.positives += row[3] == "1"
+                c.scored += 1
+                c.positives += row[3] == "1"
             elif (reason := reason_of(row[5])) is not None:
                 reason = visible(reason)  # a header value: printed and written as JSON
-                summary.not_eligible += 1
-                reasons[reason] = reasons.get(reason, 0) + 1
+                c.not_eligible += 1
+                c.reasons[reason] = c.reasons.get(reason, 0) + 1
             else:
-                summary.failed += 1
-    summary.eligibility.update(
-        not_eligible=summary.not_eligible, eligible=summary.scored + summary.failed
+                c.failed += 1
+    c.reasons = dict(sorted(c.reasons.items()))
+    return c
+
+
+def build(job: Job, stats: EngineStats, sent: list[dict[str, Any]]) -> ScoreSummary:
+    """The run's summary, made once at its end from what the engine returned, the counts the
+    ledger holds and what `--send` delivered; `seconds` is the call's wall time up to now."""
+    from ptxfast.timing import latency_ms  # (torch: imported by the engine that ran already)
+
+    config, found, todo = job.config, stats.found, stats.todo
+    counts = count(job.preds.path, {found.inputs[i] for i in todo})
+    loop = stats.loop
+    eligibility: dict[str, Any] = {"rule": config.eligibility}
+    if loop.unchecked is not None:
+        eligibility["unchecked"] = loop.unchecked
+    eligibility.update(
+        not_eligible=counts.not_eligible,
+        eligible=counts.scored + counts.failed,
+        reasons=counts.reasons,
     )
-    summary.eligibility["reasons"] = dict(sorted(reasons.items()))
+    return ScoreSummary(
+        root=config.source,
+        out=str(config.out),
+        batch_size=config.batch_size,
+        shard=config.shard,
+        files=len(found.inputs),
+        already=len(found.inputs) - len(todo),
+        skipped=len(found.skipped),
+        skipped_examples=[visible(p) for p in found.skipped[:5]],
+        torn_line_dropped=job.preds.torn,
+        scored=counts.scored,
+        failed=counts.failed,
+        positives=counts.positives,
+        not_eligible=counts.not_eligible,
+        eligibility=eligibility,
+        **asdict(stats.setup),
+        **asdict(stats.outputs),
+        **_speed_figures(loop, counts.scored, stats.setup.lanes),
+        worker_restarts=loop.worker_restarts,
+        time_s=loop.times,
+        latency_ms=latency_ms(loop.latencies),
+        gpu=loop.gpu,
+        cluster=loop.cluster,
+        sent=sent,
+        seconds=time.perf_counter() - job.t_start,
+    )
+
+
+def _speed_figures(loop: LoopStats, scored: int, lanes: int) -> dict[str, Any]:
+    """The loop's rates, the model alone (its best configuration), their ratio and, where a
+    CPU's decoding cost was measured, the shared-core bound."""
+    steady = speed.steady(loop.marks, loop.t_loop, loop.ahead, lanes)
+    overall = scored / loop.seconds if scored and loop.seconds > 0 else None
+    by = loop.model_only
+    best = max(by, key=by.__getitem__) if by else None
+    model_only = by[best] if best is not None and by[best] > 0 else None
+    rate = steady or overall
+    figures = dict(
+        loop_seconds=loop.seconds,
+        batches=len(loop.marks),
+        images_per_s=overall,
+        steady_images_per_s=steady,
+        model_only_images_per_s=model_only,
+        model_only_config=best if model_only is not None else None,
+        model_only_by_config=dict(by),
+        ratio=rate / model_only if rate and model_only else None,
+    )
+    if loop.decode_cpu_s_per_image is not None and loop.cores:
+        bound = speed.shared_core_bound(model_only, loop.decode_cpu_s_per_image, loop.cores, rate)
+        figures.update(asdict(bound))
+    return figures
 
 
 # ------------------------------------------------------------------------ the table
@@ -316,23 +397,6 @@ def _outputs(s: ScoreSummary, config: ScoreConfig) -> list[tuple[str, str]]:
         already = f", {t['already']} sent before" if t["already"] else ""
         rows.append(("sent", f"{t['sent']} to {t['target']}{already}{left}"))
     return rows
-
-
-def new_summary(config: ScoreConfig, found: Inputs, todo: list[int], torn: bool, **fields):
-    """A summary of a run over `found` (the shard's inputs) of which `todo` are to be scored;
-    `fields` are the engine's own (model, backend, device, workers...)."""
-    return ScoreSummary(
-        root=config.source,
-        out=str(config.out),
-        batch_size=config.batch_size,
-        shard=config.shard,
-        files=len(found.inputs),
-        already=len(found.inputs) - len(todo),
-        skipped=len(found.skipped),
-        skipped_examples=[visible(p) for p in found.skipped[:5]],
-        torn_line_dropped=torn,
-        **fields,
-    )
 
 
 def operating_point(predictor) -> str:

@@ -45,10 +45,9 @@ from ptxfast.score.processes import clean_fork, helper_started, start_method
 
 if TYPE_CHECKING:
     from ptxfast.score.decode import Batch
-    from ptxfast.score.summary import ScoreSummary
 
 __all__ = [
-    "MASK_SUFFIXES", "ModelIdentity", "OutputJob", "OutputName", "OutputWriter",
+    "MASK_SUFFIXES", "ModelIdentity", "OutputJob", "OutputName", "OutputStats", "OutputWriter",
     "UnsafeOutputPath", "Written", "is_dicom_uid", "mask_outputs", "output_pool", "overlay_rgb",
     "safe_output_path", "source_mask", "write_dicom_seg", "write_dicom_sr", "write_outputs",
     "write_png_masks",
@@ -239,8 +238,9 @@ class OutputJob:
 
 @dataclass
 class Written:
-    """What one file's outputs came to; the writer adds it to the run's summary."""
+    """What one file's outputs came to; the writer adds it to its `OutputStats`."""
 
+    rel: str = ""  # the input, as its CSV row names it
     masks: int = 0
     segs: int = 0
     srs: int = 0
@@ -251,6 +251,31 @@ class Written:
     # pydicom/highdicom warnings and log records raised while writing them: they quote header
     # values (a patient's name), so they are counted, never printed (`library_messages`).
     library_messages: int = 0
+
+
+@dataclass
+class OutputStats:
+    """What a run's output files came to, summed over each file's `Written`."""
+
+    masks_written: int = 0
+    segs_written: int = 0
+    seg_not_dicom: int = 0  # positives read from PNG/JPEG: mask PNGs but no DICOM SEG
+    srs_written: int = 0
+    sr_not_dicom: int = 0  # scored PNG/JPEG inputs, which get no DICOM SR
+    names_replaced: int = 0  # inputs whose outputs got a hash name (`safe_output_path`)
+    library_messages: int = 0  # counted, never printed: they may quote header values
+    output_errors: list[str] = field(default_factory=list)
+
+    def add(self, done: Written, new_name: bool) -> None:
+        """Count one file's outputs; `new_name`: a hash-named input not counted before."""
+        self.masks_written += done.masks
+        self.segs_written += done.segs
+        self.srs_written += done.srs
+        self.seg_not_dicom += done.seg_not_dicom
+        self.sr_not_dicom += done.sr_not_dicom
+        self.output_errors.extend(visible(e) for e in done.errors)
+        self.library_messages += done.library_messages
+        self.names_replaced += new_name
 
 
 @dataclass
@@ -267,7 +292,7 @@ def write_outputs(job: OutputJob) -> Written:
     outside its folder) are `Written.errors`, reported beside the row; a destination that
     cannot be written raises `ledger.WriteFailed`, which keeps the batch's rows out of the CSV.
     """
-    done = Written()
+    done = Written(job.rel)
     with library_messages.captured() as heard:
         seg = _masks_and_seg(job, done) if job.prob is not None else None
         if job.sr_dir is not None:
@@ -386,7 +411,7 @@ class OutputWriter:
     model goes on; `rows` returns the futures, and a batch's rows go into the CSV only once
     its outputs exist (a row in the CSV means its files are there, so `--resume` never skips
     a positive whose mask is missing). A positive's SR is written after its SEG, which it
-    references. What each file's outputs came to (`Written`) is added to the summary as its
+    references. What each file's outputs came to (`Written`) is added to `stats` as its
     future finishes.
     """
 
@@ -394,7 +419,6 @@ class OutputWriter:
         self,
         root: Path,
         paths: Sequence[str],
-        summary: ScoreSummary,
         masks_dir: Path | None,
         seg_dir: Path | None,
         identity,
@@ -403,10 +427,11 @@ class OutputWriter:
         sr_dir: Path | None = None,
         processes: int = 0,
     ) -> None:
-        self.root, self.paths, self.s = root, paths, summary
+        self.root, self.paths = root, paths
+        self.stats = OutputStats()
         self.masks_dir, self.seg_dir, self.identity = masks_dir, seg_dir, identity
         self.sr_dir = sr_dir
-        self.lock = threading.Lock()  # the summary's output counters
+        self.lock = threading.Lock()  # of `stats`, added to from the pool's callbacks
         self.replaced: set[str] = set()  # inputs with a hash-named output
         wanted = masks_dir is not None or seg_dir is not None or sr_dir is not None
         if wanted and processes <= 0:
@@ -459,17 +484,10 @@ class OutputWriter:
             return  # wait_outputs raises it
         done: Written = future.result()
         with self.lock:
-            s = self.s
-            s.masks_written += done.masks
-            s.segs_written += done.segs
-            s.srs_written += done.srs
-            s.seg_not_dicom += done.seg_not_dicom
-            s.sr_not_dicom += done.sr_not_dicom
-            s.output_errors.extend(visible(e) for e in done.errors)
-            s.library_messages += done.library_messages
+            new_name = done.replaced and rel not in self.replaced
             if done.replaced:
                 self.replaced.add(rel)
-                s.names_replaced = len(self.replaced)
+            self.stats.add(done, new_name)
 
 
 def wait_outputs(outputs: Sequence[Future]) -> None:

@@ -1,0 +1,71 @@
+"""What an engine hands back at the end of a run: how it set the run up (`Setup`), what its
+loop measured (`LoopStats`), what its output writer came to (`writer.OutputStats`) and which
+inputs it had. `summary.build` makes the run's one `ScoreSummary` of them, after the engine
+has finished, so no figure depends on the order in which another was filled in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ptxfast.score.inputs import Inputs
+    from ptxfast.score.writer import OutputStats
+
+__all__ = ["EngineStats", "LoopStats", "Setup", "stage_times"]
+
+
+def stage_times() -> dict[str, float]:
+    """Seconds per stage of the loop, each engine's and the summary's `time_s`."""
+    return dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Who scored and how: the model, where it ran and the engine's parallelism."""
+
+    model: str  # the artifact's model name
+    artifact: str | None  # its sidecar, None for a predictor passed in
+    backend: str
+    precision: str
+    device: str
+    workers: int  # decoding workers (local) or decoder actors (Ray)
+    threads: int
+    lanes: int  # batches the model runs at once (local lanes, Ray model actors)
+    operating_point: str
+    operating_point_detail: dict[str, Any] | None
+    setup_seconds: float  # the call's start → the loop's start
+    output_workers: int = 0
+    engine: str = "local"
+
+
+@dataclass
+class LoopStats:
+    """What an engine's loop measured, filled in as it runs."""
+
+    t_loop: float = 0.0  # perf_counter when the first batch was asked for
+    seconds: float = 0.0  # first batch asked for → last row written
+    ahead: int = 0  # batches decoded before the loop started: left out of the steady rate
+    marks: list[tuple[float, int]] = field(default_factory=list)  # (rows written at, images)
+    times: dict[str, float] = field(default_factory=stage_times)
+    latencies: list[float] = field(default_factory=list)  # per batch, seconds
+    worker_restarts: int = 0
+    unchecked: int | None = None  # files scored on no evidence; None where not counted (Ray)
+    gpu: dict[str, Any] | None = None
+    model_only: dict[str, float] = field(default_factory=dict)  # images/s by configuration
+    # A CPU's decoding cost, for the shared-core bound: CPU seconds per image and the cores.
+    decode_cpu_s_per_image: float | None = None
+    cores: int | None = None
+    cluster: dict[str, Any] | None = None  # --engine ray (see ScoreSummary.cluster)
+
+
+@dataclass
+class EngineStats:
+    """An engine's account of its run; `summary.build` turns it into the ScoreSummary."""
+
+    setup: Setup
+    loop: LoopStats
+    outputs: OutputStats
+    found: Inputs  # the shard's inputs
+    todo: list[int]  # those scored this run (not already in the CSV)
