@@ -247,3 +247,35 @@ def deflated(ds: Dataset, path: Path, pixel_bytes: int | None = None) -> Path:
                 left -= min(left, len(chunk))
         f.write(z.flush())
     return path
+
+
+def with_frame(ds: Dataset, path: Path, syntax: str, frame: bytes) -> Path:
+    """Write `ds` with `frame` (a codestream made by the caller, e.g. with imagecodecs'
+    encoders) as its encapsulated pixel data in transfer syntax `syntax`."""
+    ds = copy.deepcopy(ds)
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def codestream(pixels: np.ndarray, syntax: str, bits: int) -> bytes:
+    """One grayscale frame coded in `syntax` by imagecodecs' encoders (libjpeg-turbo, CharLS,
+    OpenJPEG, OpenJPH), the codecs' own writers, for syntaxes pydicom cannot write."""
+    import imagecodecs
+
+    if syntax in (uid.JPEGLossless, uid.JPEGLosslessSV1):
+        return imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=1, bitspersample=bits)
+    if syntax in (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit):
+        return imagecodecs.jpeg8_encode(pixels, level=90, bitspersample=bits)
+    if syntax in (uid.JPEGLSLossless, uid.JPEGLSNearLossless):
+        return imagecodecs.jpegls_encode(pixels, level=0 if syntax == uid.JPEGLSLossless else 2)
+    if syntax in (uid.JPEG2000Lossless, uid.JPEG2000):
+        lossless = syntax == uid.JPEG2000Lossless
+        return imagecodecs.jpeg2k_encode(
+            pixels, level=0 if lossless else 40, codecformat="J2K", reversible=lossless,
+            bitspersample=bits, resolutions=4,
+        )  # fmt: skip
+    lossless = syntax != uid.HTJ2K
+    return imagecodecs.htj2k_encode(pixels, level=0 if lossless else 0.01, reversible=lossless)

@@ -4,12 +4,14 @@ DICOM goes through pydicom 3 and its pixel functions (modality LUT / rescale, VO
 window, colour conversion), so every transfer syntax that pydicom and the pylibjpeg plugins
 decode is read the way pydicom defines it. Grayscale files — the common case when scoring a
 folder or training — take a fast path: the header is parsed with the pixel data deferred,
-uncompressed little-endian pixels are read straight from their file offset (other syntaxes
-are decoded to stored values by pydicom's decoders), and rescale + window + MONOCHROME1
-inversion are folded into one affine map. The fast path gives the same pixels as the full
-path (the tests compare them), except that a windowed JPEG 2000 frame read for a much
-smaller size is decoded from a coarser wavelet level (`native._j2k_reduced`, within 0.2% at the
-99th percentile on phantoms); anything it does not cover falls back to pydicom.
+uncompressed little-endian pixels are read straight from their file offset, compressed frames
+are decoded to stored values by the fastest codec for their syntax (`codecs`: libjpeg-turbo,
+CharLS, OpenJPEG, OpenJPH; pydicom's decoders for the rest), and rescale + window +
+MONOCHROME1 inversion are folded into one affine map. The fast path gives the same pixels as
+the full path (the tests compare them), except that a windowed JPEG, JPEG 2000 or HTJ2K frame
+read for a much smaller size is decoded at a reduced resolution (`codecs.decode_reduced`: DCT
+scaling or a coarser wavelet level, within 0.2% at the 99th percentile on phantoms); anything
+it does not cover falls back to pydicom.
 
 Every unreadable input raises one exception, `ImageReadError`, whose message names the
 file and the reason. Header sizes are checked before any pixel is read, so a corrupt or
@@ -23,7 +25,8 @@ the DICOM header is refused before it is decoded.
 The package holds one module per concern: `info` (`ImageInfo`, `ImageReadError`), `header`
 (recognising DICOM, parsing headers, the bounded inflation of deflated data sets), `tags`
 (reading tag values fast), `limits` (the size checks made before any pixel is read),
-`pixels` (pydicom's full decode and the pixel rules), `native` (the fast path) and `pillow`
+`pixels` (pydicom's full decode and the pixel rules), `native` (the fast path), `codecs` (the
+fast codec per transfer syntax, reduced-resolution reads) and `pillow`
 (PNG/JPEG); the one area resize is `ptxfast.data.resize`. This module wires them into the
 readers, `load_image` and `read_image`.
 """

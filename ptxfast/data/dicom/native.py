@@ -2,44 +2,36 @@
 
 Grayscale files (the common case when scoring a folder or training) skip pydicom's float64 LUT
 passes: uncompressed little-endian pixels are read straight from their file offset into a
-scratch array (other syntaxes are decoded to stored values by pydicom's decoders), and rescale +
-window + MONOCHROME1 inversion are folded into one map image = clip(a * s + b, 0, 1). The
-pixels are the full path's (`pixels.decode_full`, the tests compare them), except that a
-windowed JPEG 2000 frame read for a much smaller size is decoded from a coarser wavelet level
-(`_j2k_reduced`, within 0.2% at the 99th percentile on phantoms). An integer-factor shrink is
+scratch array, compressed frames are decoded to stored values by the fastest codec for their
+syntax (`codecs.decode_stored`; pydicom's decoders for the rest), and rescale + window +
+MONOCHROME1 inversion are folded into one map image = clip(a * s + b, 0, 1). The pixels are the
+full path's (`pixels.decode_full`, the tests compare them), except that a windowed JPEG, JPEG
+2000 or HTJ2K frame read for a much smaller size is decoded at a reduced resolution
+(`codecs.decode_reduced`, within 0.2% at the 99th percentile on phantoms). An integer-factor shrink is
 done on integers (`_native_block_mean`); anything the path does not cover returns None and
 falls back to the full path.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import openjpeg
-from PIL import Image
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
-from pydicom.uid import JPEG2000, JPEG2000Lossless
 
+from ptxfast.data.dicom import codecs
 from ptxfast.data.dicom.info import read_error
-from ptxfast.data.dicom.limits import NATIVE_SYNTAXES
+from ptxfast.data.dicom.limits import NATIVE_SYNTAXES, first_frame
 from ptxfast.data.dicom.tags import PIXEL_DATA, float_tag, int_tag, peek, text_tag, window_of
 from ptxfast.data.resize import block_sum, resize
 from ptxfast.data.scratch import scratch
 
 __all__ = ["decode_fast"]
 
-_J2K_SYNTAXES = frozenset({JPEG2000, JPEG2000Lossless})
-# A reduced JPEG 2000 decode keeps >= 2x the output size a side, at most 2 levels down: the
-# wavelet's low-pass is not an area mean, and the difference grows with depth.
-_J2K_MARGIN = 2
-_J2K_MAX_LEVEL = 2
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 
 
@@ -87,8 +79,8 @@ def decode_fast(
     Same arithmetic as `decode_full` (pydicom's rescale, LINEAR/LINEAR_EXACT window,
     min/max otherwise, MONOCHROME1 inversion), folded into one map of the stored values s,
     image = clip(a * s + b, 0, 1), followed by `resize` when `size` is given. Uncompressed
-    little-endian pixels are read straight from the file; other syntaxes are decoded to
-    stored values by pydicom (JPEG 2000 at a reduced resolution when shrinking a lot) and
+    little-endian pixels are read straight from the file; compressed frames are decoded to
+    stored values by `codecs` (at a reduced resolution when shrinking a lot) or pydicom, and
     then take the same map, which spares the float64 passes of pydicom's LUT functions.
     """
     rules = _rules(ds)
@@ -96,7 +88,7 @@ def decode_fast(
         return None
     stored = _stored_values(f, ds, path, rules, rows, columns, size)
     rows, columns = stored.shape
-    reduced = stored.dtype.kind == "f"  # a JPEG 2000 level: float, within the stored range
+    reduced = stored.dtype.kind == "f"  # a reduced read: float, within the stored range
     m = _affine_map(rules, stored)
     if m.flat is not None:
         shape = (rows, columns) if size is None else (size, size)
@@ -147,15 +139,20 @@ def _stored_values(
         stored = _read_native_frame(f, ds, path, rules.dtype, rows, columns)
     else:
         stored = None
-        windowed = rules.window is not None
-        if size is not None and windowed and tsyntax in _J2K_SYNTAXES and not rules.signed:
-            # Only under a window: min/max normalisation needs the full-resolution extremes,
-            # which a coarse level smooths away.
-            stored = _j2k_reduced(ds, rules.bits_stored, size)
+        if tsyntax in codecs.FAST_SYNTAXES:
+            frame = first_frame(ds, int_tag(ds, "NumberOfFrames") or 1)
+            # Reduced only under a window: min/max normalisation needs the full-resolution
+            # extremes, which a coarse read smooths away.
+            if size is not None and rules.window is not None and not rules.signed:
+                stored = codecs.decode_reduced(
+                    frame, tsyntax, rows, columns, rules.bits_stored, size
+                )
+            if stored is None:
+                stored = codecs.decode_stored(frame, tsyntax, rows, columns, rules.dtype)
         if stored is None:
             stored = _decoded_frame(ds, rules.dtype)
     if stored.dtype.kind == "f":
-        return stored  # a reduced JPEG 2000 level holds the stored values already
+        return stored  # a reduced read holds the stored values already
     shift = rules.bits_allocated - rules.bits_stored
     if shift and rules.signed:
         # Ignore the unused high bits, sign-extending, as pydicom does.
@@ -305,48 +302,3 @@ def _decoded_frame(ds: Dataset, dtype: np.dtype) -> np.ndarray:
     if stored.dtype != dtype or not stored.flags.writeable:
         stored = stored.astype(dtype)
     return stored
-
-
-def _j2k_reduced(ds: Dataset, bits_stored: int, size: int) -> np.ndarray | None:
-    """A JPEG 2000 frame decoded at resolution level r (each level halves both sides), as
-    float32 stored values on the full-resolution pixel grid's block centres; the coarsest
-    level (at most `_J2K_MAX_LEVEL`) that keeps at least `_J2K_MARGIN` x `size` pixels a
-    side. None when no level is coarse enough or the codestream will not decode that way
-    (the caller then decodes it whole).
-
-    Wavelet coding stores the image as a pyramid, so a coarse level costs a fraction of the
-    full decode (1024² phantoms: level 1 about 5x less, level 2 about 20x). Its low-pass
-    sample n sits on input pixel 2^r n, while the mean of a 2^r block sits (2^r - 1) / 2
-    pixels further on; shifting the level by that much (linear interpolation) brings it onto
-    the area-resize grid. On phantoms the result differs from full decode + area resize by
-    under 0.1% on average and 0.2% at the 99th percentile (uncorrected: 0.2-0.7% and
-    1.5-5%); the tests bound it.
-    """
-    rows, columns = int_tag(ds, "Rows"), int_tag(ds, "Columns")
-    level = 0
-    while level < _J2K_MAX_LEVEL and min(rows, columns) >> (level + 1) >= _J2K_MARGIN * size:
-        level += 1
-    if level == 0:
-        return None
-    frames = int_tag(ds, "NumberOfFrames") or 1
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
-        precision = int(openjpeg.get_parameters(frame)["precision"])
-        with Image.open(io.BytesIO(frame)) as im:
-            im.reduce = level  # Pillow's JPEG 2000 decoder reads only the levels it needs
-            im.load()
-            mode, arr = im.mode, np.asarray(im)
-    except Exception:  # e.g. fewer levels coded than asked for: decode it whole
-        return None
-    if mode not in ("I;16", "L") or precision > bits_stored:
-        return None  # colour, signed, or values the stored bits cannot hold: decode it whole
-    if mode == "I;16" and precision < 16:
-        arr = arr >> (16 - precision)  # Pillow scales I;16 to the full 16 bits
-    if arr.shape != (-(-rows >> level), -(-columns >> level)):
-        return None
-    img = arr.astype(np.float32)
-    f = np.float32((1.0 - 2.0**-level) / 2.0)  # the offset, in pixels of this level
-    # The last row/column stays as it is (the edge value, continued).
-    img[:-1] = (1 - f) * img[:-1] + f * img[1:]
-    img[:, :-1] = (1 - f) * img[:, :-1] + f * img[:, 1:]
-    return img
