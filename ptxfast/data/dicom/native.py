@@ -93,11 +93,15 @@ def decode_fast(
     if m.flat is not None:
         shape = (rows, columns) if size is None else (size, size)
         return np.full(shape, m.flat, dtype=np.float32)
-    if size is not None and not reduced and rows % size == 0 and columns % size == 0:
+    # An axis the size divides is shrunk on integers (a 2500x2048 frame to 512: the columns),
+    # so only the shrunk image is converted to float32 for the rest of the resize.
+    fy = rows // size if size is not None and rows % size == 0 else 1
+    fx = columns // size if size is not None and columns % size == 0 else 1
+    if size is not None and not reduced and fy * fx > 1:
         grid = _integer_grid(m.bounds, rules.bits_stored, rules.bits_allocated)
         if grid is not None:
             return _native_block_mean(
-                stored, rules.bits_stored, m.a, m.b, m.bounds, grid, rows // size, columns // size
+                stored, rules.bits_stored, m.a, m.b, m.bounds, grid, fy, fx, size
             )
     return _native_float(stored, m.a, m.b, m.bounds, size)
 
@@ -216,9 +220,12 @@ def _native_block_mean(
     k: int,
     fy: int,
     fx: int,
+    size: int,
 ) -> np.ndarray:
     """Integer-factor resize done on integers: clip k * s to the window (exact, since the
-    bounds sit on the 1/k grid), sum fy x fx blocks, then map the small image."""
+    bounds sit on the 1/k grid), sum fy x fx blocks, area-resize what is left to size x size
+    when an axis is not a multiple of it (linear, so it commutes with the map), then map the
+    small image."""
     v = stored
     shape = (v.shape[0] // fy, v.shape[1] // fx)
     if k == 2:
@@ -234,6 +241,8 @@ def _native_block_mean(
     acc = block_sum(v, fy, fx, scratch("sums", shape, dtype))
     img = np.empty(shape, np.float32)
     np.copyto(img, acc, casting="unsafe")
+    if shape != (size, size):
+        img = resize(img, size)
     # Subtracting the low bound keeps the values small, so the float32 map below stays
     # exact to rounding even for a narrow window far from 0; mean(s) = sum / n.
     img -= np.float32(fy * fx * ref)
