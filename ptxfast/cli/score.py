@@ -109,10 +109,18 @@ from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
     "refuses other modalities (CT, MR, US, SR...), lateral views and other body parts; strict "
     "also files whose header says nothing (PNG/JPEG); off scores every decodable image.",
 )
+@option(
+    "--decoder",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    default="auto",
+    help="Where compressed DICOM frames are decoded: cpu (the decoding workers), gpu "
+    "(nvImageCodec, batched, checked against the CPU per syntax; needs pip install "
+    "'ptxfast[gpu-decode]' and a CUDA device), auto (gpu where it can run).",
+)
 def score_command(
     folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
     shard, masks_dir, seg_dir, sr_dir, output_workers, json_path, model_only_iters, engine,
-    address, decoders, actors, eligibility,
+    address, decoders, actors, eligibility, decoder,
 ) -> None:  # fmt: skip
     """Score every DICOM, PNG and JPEG under FOLDER into one CSV row per file.
 
@@ -144,7 +152,7 @@ def score_command(
             overwrite=overwrite, summary_json=json_path,
             exports_dir=exports, lanes=lanes, threads=threads,
             model_only_iters=model_only_iters, engine=engine, ray=ray_options,
-            eligibility=eligibility,
+            eligibility=eligibility, decoder=decoder,
         )  # fmt: skip
         with Progress(
             "[progress.description]{task.description}",

@@ -62,6 +62,9 @@ class ScoreConfig:
     engine: str = "local"  # "local" (this machine) or "ray" (a Ray cluster)
     ray: Any = None  # engine_ray.RayOptions for engine="ray" (None: its defaults)
     eligibility: str = DEFAULT_RULE  # "default", "strict" or "off" (ptxfast.data.eligibility)
+    # Where compressed frames are decoded: "cpu" (the decoding workers), "gpu" (nvImageCodec in
+    # the scoring process, ptxfast.score.gpu_decode) or "auto" (gpu where it can run).
+    decoder: str = "auto"
 
     def __post_init__(self) -> None:
         self.root, self.out = Path(self.root), Path(self.out)
@@ -99,6 +102,14 @@ class ScoreConfig:
             raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
         if self.engine not in ("local", "ray"):
             raise ScoreError(f"--engine {self.engine!r}: choose local or ray")
+        if self.decoder not in ("auto", "cpu", "gpu"):
+            raise ScoreError(f"--decoder {self.decoder!r}: choose auto, cpu or gpu")
+        if self.decoder == "gpu" and self.engine != "local":
+            raise ScoreError("--decoder gpu runs with --engine local; use --decoder cpu")
+        if self.decoder == "gpu":
+            from ptxfast.score.gpu_decode import require
+
+            require(self.device)
 
     def check_folders(self) -> None:
         """Create each output folder and write a probe file in it, so a bad path fails first."""

@@ -27,7 +27,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ptxfast.data.dicom import ImageReadError, NotEligible, load_image, read_dataset
+from ptxfast.data.dicom import (
+    EncodedFrame,
+    ImageReadError,
+    NotEligible,
+    load_image,
+    load_image_or_frame,
+    read_dataset,
+)
 from ptxfast.data.dicom.info import one_line
 from ptxfast.data.eligibility import DEFAULT_RULE
 from ptxfast.score.processes import clean_fork, start_method
@@ -55,11 +62,21 @@ class Meta:
 class Batch:
     """A collated batch: the decoded images stacked, plus every file's metadata and decode time."""
 
-    def __init__(self, images: torch.Tensor | None, ok: list[int], meta: list[Meta], secs: float):
+    def __init__(
+        self,
+        images: torch.Tensor | None,
+        ok: list[int],
+        meta: list[Meta],
+        secs: float,
+        encoded: list[tuple[int, EncodedFrame]] | None = None,
+    ):
         self.images = images  # len(ok)×1×S×S float32, or None when no file decoded
         self.ok = ok  # positions in `meta` of the decoded files, in `images` order
         self.meta = meta
         self.decode_seconds = secs  # summed over the files, measured inside the worker
+        # (position in `meta`, frame) of files handed over still compressed, for the scoring
+        # process to decode on the GPU (`gpu_decode.GpuFrames.finish` merges them in).
+        self.encoded = encoded or []
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread on CUDA runs."""
@@ -90,17 +107,21 @@ class Files(Dataset):
         size: int,
         state: torch.Tensor,
         eligibility: str = DEFAULT_RULE,
+        hand_over: frozenset[str] = frozenset(),
     ):
         self.root = root
         self.paths = paths
         self.size = size
         self.state = state
         self.eligibility = eligibility
+        # Transfer syntaxes whose (windowed, grayscale) frames are handed over still compressed,
+        # headers checked, for a GPU to decode; empty: everything is decoded here.
+        self.hand_over = hand_over
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray | None, Meta, float]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray | EncodedFrame | None, Meta, float]:
         self.state[i] = os.getpid()
         path = self.root / self.paths[i]
         meta = Meta(index=i)
@@ -116,7 +137,12 @@ class Files(Dataset):
                 # e.g. "N frames; using the first": the row is the place for results.
                 warnings.simplefilter("ignore")
                 # The rule reads the header this decode parses, before its pixels.
-                img, info = load_image(path, self.size, eligibility=self.eligibility)
+                if self.hand_over:
+                    img, info = load_image_or_frame(
+                        path, self.size, eligibility=self.eligibility, hand_over=self.hand_over
+                    )
+                else:
+                    img, info = load_image(path, self.size, eligibility=self.eligibility)
             meta.sop_instance_uid = info.sop_instance_uid
             meta.rows, meta.columns = info.rows, info.columns
             meta.dicom = info.transfer_syntax_uid is not None
@@ -135,12 +161,14 @@ class Files(Dataset):
         return img, meta, secs
 
 
-def collate(items: list[tuple[np.ndarray | None, Meta, float]]) -> Batch:
-    ok = [j for j, (img, _, _) in enumerate(items) if img is not None]
+def collate(items: list[tuple[np.ndarray | EncodedFrame | None, Meta, float]]) -> Batch:
+    ok = [j for j, (img, _, _) in enumerate(items) if isinstance(img, np.ndarray)]
+    encoded = [(j, img) for j, (img, _, _) in enumerate(items) if isinstance(img, EncodedFrame)]
     images = None
     if ok:
         images = torch.from_numpy(np.stack([items[j][0] for j in ok]))[:, None]
-    return Batch(images, ok, [m for _, m, _ in items], sum(s for _, _, s in items))
+    meta = [m for _, m, _ in items]
+    return Batch(images, ok, meta, sum(s for _, _, s in items), encoded)
 
 
 def worker_init(_: int) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.inference.backends import ONNX_BACKENDS
-from ptxfast.score import inputs, speed
+from ptxfast.score import gpu_decode, inputs, speed
 from ptxfast.score.config import ScoreConfig
 from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
 from ptxfast.score.dicom_out import model_identity
@@ -57,12 +57,17 @@ def run(job: Job) -> ScoreSummary:
     found, todo = inputs.todo(config, job.preds.done)
     # The decoding workers start first and fill their prefetch queues while the model warms.
     state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
-    files = Files(config.root, found.inputs, predictor.size, state, config.eligibility)
+    gpu = gpu_decode.resolve(config.decoder, dev)  # None: the workers decode everything
+    hand_over = gpu_decode.GPU_SYNTAXES if gpu is not None else frozenset()
+    files = Files(config.root, found.inputs, predictor.size, state, config.eligibility, hand_over)
     settings = LoaderSettings(
         config.batch_size, workers, config.prefetch_factor, config.decode_timeout,
         pin=dev.type == "cuda",
     )  # fmt: skip
     scorer = _Scorer(job, len(todo))
+    if gpu is not None:
+        path_of = lambda i: config.root / found.inputs[i]  # noqa: E731
+        scorer.gpu = gpu_decode.GpuFrames(gpu, dev, predictor.size, path_of)
     loader = ResilientLoader(files, todo, settings, scorer.settle)
     all_threads = torch.get_num_threads()
     pooled = predictor.backend in ONNX_BACKENDS  # they thread themselves
@@ -95,6 +100,8 @@ def run(job: Job) -> ScoreSummary:
     loop = time.perf_counter() - t_loop
     torch.set_num_threads(all_threads)
     summary.worker_restarts = loader.restarts
+    if scorer.gpu is not None:
+        summary.gpu_decode = scorer.gpu.stats
     if sampler.active:
         summary.gpu = sampler.stats.as_dict()
     _summarise(summary, job, scorer, {found.inputs[i] for i in todo}, t_loop, loop)
@@ -158,6 +165,7 @@ class _Scorer:
         self.done = 0  # rows written this run
         self.decode_cpu, self.decoded, self.unchecked = 0.0, 0, 0
         self.last_x: torch.Tensor | None = None  # a full batch on the device, for model-only
+        self.gpu: gpu_decode.GpuFrames | None = None  # decodes frames workers hand over
 
     def score(self, loader: ResilientLoader, lanes: Lanes, writer: OutputWriter) -> None:
         """Every batch of `loader` through the model; rows in order after their outputs."""
@@ -193,6 +201,8 @@ class _Scorer:
     def _push(self, batch: Batch, t_prev: float) -> None:
         t_got = time.perf_counter()
         self.times["wait"] += t_got - t_prev
+        if self.gpu is not None:
+            batch = self.gpu.finish(batch)  # the batch's compressed frames, decoded on the GPU
         self.times["decode"] += batch.decode_seconds
         self.decode_cpu += sum(m.cpu_seconds for m in batch.meta)
         self.decoded += len(batch.meta)

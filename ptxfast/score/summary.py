@@ -96,6 +96,9 @@ class ScoreSummary:
     cores: int | None = None
     shared_core_bound_images_per_s: float | None = None
     bound_share: float | None = None
+    # --decoder gpu: the decoder, frames decoded on the GPU and on the CPU of the scoring
+    # process, its seconds, the (syntax, bits) pairs whose GPU decode differed from the CPU's.
+    gpu_decode: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as null)."""

@@ -58,7 +58,7 @@ from ptxfast.data.dicom.limits import (
     check_header,
     check_native_length,
 )
-from ptxfast.data.dicom.native import decode_fast
+from ptxfast.data.dicom.native import EncodedFrame, decode_fast, encoded_frame
 from ptxfast.data.dicom.pillow import load_pillow
 from ptxfast.data.dicom.pixels import decode_full as _decode_full
 from ptxfast.data.dicom.tags import dicom_info, prepare, text_tag
@@ -67,11 +67,13 @@ from ptxfast.data.resize import resize
 __all__ = [
     "MAX_PIXEL_BYTES",
     "MAX_PIXELS",
+    "EncodedFrame",
     "ImageInfo",
     "ImageReadError",
     "NotEligible",
     "is_dicom",
     "load_image",
+    "load_image_or_frame",
     "read_dataset",
     "read_image",
     "resize",
@@ -120,9 +122,29 @@ def load_image(
     return img, info
 
 
+def load_image_or_frame(
+    path: str | os.PathLike, size: int, *, eligibility: str = "off", hand_over: frozenset[str]
+) -> tuple[np.ndarray | EncodedFrame, ImageInfo]:
+    """`load_image(path, size)`, except that a windowed grayscale DICOM frame in one of the
+    transfer syntaxes `hand_over` comes back still compressed, as an `EncodedFrame`, once its
+    header (eligibility, size limits, the codec's own header) has been checked: decoding
+    workers parse and check, a GPU decodes (`ptxfast.score.gpu_decode`)."""
+    path = Path(path)
+    with open_file(path) as f:
+        if looks_dicom(f.read(SNIFF_BYTES)):
+            f.seek(0)
+            return _load_dicom(f, path, True, size, eligibility, hand_over)
+    return load_image(path, size, eligibility=eligibility)
+
+
 def _load_dicom(
-    f: BinaryIO, path: Path, fast: bool, size: int | None, eligibility: str = "off"
-) -> tuple[np.ndarray, ImageInfo]:
+    f: BinaryIO,
+    path: Path,
+    fast: bool,
+    size: int | None,
+    eligibility: str = "off",
+    hand_over: frozenset[str] = frozenset(),
+) -> tuple[np.ndarray | EncodedFrame, ImageInfo]:
     from ptxfast.data.eligibility import check
 
     # Parse the header with the pixel data left on disk, so size checks come first.
@@ -147,6 +169,9 @@ def _load_dicom(
     try:
         check_native_length(f, ds, path, rows * columns)
         check_codec_size(ds, path, rows, columns, frames)
+        encoded = encoded_frame(ds, rows, columns, frames, hand_over) if hand_over else None
+        if encoded is not None:
+            return encoded, info
         img = decode_fast(f, ds, path, rows, columns, size) if fast else None
         if img is None:
             img = _decode_full(ds)

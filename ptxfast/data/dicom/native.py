@@ -30,7 +30,7 @@ from ptxfast.data.dicom.tags import PIXEL_DATA, float_tag, int_tag, peek, text_t
 from ptxfast.data.resize import block_sum, resize
 from ptxfast.data.scratch import scratch
 
-__all__ = ["decode_fast"]
+__all__ = ["EncodedFrame", "decode_fast", "encoded_frame", "finish_stored"]
 
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 
@@ -167,8 +167,8 @@ def _stored_values(
     return stored
 
 
-def _affine_map(rules: _Rules, stored: np.ndarray) -> _Map:
-    """The map of `stored` to [0, 1]: the window's, else the frame's min/max."""
+def _affine_map(rules: _Rules, stored: np.ndarray | None) -> _Map:
+    """The map of `stored` to [0, 1]: the window's (`stored` unused), else the frame's min/max."""
     if rules.window is not None:
         center, width = rules.window
         a = rules.slope / width
@@ -311,3 +311,46 @@ def _decoded_frame(ds: Dataset, dtype: np.dtype) -> np.ndarray:
     if stored.dtype != dtype or not stored.flags.writeable:
         stored = stored.astype(dtype)
     return stored
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """A windowed grayscale frame handed over still compressed (for a GPU decoder), with the
+    map that turns its stored values s into the model's input: clip(a * s + b, 0, 1), s
+    clipped to `bounds` first and its bits above `bits_stored` ignored."""
+
+    frame: bytes
+    tsyntax: str
+    rows: int
+    columns: int
+    bits_stored: int
+    a: float
+    b: float
+    bounds: tuple[float, float]
+
+
+def encoded_frame(
+    ds: Dataset, rows: int, columns: int, frames: int, syntaxes: frozenset[str]
+) -> EncodedFrame | None:
+    """The first frame of `ds` still compressed, when its syntax is one of `syntaxes` and the
+    fast path's rules cover it under a window (min/max normalisation needs the decoded
+    pixels); None otherwise (the caller decodes it here)."""
+    tsyntax = text_tag(ds.file_meta, "TransferSyntaxUID")
+    if tsyntax not in syntaxes:
+        return None
+    rules = _rules(ds)
+    if rules is None or rules.window is None or rules.signed:
+        return None
+    m = _affine_map(rules, None)  # a window needs no stored values
+    if m.flat is not None:
+        return None  # one value everywhere: nothing to decode for
+    frame = first_frame(ds, frames)
+    return EncodedFrame(frame, tsyntax, rows, columns, rules.bits_stored, m.a, m.b, m.bounds)
+
+
+def finish_stored(stored: np.ndarray, ef: EncodedFrame, size: int | None) -> np.ndarray:
+    """An `EncodedFrame`'s stored values, decoded elsewhere (unsigned, `rows` x `columns`),
+    to the model's input: the same map and resize as `decode_fast` (the CPU reference a GPU
+    decode is compared with, and its fallback)."""
+    stored = np.bitwise_and(stored, (1 << ef.bits_stored) - 1, dtype=stored.dtype)
+    return _native_float(stored, ef.a, ef.b, ef.bounds, size)
