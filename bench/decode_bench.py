@@ -78,9 +78,7 @@ def radiograph(rows: int, columns: int, bits: int, rng: np.random.Generator) -> 
     y /= rows
     x /= columns
     body = np.exp(-(((x - 0.5) / 0.42) ** 6 + ((y - 0.52) / 0.48) ** 6))
-    lungs = sum(
-        np.exp(-(((x - cx) / 0.15) ** 2 + ((y - 0.45) / 0.28) ** 2)) for cx in (0.32, 0.68)
-    )
+    lungs = sum(np.exp(-(((x - cx) / 0.15) ** 2 + ((y - 0.45) / 0.28) ** 2)) for cx in (0.32, 0.68))
     phase = rng.uniform(0, 2 * np.pi)
     ribs = 0.5 + 0.5 * np.sin(y * 60 + 8 * (x - 0.5) ** 2 + phase)
     signal = 0.15 + 0.6 * body - 0.35 * lungs * body + 0.08 * ribs * lungs + 0.05 * y
