@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydicom.uid import UID
 from torch.utils.data import DataLoader, Dataset
 
 from ptxfast.data.dicom import (
@@ -57,6 +58,7 @@ class Meta:
     dicom: bool = False
     cpu_seconds: float = 0.0  # CPU time its decode took (the worker process's, or this thread's)
     unchecked: bool = False  # eligible on no evidence (PNG/JPEG, a header that says nothing)
+    syntax: str | None = None  # the transfer syntax's name ("PNG/JPEG" without one), if read
 
 
 class Batch:
@@ -147,6 +149,9 @@ class Files(Dataset):
             meta.rows, meta.columns = info.rows, info.columns
             meta.dicom = info.transfer_syntax_uid is not None
             meta.unchecked = info.eligibility_note is not None
+            meta.syntax = syntax_name(info.transfer_syntax_uid)
+            if isinstance(img, EncodedFrame):
+                meta.syntax += " (header only, GPU decodes)"
         except NotEligible as err:
             meta.error = one_line(err, path)
             meta.sop_instance_uid = _sop_of(path)
@@ -159,6 +164,17 @@ class Files(Dataset):
         meta.cpu_seconds = cpu() - c0
         self.state[i] = -1
         return img, meta, secs
+
+
+def syntax_name(tsyntax: str | None) -> str:
+    """A transfer syntax's name for the summary ("PNG/JPEG" for files without one)."""
+    if tsyntax is None:
+        return "PNG/JPEG"
+    name = UID(tsyntax).name
+    if name != tsyntax:
+        return name
+    # Text from the file: only a UID's characters reach the summary and the console.
+    return f"unknown ({''.join(c for c in tsyntax[:64] if c in '0123456789.')})"
 
 
 def collate(items: list[tuple[np.ndarray | EncodedFrame | None, Meta, float]]) -> Batch:

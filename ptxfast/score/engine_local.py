@@ -24,7 +24,7 @@ import torch
 
 from ptxfast.benchmarking.timing import latency_ms
 from ptxfast.inference.backends import ONNX_BACKENDS
-from ptxfast.score import gpu_decode, inputs, speed
+from ptxfast.score import gpu_decode, inputs, sizing, speed
 from ptxfast.score.config import ScoreConfig
 from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
 from ptxfast.score.dicom_out import model_identity
@@ -53,13 +53,16 @@ def run(job: Job) -> ScoreSummary:
     """Score the files of `job` that its ledger lacks, on this machine."""
     config, predictor = job.config, job.predictor
     dev = predictor.device
-    workers = config.workers if config.workers is not None else default_workers(dev)
     found, todo = inputs.todo(config, job.preds.done)
+    all_threads = torch.get_num_threads()
+    pooled = predictor.backend in ONNX_BACKENDS  # they thread themselves
+    lanes, threads = parallelism(dev, config.lanes, config.threads, pooled)
     # The decoding workers start first and fill their prefetch queues while the model warms.
     state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
     gpu = gpu_decode.resolve(config.decoder, dev)  # None: the workers decode everything
     hand_over = gpu_decode.GPU_SYNTAXES if gpu is not None else frozenset()
     files = Files(config.root, found.inputs, predictor.size, state, config.eligibility, hand_over)
+    workers, sized = _workers(config, files, todo, predictor, lanes, threads)
     settings = LoaderSettings(
         config.batch_size, workers, config.prefetch_factor, config.decode_timeout,
         pin=dev.type == "cuda",
@@ -69,9 +72,6 @@ def run(job: Job) -> ScoreSummary:
         path_of = lambda i: config.root / found.inputs[i]  # noqa: E731
         scorer.gpu = gpu_decode.GpuFrames(gpu, dev, predictor.size, path_of)
     loader = ResilientLoader(files, todo, settings, scorer.settle)
-    all_threads = torch.get_num_threads()
-    pooled = predictor.backend in ONNX_BACKENDS  # they thread themselves
-    lanes, threads = parallelism(dev, config.lanes, config.threads, pooled)
     if threads:
         torch.set_num_threads(threads)  # lane threads started later take this count too
     side = predictor.sidecar
@@ -85,6 +85,7 @@ def run(job: Job) -> ScoreSummary:
         output_workers=_output_workers(config),
     )  # fmt: skip
     summary.eligibility = {"rule": config.eligibility, "unchecked": 0}
+    summary.decoding = {"sizing": sized.as_dict() if sized is not None else None}
     from ptxfast.telemetry import GpuSampler
 
     # Output-writing processes start here and get ready while the model warms.
@@ -113,7 +114,26 @@ def run(job: Job) -> ScoreSummary:
         if dev.type == "cpu" and scorer.decoded:
             rate = summary.steady_images_per_s or summary.images_per_s
             speed.shared_core_bound(summary, scorer.decode_cpu / scorer.decoded, cores(), rate)
+    if scorer.decoded:
+        d = scorer.decode_cpu / scorer.decoded
+        summary.decoding["by_syntax"] = sizing.by_syntax(scorer.by_syntax)
+        summary.decoding["decoders_to_keep_busy"] = sizing.decoders_to_keep_busy(
+            summary.model_only_images_per_s, d
+        )
     return summary
+
+
+def _workers(
+    config: ScoreConfig, files: Files, todo: list[int], predictor, lanes: int, threads: int | None
+) -> tuple[int, sizing.Sizing | None]:
+    """Decoding processes: as asked; on a CPU sized from a measured decode against the
+    model's compute (`sizing`); on a GPU every core but the scoring process's."""
+    if config.workers is not None:
+        return config.workers, None
+    if predictor.device.type != "cpu" or not todo or cores() < 2:
+        return default_workers(predictor.device), None
+    sized = sizing.measure(files, todo, predictor, config.batch_size, lanes, threads, cores())
+    return sized.workers, sized
 
 
 def _output_workers(config: ScoreConfig) -> int:
@@ -164,6 +184,7 @@ class _Scorer:
         self.marks: list[tuple[float, int]] = []  # (time a batch's rows were written, images)
         self.done = 0  # rows written this run
         self.decode_cpu, self.decoded, self.unchecked = 0.0, 0, 0
+        self.by_syntax: dict[str, list[float]] = {}  # transfer syntax: [files, CPU seconds]
         self.last_x: torch.Tensor | None = None  # a full batch on the device, for model-only
         self.gpu: gpu_decode.GpuFrames | None = None  # decodes frames workers hand over
 
@@ -207,6 +228,11 @@ class _Scorer:
         self.decode_cpu += sum(m.cpu_seconds for m in batch.meta)
         self.decoded += len(batch.meta)
         self.unchecked += sum(m.unchecked for m in batch.meta)
+        for m in batch.meta:
+            if m.syntax is not None and m.error is None:
+                acc = self.by_syntax.setdefault(m.syntax, [0, 0.0])
+                acc[0] += 1
+                acc[1] += m.cpu_seconds
         cfg = self.job.config
         args = (batch, self.predictor, self.predictor.device, cfg.batch_size, cfg.wants_masks)
         for launched in self.window.push(self.lanes.submit(launch, *args, t_got)):

@@ -99,6 +99,11 @@ class ScoreSummary:
     # --decoder gpu: the decoder, frames decoded on the GPU and on the CPU of the scoring
     # process, its seconds, the (syntax, bits) pairs whose GPU decode differed from the CPU's.
     gpu_decode: dict[str, Any] | None = None
+    # Decoding: "by_syntax" {transfer syntax: files, files/s per core (CPU time in the
+    # workers)}, "decoders_to_keep_busy" (decoding processes that would feed the model at its
+    # model-only rate), "sizing" (the decode/compute measurement that chose `workers`, None when
+    # they were asked for or a GPU run).
+    decoding: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as null)."""
@@ -150,7 +155,7 @@ def print_summary(s: ScoreSummary, config: ScoreConfig, notes: Console) -> None:
     table = Table(title=f"scored {s.root}", show_header=False)
     table.add_column(justify="right", style="bold")
     table.add_column()
-    for row in (*_what(s), *_speed(s), *_time(s), *_outputs(s, config)):
+    for row in (*_what(s), *_speed(s), *_decoding(s), *_time(s), *_outputs(s, config)):
         table.add_row(*row)
     json_path = config.summary_json
     table.add_row("CSV", str(s.out) + (f", JSON {json_path}" if json_path else ""))
@@ -217,6 +222,41 @@ def _speed(s: ScoreSummary) -> list[tuple[str, str]]:
         "batch latency",
         f"p50 {_ms(lat.get('p50'))} / p95 {_ms(lat.get('p95'))} / p99 {_ms(lat.get('p99'))} ms",
     ))  # fmt: skip
+    return rows
+
+
+def _decoding(s: ScoreSummary) -> list[tuple[str, str]]:
+    """Decoding speed by transfer syntax, the decoders the model would need, how they were
+    sized, and what the GPU decoded."""
+    d = s.decoding
+    rows = []
+    per = d.get("by_syntax") or {}
+    if per:
+        rows.append((
+            "decoding",
+            "; ".join(
+                f"{name} {v['files_per_s_per_core']:.1f} files/s per core ({v['files']})"
+                for name, v in per.items()
+            ),
+        ))  # fmt: skip
+    need, sized = d.get("decoders_to_keep_busy"), d.get("sizing")
+    if need is not None or sized:
+        chosen = (
+            f"{s.workers} decoder(s) from D {sized['decode_ms']:.1f} ms decode vs C "
+            f"{sized['compute_ms']:.1f} ms model CPU per image on {sized['cores']} cores"
+            if sized
+            else f"{s.workers} decoder(s) as asked"
+        )
+        busy = f"{need} decoder(s) would keep the model busy; " if need is not None else ""
+        rows.append(("decoders", busy + "this run: " + chosen))
+    g = s.gpu_decode
+    if g:
+        off = "; GPU off for " + ", ".join(g["turned_off"]) if g["turned_off"] else ""
+        rows.append((
+            "GPU decoding",
+            f"{g['decoder']}: {g['gpu_frames']} frames on the GPU, {g['cpu_frames']} on the CPU "
+            f"of this process, {g['seconds']:.1f} s{off}",
+        ))  # fmt: skip
     return rows
 
 
