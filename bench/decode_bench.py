@@ -12,9 +12,9 @@ then times, on one core (the process pins itself to one CPU and limits every thr
            OpenJPEG; pylibjpeg-rle), at full resolution, + the same window and area resize as
            ptxfast's (its own float32 pass): no header parsing at all
 
-Each of --repeat passes runs every method over all the files of a syntax (page cache warm), in
-a rotating order so load from other processes on a shared machine hits them alike: files/s is
-the best pass. Parity: "exact" when ptxfast's full-size read equals pydicom's (`fast=False`) to
+Each of --repeat passes reads every file of a syntax with every method back to back (page cache
+warm, in a rotating order), so load from other processes on a shared machine hits them alike;
+a file's time is its best over the passes, files/s the files over the sum of those. Parity: "exact" when ptxfast's full-size read equals pydicom's (`fast=False`) to
 float32 rounding (max |Δ| shown otherwise); "reduced" is the mean |Δ| of ptxfast's read at
 `--size` against the full decode + area resize (0 when it decoded at full resolution).
 
@@ -208,17 +208,22 @@ def _frames(paths: list[Path], syntax: str) -> dict[Path, tuple[int, int]]:
 
 
 def _time(methods: dict[str, Callable], paths: list[Path], size: int, repeat: int) -> dict:
+    """Files/s of each method: every file is read by every method back to back (in a rotating
+    order), so a burst of load from other processes hits them alike; each file's time is its
+    best over the passes."""
     names = list(methods)
     for name in names:  # warm imports, buffers and the page cache
         methods[name](paths[0], size)
-    best = dict.fromkeys(names, float("inf"))
-    for r in range(repeat):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            for path in paths:
+    best = {name: [float("inf")] * len(paths) for name in names}
+    turn = 0
+    for _ in range(repeat):
+        for i, path in enumerate(paths):
+            turn += 1
+            for name in names[turn % len(names) :] + names[: turn % len(names)]:
+                start = time.perf_counter()
                 methods[name](path, size)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: len(paths) / s for name, s in best.items()}
+                best[name][i] = min(best[name][i], time.perf_counter() - start)
+    return {name: len(paths) / sum(seconds) for name, seconds in best.items()}
 
 
 def _parity(syntax: str, path: Path, size: int) -> tuple[str, float]:
