@@ -43,6 +43,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 
 from ptxfast.data.dicom import load_image, read_image
+from ptxfast.data.dicom.codecs import encode_frame
 from ptxfast.data.resize import resize
 
 WINDOW = (0.5, 0.8)  # center, width as fractions of the stored range
@@ -88,24 +89,6 @@ def radiograph(rows: int, columns: int, bits: int, rng: np.random.Generator) -> 
     return np.clip(np.rint(values), 0, top).astype(np.uint8 if bits <= 8 else np.uint16)
 
 
-def codestream(pixels: np.ndarray, syntax: str, bits: int) -> bytes:
-    """One frame in `syntax`, written by the codec libraries' own encoders."""
-    if syntax == uid.JPEGLosslessSV1:
-        return imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=1, bitspersample=bits)
-    if syntax in (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit):
-        return imagecodecs.jpeg8_encode(pixels, level=90, bitspersample=bits)
-    if syntax in (uid.JPEGLSLossless, uid.JPEGLSNearLossless):
-        return imagecodecs.jpegls_encode(pixels, level=0 if syntax == uid.JPEGLSLossless else 2)
-    if syntax in (uid.JPEG2000Lossless, uid.JPEG2000):
-        lossless = syntax == uid.JPEG2000Lossless
-        return imagecodecs.jpeg2k_encode(
-            pixels, level=0 if lossless else 40, codecformat="J2K", reversible=lossless,
-            bitspersample=bits, numthreads=os.cpu_count(),
-        )  # fmt: skip
-    # OpenJPH writes RPCL progression, so its lossless stream is valid for both HTJ2K UIDs.
-    return imagecodecs.htj2k_encode(pixels, reversible=True)
-
-
 def write(path: Path, pixels: np.ndarray, syntax: str, bits: int) -> Path:
     """A DX image of `pixels` in `syntax`, windowed over the middle of the stored range."""
     ds = Dataset()
@@ -127,7 +110,7 @@ def write(path: Path, pixels: np.ndarray, syntax: str, bits: int) -> Path:
     if syntax == uid.RLELossless:
         ds.compress(syntax)
     elif syntax != uid.ExplicitVRLittleEndian:
-        ds.PixelData = encapsulate([codestream(pixels, syntax, bits)])
+        ds.PixelData = encapsulate([encode_frame(pixels, syntax, bits)])
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = syntax
     ds.save_as(path, enforce_file_format=True)

@@ -261,21 +261,8 @@ def with_frame(ds: Dataset, path: Path, syntax: str, frame: bytes) -> Path:
 
 
 def codestream(pixels: np.ndarray, syntax: str, bits: int) -> bytes:
-    """One grayscale frame coded in `syntax` by imagecodecs' encoders (libjpeg-turbo, CharLS,
-    OpenJPEG, OpenJPH), the codecs' own writers, for syntaxes pydicom cannot write."""
-    import imagecodecs
+    """One grayscale frame coded in `syntax` by the codecs' own encoders (imagecodecs), for
+    syntaxes pydicom cannot write."""
+    from ptxfast.data.dicom.codecs import encode_frame
 
-    if syntax in (uid.JPEGLossless, uid.JPEGLosslessSV1):
-        return imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=1, bitspersample=bits)
-    if syntax in (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit):
-        return imagecodecs.jpeg8_encode(pixels, level=90, bitspersample=bits)
-    if syntax in (uid.JPEGLSLossless, uid.JPEGLSNearLossless):
-        return imagecodecs.jpegls_encode(pixels, level=0 if syntax == uid.JPEGLSLossless else 2)
-    if syntax in (uid.JPEG2000Lossless, uid.JPEG2000):
-        lossless = syntax == uid.JPEG2000Lossless
-        return imagecodecs.jpeg2k_encode(
-            pixels, level=0 if lossless else 40, codecformat="J2K", reversible=lossless,
-            bitspersample=bits, resolutions=4,
-        )  # fmt: skip
-    lossless = syntax != uid.HTJ2K
-    return imagecodecs.htj2k_encode(pixels, level=0 if lossless else 0.01, reversible=lossless)
+    return encode_frame(pixels, syntax, bits)

@@ -43,7 +43,14 @@ from pydicom import uid
 
 from ptxfast.data.dicom.limits import jpeg_frame_header
 
-__all__ = ["FAST_SYNTAXES", "REDUCED_SYNTAXES", "codec_name", "decode_reduced", "decode_stored"]
+__all__ = [
+    "FAST_SYNTAXES",
+    "REDUCED_SYNTAXES",
+    "codec_name",
+    "decode_reduced",
+    "decode_stored",
+    "encode_frame",
+]
 
 _JPEG_DCT = frozenset({uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit})
 _JPEG_LOSSLESS = frozenset({uid.JPEGLossless, uid.JPEGLosslessSV1})
@@ -215,3 +222,30 @@ def _onto_area_grid(img: np.ndarray, level: int) -> np.ndarray:
     step *= f
     img[:, :-1] += step
     return img
+
+
+def encode_frame(pixels: np.ndarray, syntax: str, bits: int) -> bytes:
+    """One grayscale frame coded in `syntax` by the same libraries' encoders (libjpeg-turbo,
+    CharLS, OpenJPEG, OpenJPH): test and benchmark files in syntaxes pydicom cannot write
+    (HTJ2K, 12-bit JPEG). Lossy settings: JPEG quality 90, JPEG-LS NEAR=2, JPEG 2000 40:1."""
+    if syntax in (uid.JPEGLossless, uid.JPEGLosslessSV1):
+        return imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=1, bitspersample=bits)
+    if syntax in _JPEG_DCT:
+        return imagecodecs.jpeg8_encode(pixels, level=90, bitspersample=bits)
+    if syntax in _JPEG_LS:
+        return imagecodecs.jpegls_encode(pixels, level=0 if syntax == uid.JPEGLSLossless else 2)
+    # Enough wavelet levels for the reduced reads, few enough for small test images.
+    resolutions = max(1, min(6, int(np.log2(min(pixels.shape))) - 2))
+    if syntax in _J2K:
+        lossless = syntax == uid.JPEG2000Lossless
+        return imagecodecs.jpeg2k_encode(
+            pixels, level=0 if lossless else 40, codecformat="J2K", reversible=lossless,
+            bitspersample=bits, resolutions=resolutions,
+        )  # fmt: skip
+    if syntax not in _HTJ2K:
+        raise ValueError(f"no encoder here writes {uid.UID(syntax).name}")
+    # OpenJPH writes RPCL progression, so its lossless stream suits every HTJ2K syntax.
+    lossless = syntax != uid.HTJ2K
+    return imagecodecs.htj2k_encode(
+        pixels, level=0 if lossless else 0.01, reversible=lossless, resolutions=resolutions
+    )
