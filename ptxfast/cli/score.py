@@ -25,8 +25,9 @@ from ptxfast.cli.app import DIR, FILE, PtxfastError, cli, console, option
 @app.device_option()
 @app.batch_size_option(16)
 @app.workers_option(
-    "Decoding processes [default: 1 on CPU, all cores but one (max 16) with a GPU; "
-    "0 decodes in-process]."
+    "Decoding processes [default: on a CPU sized from a decode measured against the model's "
+    "compute (every core the model does not need when decoding dominates); all cores but one "
+    "(max 16) with a GPU; 0 decodes in-process]."
 )
 @option(
     "--lanes",

@@ -37,8 +37,9 @@ class ScoreConfig:
     model: str | os.PathLike | Any = None
     device: str = "auto"  # auto, cuda, cuda:N or cpu
     batch_size: int = 16
-    # Decoding processes; None: 1 on a CPU, all cores but one (at most 16) on CUDA; 0 decodes
-    # in this process (no protection against a decoder that kills its process).
+    # Decoding processes; None: on a CPU sized from a measured decode against the model's compute
+    # (score.sizing), all cores but one (at most 16) on CUDA; 0 decodes in this process (no
+    # protection against a decoder that kills its process).
     workers: int | None = None
     resume: bool = False  # keep the rows already in `out` and score the files they lack
     overwrite: bool = False  # start `out` again

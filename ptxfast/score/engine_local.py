@@ -9,7 +9,8 @@ batches decode. On CUDA one batch is in flight: its copies, kernels and result c
 queued before the previous batch's rows are written, so writing rows and fetching the next
 batch overlap the GPU's work (transfer and compute are GPU times from CUDA events). On a CPU
 the model runs in lanes, one batch per core on one thread each (compute time is summed over
-the lanes), and one decoding process shares the cores. Rows reach the ledger in order, each
+the lanes), and the decoding processes, as many as a decode measured against the model's
+compute calls for (`sizing`), share the cores. Rows reach the ledger in order, each
 batch after its output files; a decoding worker that dies becomes an error row and decoding
 goes on (`decode.ResilientLoader`).
 """
