@@ -125,10 +125,10 @@ def decode_stored(
 def decode_reduced(
     frame: bytes, tsyntax: str, rows: int, columns: int, bits_stored: int, size: int
 ) -> np.ndarray | None:
-    """A frame decoded at a reduced resolution (see the module docstring), as float32 stored
-    values on the area-resize grid of the full frame; None when `size` is not small enough for
-    a coarser read, the syntax has none, or the frame will not decode that way (the caller
-    then decodes it whole)."""
+    """A frame decoded at a reduced resolution (see the module docstring), as stored values
+    on the area-resize grid of the full frame (uint16 from DCT scaling, float32 from a shifted
+    wavelet level); None when `size` is not small enough for a coarser read, the syntax has
+    none, or the frame will not decode that way (the caller then decodes it whole)."""
     try:
         if tsyntax in _JPEG_DCT:
             return _jpeg_scaled(frame, rows, columns, bits_stored, size)
@@ -163,7 +163,9 @@ def _jpeg_scaled(
         arr = np.asarray(im)
     if arr.shape != (rows >> level, columns >> level):
         return None
-    return arr.astype(np.float32)
+    # Already on the area grid: stored values (integers) of a smaller frame, which the fast
+    # path then shrinks on integers like any other.
+    return arr.astype(np.uint16)
 
 
 def _wavelet_level(

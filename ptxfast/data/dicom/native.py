@@ -88,7 +88,7 @@ def decode_fast(
         return None
     stored = _stored_values(f, ds, path, rules, rows, columns, size)
     rows, columns = stored.shape
-    reduced = stored.dtype.kind == "f"  # a reduced read: float, within the stored range
+    reduced = stored.dtype.kind == "f"  # a wavelet level: float, within the stored range
     m = _affine_map(rules, stored)
     if m.flat is not None:
         shape = (rows, columns) if size is None else (size, size)
@@ -156,7 +156,7 @@ def _stored_values(
         if stored is None:
             stored = _decoded_frame(ds, rules.dtype)
     if stored.dtype.kind == "f":
-        return stored  # a reduced read holds the stored values already
+        return stored  # a wavelet level holds the stored values already
     shift = rules.bits_allocated - rules.bits_stored
     if shift and rules.signed:
         # Ignore the unused high bits, sign-extending, as pydicom does.
