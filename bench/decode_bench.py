@@ -63,7 +63,7 @@ SYNTAXES = [
     ("JPEG-LS lossless", uid.JPEGLSLossless, 16),
     ("JPEG-LS near-lossless (NEAR=2)", uid.JPEGLSNearLossless, 16),
     ("JPEG 2000 lossless", uid.JPEG2000Lossless, 16),
-    ("JPEG 2000 lossy (40:1)", uid.JPEG2000, 16),
+    ("JPEG 2000 lossy (50 dB)", uid.JPEG2000, 16),
     ("HTJ2K lossless", uid.HTJ2KLossless, 16),
     ("HTJ2K lossless RPCL", uid.HTJ2KLosslessRPCL, 16),
     ("JPEG lossless SV1", uid.JPEGLosslessSV1, 16),
