@@ -352,6 +352,7 @@ FAST_VARIANTS = {
     "12bit-window-fraction": dict(
         pixels=gray_pixels(128, 128), bits_stored=12, window=(2047.3, 999.7)
     ),
+    "16bit-window-odd": dict(pixels=gray_pixels(128, 128, bits=16), window=(30000, 20001)),
     "16bit-rescale-window": dict(
         pixels=gray_pixels(128, 128, bits=16), rescale=(0.25, -300.0), window=(5000, 8001)
     ),

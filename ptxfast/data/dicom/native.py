@@ -202,10 +202,9 @@ def _affine_map(rules: _Rules, stored: np.ndarray | None) -> _Map:
 def _integer_grid(bounds: tuple[float, float], bits_stored: int, bits_allocated: int) -> int | None:
     """k in (1, 2) such that k * bounds are integers, so k * s can be clipped exactly as
     integers; None if there is none. Integer window center/width give k = 1 (even width)
-    or k = 2 (odd width), which covers nearly every real file."""
+    or k = 2 (odd width), which covers nearly every real file. (`_native_block_mean` widens
+    the values first where 2 * s would overflow the stored dtype.)"""
     for k in (1, 2):
-        if k == 2 and bits_stored >= bits_allocated:
-            break  # 2 * s would overflow the stored dtype
         if all(abs(k * v - round(k * v)) < 1e-9 for v in bounds):
             return k
     return None
@@ -228,6 +227,8 @@ def _native_block_mean(
     small image."""
     v = stored
     shape = (v.shape[0] // fy, v.shape[1] // fx)
+    if k == 2 and bits_stored >= 8 * v.dtype.itemsize - (v.dtype.kind == "i"):
+        v = v.astype(np.int32)  # 2 * s would overflow the stored dtype (16 bits stored)
     if k == 2:
         np.left_shift(v, 1, out=v)
     ref, high = (round(k * x) for x in bounds)
@@ -235,7 +236,7 @@ def _native_block_mean(
     n = k * fy * fx
     # Sum in the stored dtype when the block sums fit (12-bit data, 2x2 blocks: half the
     # memory traffic of int32), else in int32/int64.
-    span = n * 2 ** (bits_stored - (v.dtype.kind == "i"))
+    span = n * 2 ** (bits_stored - (stored.dtype.kind == "i"))
     limit = 2 ** (8 * v.dtype.itemsize - (v.dtype.kind == "i"))
     dtype = v.dtype if span <= limit else np.int32 if span <= 2**31 else np.int64
     acc = block_sum(v, fy, fx, scratch("sums", shape, dtype))
