@@ -26,14 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_encoder
 
 from ptxfast.data import dicom, scratch
-from ptxfast.data.dicom import (
-    ImageReadError,
-    codecs,
-    is_dicom,
-    load_image,
-    read_image,
-    resize,
-)
+from ptxfast.data.dicom import ImageReadError, codecs, is_dicom, load_image, read_image, resize
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
