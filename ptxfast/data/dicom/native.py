@@ -228,8 +228,9 @@ def _native_block_mean(
     v = stored
     shape = (v.shape[0] // fy, v.shape[1] // fx)
     if k == 2 and bits_stored >= 8 * v.dtype.itemsize - (v.dtype.kind == "i"):
-        v = v.astype(np.int32)  # 2 * s would overflow the stored dtype (16 bits stored)
-    if k == 2:
+        # 2 * s would overflow the stored dtype (16 bits stored): widen and double in one pass.
+        v = np.multiply(v, 2, dtype=np.int32)
+    elif k == 2:
         np.left_shift(v, 1, out=v)
     ref, high = (round(k * x) for x in bounds)
     np.clip(v, ref, high, out=v)
