@@ -114,7 +114,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         f"## Decoding: GPU against CPU ({args.side}² → {args.size}², batch {args.batch}, "
         f"{args.n} files per syntax, one scoring process)",
         "",
-        "| syntax | CPU files/s | GPU files/s | GPU / CPU | max |Δ| | frames GPU / CPU | GPU off |",
+        "| syntax | CPU files/s | GPU files/s | GPU / CPU | max abs Δ | frames GPU / CPU | GPU off |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
