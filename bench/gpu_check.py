@@ -246,7 +246,10 @@ def summarize(out: Path, work: Path) -> str:
         lines.append(f"| {s['stage']} | {s['status']} | {s['seconds']} | {s['timeout']} |")
     lines.append("")
 
-    for md_name in ("bench-eb3.md", "bench-inductor.md", "bench-inductor-ro.md", "bench-rn34.md"):
+    for md_name in (
+        "bench-eb3.md", "bench-inductor.md", "bench-inductor-ro.md", "bench-rn34.md",
+        "decode-gpu.md",
+    ):  # fmt: skip
         md = work / md_name
         if md.is_file():
             lines += [_demote(md.read_text()), ""]

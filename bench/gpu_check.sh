@@ -5,7 +5,8 @@
 #   bench/gpu_check.sh OUTDIR --dry      # the same steps on the CPU at tiny sizes (or DRY=1)
 #
 # Steps, each under its own `timeout`, the next one running whatever the last one did:
-#   install   the wheels in .whl/ (smp, pydicom, pylibjpeg + codecs) into $SITE, when missing
+#   install   the wheels in .whl/ (smp, pydicom, pylibjpeg + codecs, imagecodecs; nvidia-nvimgcodec-cu12
+#             for the decode step) into $SITE, when missing
 #   env       nvidia-smi -L and versions -> OUTDIR/check.json
 #   synth     a small DICOM set (64 phantoms at 1024², CANDID-PTX layout)
 #   ckpt      random-init checkpoints of eb3un, eb3un+eb3, rn34un, rn34un+rn34 (training's format)
@@ -18,6 +19,10 @@
 #             exported artifact, batch 16; `score-outputs` again with --masks and --dicom-seg
 #             and the same model labelling at p > 0.49, so every image is positive (the output
 #             threads against a fast model; needs highdicom from .whl/)
+#   decode    bench/gpu_decode_bench.py: GPU (nvImageCodec, batched, window + resize on the GPU)
+#             against CPU decoding of the same compressed DICOMs (JPEG lossless, JPEG baseline,
+#             JPEG 2000, HTJ2K; 2048² to 512²), with the pixel parity; the dry run uses the CPU
+#             stand-in decoder
 #   train     training images/s, paper recipe (fp32) vs fast path (AMP + channels_last)
 #   inductor  eb3un+eb3 with torch.compile (default mode), in the time left; its compilation
 #             starts in the background after `install` (random init: the same graph, so the same
@@ -52,13 +57,13 @@ if [[ $DRY == 1 ]]; then
   DEVICE=cpu SIZE=64 N_DICOM=8 DICOM_SIZE=128 BATCHES=1,2 INDUCTOR_BATCHES=2 WARMUP=2 ITERS=2
   REPEATS=2 PARITY=8 STAGE_FILES=2 PRECISION=fp32 SCORE_BATCH=2 SCORE_COPIES=2 TRAIN_SIZE=64
   TRAIN_BATCH=2
-  TRAIN_STEPS=2 TRAIN_WARMUP=1 BUDGET=${BUDGET:-900} INDUCTOR_LIMIT=${INDUCTOR_LIMIT:-20}
+  TRAIN_STEPS=2 TRAIN_WARMUP=1 DECODE_N=2 DECODE_SIDE=128 BUDGET=${BUDGET:-900} INDUCTOR_LIMIT=${INDUCTOR_LIMIT:-20}
   THREADS="--threads 1" SYNTH_WORKERS=2 SCALE=${SCALE:-3}
   OMP_NUM_THREADS=1 # a small shared CPU: one thread per process beats oversubscription
 else
   DEVICE=cuda SIZE=512 N_DICOM=64 DICOM_SIZE=1024 BATCHES=1,8,32,64 INDUCTOR_BATCHES=1,8,32,64
   WARMUP=5 ITERS=10 REPEATS=2 PARITY=32 STAGE_FILES=24 PRECISION=fp16 SCORE_BATCH=16 SCORE_COPIES=8
-  TRAIN_SIZE=512 TRAIN_BATCH=4 TRAIN_STEPS=10 TRAIN_WARMUP=3 BUDGET=${BUDGET:-330}
+  TRAIN_SIZE=512 TRAIN_BATCH=4 TRAIN_STEPS=10 TRAIN_WARMUP=3 DECODE_N=32 DECODE_SIDE=2048 BUDGET=${BUDGET:-330}
   INDUCTOR_LIMIT=${INDUCTOR_LIMIT:-110} THREADS="" SYNTH_WORKERS=8 SCALE=1
 fi
 set +a
@@ -95,7 +100,7 @@ stage() {
 }
 
 install_wheels() {
-  if "$PY" -c "import segmentation_models_pytorch, pydicom, pylibjpeg, libjpeg, openjpeg, rle" 2> /dev/null; then
+  if "$PY" -c "import segmentation_models_pytorch, pydicom, pylibjpeg, libjpeg, openjpeg, rle, imagecodecs" 2> /dev/null; then
     echo "smp, pydicom and the pylibjpeg codecs already import"
     if [[ $DRY == 1 ]] && ls .whl/*.whl > /dev/null 2>&1; then
       # Check the wheel set itself the way the GPU machine installs it (for its Python 3.12).
@@ -107,7 +112,7 @@ install_wheels() {
   fi
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" .whl/*.whl &&
-    "$PY" -c "import segmentation_models_pytorch, pydicom, pylibjpeg, libjpeg, openjpeg, rle; print('wheels ok')"
+    "$PY" -c "import segmentation_models_pytorch, pydicom, pylibjpeg, libjpeg, openjpeg, rle, imagecodecs; print('wheels ok')"
 }
 
 environment() {
@@ -216,6 +221,8 @@ stage bench 90 bench eb3 --model "$ARTIFACT" --backends "$BACKENDS" --batch-size
 stage score 45 score_folder "$ARTIFACT" "$OUT/score.json"
 stage score-outputs 45 score_folder "$WORK/exports-pos/${ARTIFACT##*/}" "$WORK/score-outputs.json" \
   --masks "$WORK/masks" --dicom-seg "$WORK/seg"
+stage decode 45 "$PY" bench/gpu_decode_bench.py --device "$DEVICE" --n "$DECODE_N" \
+  --side "$DECODE_SIDE" --size "$SIZE" --json "$WORK/decode-gpu.json" --markdown "$WORK/decode-gpu.md"
 stage train 50 "$PY" bench/train_bench.py --arch eb3un,eb3 --size "$TRAIN_SIZE" \
   --batch "$TRAIN_BATCH" --steps "$TRAIN_STEPS" --warmup "$TRAIN_WARMUP" --device "$DEVICE" \
   --modes paper,fast \

@@ -247,3 +247,22 @@ def deflated(ds: Dataset, path: Path, pixel_bytes: int | None = None) -> Path:
                 left -= min(left, len(chunk))
         f.write(z.flush())
     return path
+
+
+def with_frame(ds: Dataset, path: Path, syntax: str, frame: bytes) -> Path:
+    """Write `ds` with `frame` (a codestream made by the caller, e.g. with imagecodecs'
+    encoders) as its encapsulated pixel data in transfer syntax `syntax`."""
+    ds = copy.deepcopy(ds)
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def codestream(pixels: np.ndarray, syntax: str, bits: int) -> bytes:
+    """One grayscale frame coded in `syntax` by the codecs' own encoders (imagecodecs), for
+    syntaxes pydicom cannot write."""
+    from ptxfast.data.dicom.codecs import encode_frame
+
+    return encode_frame(pixels, syntax, bits)

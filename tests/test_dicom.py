@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_encoder
 
 from ptxfast.data import dicom, scratch
-from ptxfast.data.dicom import ImageReadError, is_dicom, load_image, native, read_image, resize
+from ptxfast.data.dicom import ImageReadError, codecs, is_dicom, load_image, read_image, resize
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -83,14 +83,14 @@ def test_jpeg2000_shrinks_at_a_reduced_resolution_under_a_window(
 ) -> None:
     _needs_encoder(uid.JPEG2000Lossless)
     levels = []
-    real = native._j2k_reduced
+    real = codecs.decode_reduced
 
     def recording(*args):
         result = real(*args)
         levels.append(result is not None)
         return result
 
-    monkeypatch.setattr(native, "_j2k_reduced", recording)
+    monkeypatch.setattr(codecs, "decode_reduced", recording)
     pixels = gray_pixels(512, 512)
     ds = image_dataset(pixels, bits_stored=12, window=(1800, 2501))
     reference = read_image(save(ds, tmp_path / "ref.dcm"), fast=False)
@@ -345,6 +345,7 @@ FAST_VARIANTS = {
     "12bit-window-fraction": dict(
         pixels=gray_pixels(128, 128), bits_stored=12, window=(2047.3, 999.7)
     ),
+    "16bit-window-odd": dict(pixels=gray_pixels(128, 128, bits=16), window=(30000, 20001)),
     "16bit-rescale-window": dict(
         pixels=gray_pixels(128, 128, bits=16), rescale=(0.25, -300.0), window=(5000, 8001)
     ),

@@ -41,8 +41,9 @@ class _FolderOrUrl(click.ParamType):
 @app.device_option()
 @app.batch_size_option(16)
 @app.workers_option(
-    "Decoding processes [default: 1 on CPU, all cores but one (max 16) with a GPU; "
-    "0 decodes in-process]."
+    "Decoding processes [default: on a CPU sized from a decode measured against the model's "
+    "compute (every core the model does not need when decoding dominates); all cores but one "
+    "(max 16) with a GPU; 0 decodes in-process]."
 )
 @option(
     "--lanes",
@@ -150,10 +151,19 @@ class _FolderOrUrl(click.ParamType):
     type=click.Path(dir_okay=False, path_type=Path),
     help="CA certificates to verify https servers with [default: the system's].",
 )
+@option(
+    "--decoder",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    default="auto",
+    help="Where compressed DICOM frames are decoded: cpu (the decoding workers), gpu "
+    "(nvImageCodec, batched, checked against the CPU per syntax; needs pip install "
+    "'ptxfast[gpu-decode]' and a CUDA device), auto (gpu where it can run).",
+)
 def score_command(
     folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
     shard, masks_dir, seg_dir, sr_dir, output_workers, json_path, model_only_iters, engine,
     address, decoders, actors, eligibility, studies, since, send, ae_title, ca_bundle,
+    decoder,
 ) -> None:  # fmt: skip
     """Score every DICOM, PNG and JPEG under FOLDER, or on the DICOMweb server at URL, into one
     CSV row per file (per instance).
@@ -191,6 +201,7 @@ def score_command(
             exports_dir=exports, lanes=lanes, threads=threads,
             model_only_iters=model_only_iters, engine=engine, ray=ray_options,
             eligibility=eligibility, pacs=_pacs_options(studies, since, send, ae_title, ca_bundle),
+            decoder=decoder,
         )  # fmt: skip
         with Progress(
             "[progress.description]{task.description}",

@@ -77,13 +77,15 @@ def _resize_axis(img: np.ndarray, n_out: int, axis: int) -> np.ndarray:
         out *= np.float32(1.0 / factor)
         return out
     index, weight = _axis_weights(n_in, n_out)
-    out = None
+    out = term = None
     for k in range(index.shape[1]):
-        if axis == 0:
-            term = img[index[:, k], :] * weight[:, k, None]
+        # Gather one tap, weight it and add it, reusing two buffers.
+        taken = np.take(img, index[:, k], axis=axis, out=term)
+        taken *= weight[:, k, None] if axis == 0 else weight[None, :, k]
+        if out is None:
+            out, term = taken, np.empty_like(taken)
         else:
-            term = img[:, index[:, k]] * weight[None, :, k]
-        out = term if out is None else out + term
+            out += taken
     return out
 
 

@@ -42,8 +42,9 @@ class ScoreConfig:
     model: str | os.PathLike | Any = None
     device: str = "auto"  # auto, cuda, cuda:N or cpu
     batch_size: int = 16
-    # Decoding processes; None: 1 on a CPU, all cores but one (at most 16) on CUDA; 0 decodes
-    # in this process (no protection against a decoder that kills its process).
+    # Decoding processes; None: on a CPU sized from a measured decode against the model's compute
+    # (score.sizing), all cores but one (at most 16) on CUDA; 0 decodes in this process (no
+    # protection against a decoder that kills its process).
     workers: int | None = None
     resume: bool = False  # keep the rows already in `out` and score the files they lack
     overwrite: bool = False  # start `out` again
@@ -69,6 +70,9 @@ class ScoreConfig:
     eligibility: str = DEFAULT_RULE  # "default", "strict" or "off" (ptxfast.data.eligibility)
     # pacs.PacsOptions: the DICOMweb source and --send targets; None: a folder, nothing sent.
     pacs: Any = None
+    # Where compressed frames are decoded: "cpu" (the decoding workers), "gpu" (nvImageCodec in
+    # the scoring process, ptxfast.score.gpu_decode) or "auto" (gpu where it can run).
+    decoder: str = "auto"
 
     def __post_init__(self) -> None:
         from ptxfast.score import pacs
@@ -128,6 +132,14 @@ class ScoreConfig:
             raise ScoreError(f"shard {k}/{n}: K must be between 1 and N")
         if self.engine not in ("local", "ray"):
             raise ScoreError(f"--engine {self.engine!r}: choose local or ray")
+        if self.decoder not in ("auto", "cpu", "gpu"):
+            raise ScoreError(f"--decoder {self.decoder!r}: choose auto, cpu or gpu")
+        if self.decoder == "gpu" and self.engine != "local":
+            raise ScoreError("--decoder gpu runs with --engine local; use --decoder cpu")
+        if self.decoder == "gpu":
+            from ptxfast.score.gpu_decode import require
+
+            require(self.device)
 
     def _check_pacs(self) -> None:
         """A DICOMweb source or --send targets: the libraries, the options, the outputs sent."""

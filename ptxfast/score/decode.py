@@ -25,9 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydicom.uid import UID
 from torch.utils.data import DataLoader, Dataset
 
-from ptxfast.data.dicom import ImageReadError, NotEligible, load_image, read_dataset
+from ptxfast.data.dicom import (
+    EncodedFrame,
+    ImageReadError,
+    NotEligible,
+    load_image,
+    load_image_or_frame,
+    read_dataset,
+)
 from ptxfast.data.dicom.info import one_line
 from ptxfast.data.eligibility import DEFAULT_RULE
 from ptxfast.score.folders import not_regular
@@ -51,16 +59,27 @@ class Meta:
     dicom: bool = False
     cpu_seconds: float = 0.0  # CPU time its decode took (the worker process's, or this thread's)
     unchecked: bool = False  # eligible on no evidence (PNG/JPEG, a header that says nothing)
+    syntax: str | None = None  # the transfer syntax's name ("PNG/JPEG" without one), if read
 
 
 class Batch:
     """A collated batch: the decoded images stacked, plus every file's metadata and decode time."""
 
-    def __init__(self, images: torch.Tensor | None, ok: list[int], meta: list[Meta], secs: float):
+    def __init__(
+        self,
+        images: torch.Tensor | None,
+        ok: list[int],
+        meta: list[Meta],
+        secs: float,
+        encoded: list[tuple[int, EncodedFrame]] | None = None,
+    ):
         self.images = images  # len(ok)×1×S×S float32, or None when no file decoded
         self.ok = ok  # positions in `meta` of the decoded files, in `images` order
         self.meta = meta
         self.decode_seconds = secs  # summed over the files, measured inside the worker
+        # (position in `meta`, frame) of files handed over still compressed, for the scoring
+        # process to decode on the GPU (`gpu_decode.GpuFrames.finish` merges them in).
+        self.encoded = encoded or []
 
     def pin_memory(self) -> Batch:
         """Called by the DataLoader's pinning thread on CUDA runs."""
@@ -91,17 +110,21 @@ class Files(Dataset):
         size: int,
         state: torch.Tensor,
         eligibility: str = DEFAULT_RULE,
+        hand_over: frozenset[str] = frozenset(),
     ):
         self.root = root
         self.paths = paths
         self.size = size
         self.state = state
         self.eligibility = eligibility
+        # Transfer syntaxes whose (windowed, grayscale) frames are handed over still compressed,
+        # headers checked, for a GPU to decode; empty: everything is decoded here.
+        self.hand_over = hand_over
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray | None, Meta, float]:
+    def __getitem__(self, i: int) -> tuple[np.ndarray | EncodedFrame | None, Meta, float]:
         self.state[i] = os.getpid()
         path = self.root / self.paths[i]
         meta = Meta(index=i)
@@ -121,11 +144,19 @@ class Files(Dataset):
                 # e.g. "N frames; using the first": the row is the place for results.
                 warnings.simplefilter("ignore")
                 # The rule reads the header this decode parses, before its pixels.
-                img, info = load_image(path, self.size, eligibility=self.eligibility)
+                if self.hand_over:
+                    img, info = load_image_or_frame(
+                        path, self.size, eligibility=self.eligibility, hand_over=self.hand_over
+                    )
+                else:
+                    img, info = load_image(path, self.size, eligibility=self.eligibility)
             meta.sop_instance_uid = info.sop_instance_uid
             meta.rows, meta.columns = info.rows, info.columns
             meta.dicom = info.transfer_syntax_uid is not None
             meta.unchecked = info.eligibility_note is not None
+            meta.syntax = syntax_name(info.transfer_syntax_uid)
+            if isinstance(img, EncodedFrame):
+                meta.syntax += " (header only, GPU decodes)"
         except NotEligible as err:
             meta.error = one_line(err, path)
             meta.sop_instance_uid = _sop_of(path)
@@ -140,12 +171,25 @@ class Files(Dataset):
         return img, meta, secs
 
 
-def collate(items: list[tuple[np.ndarray | None, Meta, float]]) -> Batch:
-    ok = [j for j, (img, _, _) in enumerate(items) if img is not None]
+def syntax_name(tsyntax: str | None) -> str:
+    """A transfer syntax's name for the summary ("PNG/JPEG" for files without one)."""
+    if tsyntax is None:
+        return "PNG/JPEG"
+    name = UID(tsyntax).name
+    if name != tsyntax:
+        return name
+    # Text from the file: only a UID's characters reach the summary and the console.
+    return f"unknown ({''.join(c for c in tsyntax[:64] if c in '0123456789.')})"
+
+
+def collate(items: list[tuple[np.ndarray | EncodedFrame | None, Meta, float]]) -> Batch:
+    ok = [j for j, (img, _, _) in enumerate(items) if isinstance(img, np.ndarray)]
+    encoded = [(j, img) for j, (img, _, _) in enumerate(items) if isinstance(img, EncodedFrame)]
     images = None
     if ok:
         images = torch.from_numpy(np.stack([items[j][0] for j in ok]))[:, None]
-    return Batch(images, ok, [m for _, m, _ in items], sum(s for _, _, s in items))
+    meta = [m for _, m, _ in items]
+    return Batch(images, ok, meta, sum(s for _, _, s in items), encoded)
 
 
 def worker_init(_: int) -> None:

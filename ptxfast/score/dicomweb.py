@@ -201,10 +201,11 @@ class FetchingFiles(Files):
         size: int,
         state,
         eligibility: str = DEFAULT_RULE,
+        hand_over: frozenset[str] = frozenset(),
         *,
         options: PacsOptions,
     ) -> None:
-        super().__init__(root, paths, size, state, eligibility)
+        super().__init__(root, paths, size, state, eligibility, hand_over)
         self.options = options
 
     def _fetch(self, i: int) -> str | None:

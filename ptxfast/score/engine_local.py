@@ -9,7 +9,8 @@ batches decode. On CUDA one batch is in flight: its copies, kernels and result c
 queued before the previous batch's rows are written, so writing rows and fetching the next
 batch overlap the GPU's work (transfer and compute are GPU times from CUDA events). On a CPU
 the model runs in lanes, one batch per core on one thread each (compute time is summed over
-the lanes), and one decoding process shares the cores. Rows reach the ledger in order, each
+the lanes), and the decoding processes, as many as a decode measured against the model's
+compute calls for (`sizing`), share the cores. Rows reach the ledger in order, each
 batch after its output files; a decoding worker that dies becomes an error row and decoding
 goes on (`decode.ResilientLoader`).
 """
@@ -22,7 +23,7 @@ from concurrent.futures import Future
 
 import torch
 
-from ptxfast.score import inputs, speed
+from ptxfast.score import gpu_decode, inputs, sizing, speed
 from ptxfast.score.config import ScoreConfig
 from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
 from ptxfast.score.dicom_out import model_identity
@@ -52,25 +53,31 @@ def run(job: Job) -> EngineStats:
     """Score the files of `job` that its ledger lacks, on this machine; what it measured."""
     config, predictor = job.config, job.predictor
     dev = predictor.device
-    workers = config.workers if config.workers is not None else default_workers(dev)
     found, todo = inputs.todo(config, job.preds.done)
+    all_threads = torch.get_num_threads()
+    pooled = predictor.threads_itself  # ONNX Runtime, OpenVINO: one batch on every core
+    lanes, threads = parallelism(dev, config.lanes, config.threads, pooled)
     # The decoding workers start first and fill their prefetch queues while the model warms.
     state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
     make = found.files or Files  # (fetching from a DICOMweb server, or reading the folder)
-    files = make(config.root, found.inputs, predictor.size, state, config.eligibility)
+    gpu = gpu_decode.resolve(config.decoder, dev)  # None: the workers decode everything
+    hand_over = gpu_decode.GPU_SYNTAXES if gpu is not None else frozenset()
+    files = make(config.root, found.inputs, predictor.size, state, config.eligibility, hand_over)
+    workers, sized = _workers(config, files, todo, predictor, lanes, threads)
     settings = LoaderSettings(
         config.batch_size, workers, config.prefetch_factor, config.decode_timeout,
         pin=dev.type == "cuda",
     )  # fmt: skip
     scorer = _Scorer(job, len(todo))
+    if gpu is not None:
+        path_of = lambda i: config.root / found.inputs[i]  # noqa: E731
+        scorer.gpu = gpu_decode.GpuFrames(gpu, dev, predictor.size, path_of)
     loader = ResilientLoader(files, todo, settings, scorer.settle)
-    all_threads = torch.get_num_threads()
-    pooled = predictor.threads_itself  # ONNX Runtime, OpenVINO: one batch on every core
-    lanes, threads = parallelism(dev, config.lanes, config.threads, pooled)
     if threads:
         torch.set_num_threads(threads)  # lane threads started later take this count too
     output_workers = _output_workers(config)
     loop = LoopStats(ahead=workers * config.prefetch_factor)
+    loop.decoding = {"sizing": sized.as_dict() if sized is not None else None}
     from ptxfast.telemetry import GpuSampler
 
     # Output-writing processes start here and get ready while the model warms.
@@ -86,6 +93,8 @@ def run(job: Job) -> EngineStats:
     loop.seconds = time.perf_counter() - loop.t_loop
     torch.set_num_threads(all_threads)
     loop.worker_restarts = loader.restarts
+    if scorer.gpu is not None:
+        loop.gpu_decode = scorer.gpu.stats
     if sampler.active:
         loop.gpu = sampler.stats.as_dict()
     scorer.measured(loop)
@@ -95,7 +104,10 @@ def run(job: Job) -> EngineStats:
             threads, all_threads,
         )  # fmt: skip
         if dev.type == "cpu" and scorer.decoded:
-            loop.decode_cpu_s_per_image, loop.cores = scorer.decode_cpu / scorer.decoded, cores()
+            loop.cores = cores()
+    if scorer.decoded:
+        loop.decode_cpu_s_per_image = scorer.decode_cpu / scorer.decoded
+        loop.decoding["by_syntax"] = sizing.by_syntax(scorer.by_syntax)
     return EngineStats(setup, loop, writer.stats, found, todo)
 
 
@@ -112,6 +124,19 @@ def _setup(job: Job, workers: int, lanes: int, output_workers: int) -> Setup:
         operating_point_detail=(side or {}).get("operating_point"),
         setup_seconds=time.perf_counter() - job.t_start, output_workers=output_workers,
     )  # fmt: skip
+
+
+def _workers(
+    config: ScoreConfig, files: Files, todo: list[int], predictor, lanes: int, threads: int | None
+) -> tuple[int, sizing.Sizing | None]:
+    """Decoding processes: as asked; on a CPU sized from a measured decode against the
+    model's compute (`sizing`); on a GPU every core but the scoring process's."""
+    if config.workers is not None:
+        return config.workers, None
+    if predictor.device.type != "cpu" or not todo or cores() < 2:
+        return default_workers(predictor.device), None
+    sized = sizing.measure(files, todo, predictor, config.batch_size, lanes, threads, cores())
+    return sized.workers, sized
 
 
 def _output_workers(config: ScoreConfig) -> int:
@@ -148,7 +173,9 @@ class _Scorer:
         self.marks: list[tuple[float, int]] = []  # (time a batch's rows were written, images)
         self.done = 0  # rows written this run
         self.decode_cpu, self.decoded, self.unchecked = 0.0, 0, 0
+        self.by_syntax: dict[str, list[float]] = {}  # transfer syntax: [files, CPU seconds]
         self.last_x: torch.Tensor | None = None  # a full batch on the device, for model-only
+        self.gpu: gpu_decode.GpuFrames | None = None  # decodes frames workers hand over
 
     def score(self, loader: ResilientLoader, lanes: Lanes, writer: OutputWriter) -> None:
         """Every batch of `loader` through the model; rows in order after their outputs."""
@@ -190,10 +217,17 @@ class _Scorer:
     def _push(self, batch: Batch, t_prev: float) -> None:
         t_got = time.perf_counter()
         self.times["wait"] += t_got - t_prev
+        if self.gpu is not None:
+            batch = self.gpu.finish(batch)  # the batch's compressed frames, decoded on the GPU
         self.times["decode"] += batch.decode_seconds
         self.decode_cpu += sum(m.cpu_seconds for m in batch.meta)
         self.decoded += len(batch.meta)
         self.unchecked += sum(m.unchecked for m in batch.meta)
+        for m in batch.meta:
+            if m.syntax is not None and m.error is None:
+                acc = self.by_syntax.setdefault(m.syntax, [0, 0.0])
+                acc[0] += 1
+                acc[1] += m.cpu_seconds
         cfg = self.job.config
         args = (batch, self.predictor, self.predictor.device, cfg.batch_size, cfg.wants_masks)
         for launched in self.window.push(self.lanes.submit(launch, *args, t_got)):

@@ -236,8 +236,9 @@ def cores() -> int:
 
 
 def default_workers(device: torch.device) -> int:
-    """Decoding processes a run starts when none are asked for (also what `ptxfast bench`
-    assumes in its stage breakdown)."""
+    """Decoding processes a run starts when none are asked for and nothing was measured (a GPU
+    run, one core; also what `ptxfast bench` assumes in its stage breakdown). A local CPU run
+    sizes them from a measured decode against the model's compute instead (`sizing`)."""
     n = cores()
     if device.type == "cuda":
         # The GPU outruns decoding (an H200 ran a 512² cascade at ~650 images/s, one worker

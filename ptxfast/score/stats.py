@@ -58,6 +58,10 @@ class LoopStats:
     decode_cpu_s_per_image: float | None = None
     cores: int | None = None
     cluster: dict[str, Any] | None = None  # --engine ray (see ScoreSummary.cluster)
+    gpu_decode: dict[str, Any] | None = None  # --decoder gpu (see ScoreSummary.gpu_decode)
+    # Decoding's "sizing" and "by_syntax" (see ScoreSummary.decoding); `summary.build` adds
+    # "decoders_to_keep_busy", which needs the model-only rate.
+    decoding: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -108,6 +108,14 @@ class ScoreSummary:
     # --send: per target, results acknowledged this run, by earlier runs, left unsent, and
     # why (senders.Sender.finish).
     sent: list[dict[str, Any]] = field(default_factory=list)
+    # --decoder gpu: the decoder, frames decoded on the GPU and on the CPU of the scoring
+    # process, its seconds, the (syntax, bits) pairs whose GPU decode differed from the CPU's.
+    gpu_decode: dict[str, Any] | None = None
+    # Decoding: "by_syntax" {transfer syntax: files, files/s per core (CPU time in the
+    # workers)}, "decoders_to_keep_busy" (decoding processes that would feed the model at its
+    # model-only rate), "sizing" (the decode/compute measurement that chose `workers`, None when
+    # they were asked for or a GPU run).
+    decoding: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as null)."""
@@ -165,6 +173,7 @@ def build(job: Job, stats: EngineStats, sent: list[dict[str, Any]]) -> ScoreSumm
         eligible=counts.scored + counts.failed,
         reasons=counts.reasons,
     )
+    figures = _speed_figures(loop, counts.scored, stats.setup.lanes)
     return ScoreSummary(
         root=config.source,
         out=str(config.out),
@@ -182,12 +191,14 @@ def build(job: Job, stats: EngineStats, sent: list[dict[str, Any]]) -> ScoreSumm
         eligibility=eligibility,
         **asdict(stats.setup),
         **asdict(stats.outputs),
-        **_speed_figures(loop, counts.scored, stats.setup.lanes),
+        **figures,
         worker_restarts=loop.worker_restarts,
         time_s=loop.times,
         latency_ms=latency_ms(loop.latencies),
         gpu=loop.gpu,
         cluster=loop.cluster,
+        gpu_decode=loop.gpu_decode,
+        decoding=_decoding_figures(loop, figures["model_only_images_per_s"]),
         sent=sent,
         seconds=time.perf_counter() - job.t_start,
     )
@@ -218,6 +229,19 @@ def _speed_figures(loop: LoopStats, scored: int, lanes: int) -> dict[str, Any]:
     return figures
 
 
+def _decoding_figures(loop: LoopStats, model_only: float | None) -> dict[str, Any]:
+    """The loop's decoding figures, with the decoders that would keep the model busy where a
+    decoding cost per file was measured."""
+    from ptxfast.score import sizing  # (torch: a writing process imports this module without)
+
+    decoding = dict(loop.decoding)
+    if "by_syntax" in decoding and loop.decode_cpu_s_per_image is not None:
+        decoding["decoders_to_keep_busy"] = sizing.decoders_to_keep_busy(
+            model_only, loop.decode_cpu_s_per_image
+        )
+    return decoding
+
+
 # ------------------------------------------------------------------------ the table
 
 
@@ -240,7 +264,8 @@ def print_summary(s: ScoreSummary, config: ScoreConfig, notes: Console) -> None:
     table.add_column()
     json_path = config.summary_json
     csv_row = ("CSV", str(s.out) + (f", JSON {json_path}" if json_path else ""))
-    for name, value in (*_what(s), *_speed(s), *_time(s), *_outputs(s, config), csv_row):
+    rows = (*_what(s), *_speed(s), *_decoding(s), *_time(s), *_outputs(s, config), csv_row)
+    for name, value in rows:
         # Text, not markup: names and header values in it must not become styles or links.
         table.add_row(name, Text(visible(value)))
     Console().print(table)
@@ -306,6 +331,41 @@ def _speed(s: ScoreSummary) -> list[tuple[str, str]]:
         "batch latency",
         f"p50 {_ms(lat.get('p50'))} / p95 {_ms(lat.get('p95'))} / p99 {_ms(lat.get('p99'))} ms",
     ))  # fmt: skip
+    return rows
+
+
+def _decoding(s: ScoreSummary) -> list[tuple[str, str]]:
+    """Decoding speed by transfer syntax, the decoders the model would need, how they were
+    sized, and what the GPU decoded."""
+    d = s.decoding
+    rows = []
+    per = d.get("by_syntax") or {}
+    if per:
+        rows.append((
+            "decoding",
+            "; ".join(
+                f"{name} {v['files_per_s_per_core']:.1f} files/s per core ({v['files']})"
+                for name, v in per.items()
+            ),
+        ))  # fmt: skip
+    need, sized = d.get("decoders_to_keep_busy"), d.get("sizing")
+    if need is not None or sized:
+        chosen = (
+            f"{s.workers} decoder(s) from D {sized['decode_ms']:.1f} ms decode vs C "
+            f"{sized['compute_ms']:.1f} ms model CPU per image on {sized['cores']} cores"
+            if sized
+            else f"{s.workers} decoder(s) as asked"
+        )
+        busy = f"{need} decoder(s) would keep the model busy; " if need is not None else ""
+        rows.append(("decoders", busy + "this run: " + chosen))
+    g = s.gpu_decode
+    if g:
+        off = "; GPU off for " + ", ".join(g["turned_off"]) if g["turned_off"] else ""
+        rows.append((
+            "GPU decoding",
+            f"{g['decoder']}: {g['gpu_frames']} frames on the GPU, {g['cpu_frames']} on the CPU "
+            f"of this process, {g['seconds']:.1f} s{off}",
+        ))  # fmt: skip
     return rows
 
 

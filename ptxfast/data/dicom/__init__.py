@@ -4,12 +4,14 @@ DICOM goes through pydicom 3 and its pixel functions (modality LUT / rescale, VO
 window, colour conversion), so every transfer syntax that pydicom and the pylibjpeg plugins
 decode is read the way pydicom defines it. Grayscale files — the common case when scoring a
 folder or training — take a fast path: the header is parsed with the pixel data deferred,
-uncompressed little-endian pixels are read straight from their file offset (other syntaxes
-are decoded to stored values by pydicom's decoders), and rescale + window + MONOCHROME1
-inversion are folded into one affine map. The fast path gives the same pixels as the full
-path (the tests compare them), except that a windowed JPEG 2000 frame read for a much
-smaller size is decoded from a coarser wavelet level (`native._j2k_reduced`, within 0.2% at the
-99th percentile on phantoms); anything it does not cover falls back to pydicom.
+uncompressed little-endian pixels are read straight from their file offset, compressed frames
+are decoded to stored values by the fastest codec for their syntax (`codecs`: libjpeg-turbo,
+CharLS, OpenJPEG, OpenJPH; pydicom's decoders for the rest), and rescale + window +
+MONOCHROME1 inversion are folded into one affine map. The fast path gives the same pixels as
+the full path (the tests compare them), except that a windowed JPEG, JPEG 2000 or HTJ2K frame
+read for a much smaller size is decoded at a reduced resolution (`codecs.decode_reduced`: DCT
+scaling or a coarser wavelet level, within 0.2% at the 99th percentile on phantoms); anything
+it does not cover falls back to pydicom.
 
 Every unreadable input raises one exception, `ImageReadError`, whose message names the
 file and the reason. Header sizes are checked before any pixel is read, so a corrupt or
@@ -23,7 +25,8 @@ the DICOM header is refused before it is decoded.
 The package holds one module per concern: `info` (`ImageInfo`, `ImageReadError`), `header`
 (recognising DICOM, parsing headers, the bounded inflation of deflated data sets), `tags`
 (reading tag values fast), `limits` (the size checks made before any pixel is read),
-`pixels` (pydicom's full decode and the pixel rules), `native` (the fast path) and `pillow`
+`pixels` (pydicom's full decode and the pixel rules), `native` (the fast path), `codecs` (the
+fast codec per transfer syntax, reduced-resolution reads) and `pillow`
 (PNG/JPEG); the one area resize is `ptxfast.data.resize`. This module wires them into the
 readers, `load_image` and `read_image`.
 """
@@ -55,7 +58,7 @@ from ptxfast.data.dicom.limits import (
     check_header,
     check_native_length,
 )
-from ptxfast.data.dicom.native import decode_fast
+from ptxfast.data.dicom.native import EncodedFrame, decode_fast, encoded_frame
 from ptxfast.data.dicom.pillow import load_pillow
 from ptxfast.data.dicom.pixels import decode_full as _decode_full
 from ptxfast.data.dicom.tags import dicom_info, prepare, text_tag
@@ -64,11 +67,13 @@ from ptxfast.data.resize import resize
 __all__ = [
     "MAX_PIXEL_BYTES",
     "MAX_PIXELS",
+    "EncodedFrame",
     "ImageInfo",
     "ImageReadError",
     "NotEligible",
     "is_dicom",
     "load_image",
+    "load_image_or_frame",
     "read_dataset",
     "read_image",
     "resize",
@@ -117,9 +122,29 @@ def load_image(
     return img, info
 
 
+def load_image_or_frame(
+    path: str | os.PathLike, size: int, *, eligibility: str = "off", hand_over: frozenset[str]
+) -> tuple[np.ndarray | EncodedFrame, ImageInfo]:
+    """`load_image(path, size)`, except that a windowed grayscale DICOM frame in one of the
+    transfer syntaxes `hand_over` comes back still compressed, as an `EncodedFrame`, once its
+    header (eligibility, size limits, the codec's own header) has been checked: decoding
+    workers parse and check, a GPU decodes (`ptxfast.score.gpu_decode`)."""
+    path = Path(path)
+    with open_file(path) as f:
+        if looks_dicom(f.read(SNIFF_BYTES)):
+            f.seek(0)
+            return _load_dicom(f, path, True, size, eligibility, hand_over)
+    return load_image(path, size, eligibility=eligibility)
+
+
 def _load_dicom(
-    f: BinaryIO, path: Path, fast: bool, size: int | None, eligibility: str = "off"
-) -> tuple[np.ndarray, ImageInfo]:
+    f: BinaryIO,
+    path: Path,
+    fast: bool,
+    size: int | None,
+    eligibility: str = "off",
+    hand_over: frozenset[str] = frozenset(),
+) -> tuple[np.ndarray | EncodedFrame, ImageInfo]:
     from ptxfast.data.eligibility import check
 
     # Parse the header with the pixel data left on disk, so size checks come first.
@@ -144,6 +169,9 @@ def _load_dicom(
     try:
         check_native_length(f, ds, path, rows * columns)
         check_codec_size(ds, path, rows, columns, frames)
+        encoded = encoded_frame(ds, rows, columns, frames, hand_over) if hand_over else None
+        if encoded is not None:
+            return encoded, info
         img = decode_fast(f, ds, path, rows, columns, size) if fast else None
         if img is None:
             img = _decode_full(ds)

@@ -25,6 +25,8 @@ from ptxfast.data.dicom.info import read_error
 from ptxfast.data.dicom.tags import PIXEL_DATA, int_tag, peek, text_tag
 
 __all__ = [
+    "J2K_CODECS",
+    "JPEG_CODECS",
     "MAX_PIXELS",
     "MAX_PIXEL_BYTES",
     "NATIVE_SYNTAXES",
@@ -33,6 +35,8 @@ __all__ = [
     "check_native_length",
     "check_promise",
     "check_size",
+    "first_frame",
+    "jpeg_frame_header",
 ]
 
 MAX_PIXELS = 8192 * 8192
@@ -44,10 +48,10 @@ MAX_PIXEL_BYTES = MAX_PIXELS * 4
 of the largest frame as float32. A header promising more is refused before inflating."""
 
 NATIVE_SYNTAXES = frozenset({uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian})
-_J2K_CODECS = frozenset(
+J2K_CODECS = frozenset(
     {uid.JPEG2000, uid.JPEG2000Lossless, uid.HTJ2K, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL}
 )
-_JPEG_CODECS = frozenset(
+JPEG_CODECS = frozenset(
     {
         uid.JPEGBaseline8Bit,
         uid.JPEGExtended12Bit,
@@ -122,13 +126,9 @@ def check_native_length(f: BinaryIO, ds: Dataset, path: Path, pixels: int) -> No
         raise read_error(path, f"truncated pixel data: {present} of {needed} bytes present")
 
 
-def _codec_size(frame: bytes, tsyntax: str) -> tuple[int, int] | None:
-    """(rows, columns) a compressed frame's own header claims; None when it names none."""
-    if tsyntax in _J2K_CODECS:
-        params = openjpeg.get_parameters(frame)
-        return int(params["rows"]), int(params["columns"])
-    if tsyntax not in _JPEG_CODECS:
-        return None  # RLE: the decoder sizes its output from Rows x Columns alone
+def jpeg_frame_header(frame: bytes) -> tuple[int, int, int, int] | None:
+    """(SOF marker, precision, rows, columns) of a JPEG or JPEG-LS frame's start-of-frame
+    header; None when the frame names none before its scan data."""
     i = 2 if frame[:2] == b"\xff\xd8" else 0
     while i + 4 <= len(frame):
         if frame[i] != 0xFF:
@@ -140,9 +140,8 @@ def _codec_size(frame: bytes, tsyntax: str) -> tuple[int, int] | None:
         elif marker in _SOF_MARKERS:
             if i + 9 > len(frame):
                 return None
-            return int.from_bytes(frame[i + 5 : i + 7], "big"), int.from_bytes(
-                frame[i + 7 : i + 9], "big"
-            )
+            rows = int.from_bytes(frame[i + 5 : i + 7], "big")
+            return marker, frame[i + 4], rows, int.from_bytes(frame[i + 7 : i + 9], "big")
         elif marker == 0xDA:  # scan data before any frame header
             return None
         elif 0xD0 <= marker <= 0xD8 or marker in (0x00, 0x01):  # no length field
@@ -152,15 +151,25 @@ def _codec_size(frame: bytes, tsyntax: str) -> tuple[int, int] | None:
     return None
 
 
+def _codec_size(frame: bytes, tsyntax: str) -> tuple[int, int] | None:
+    """(rows, columns) a compressed frame's own header claims; None when it names none."""
+    if tsyntax in J2K_CODECS:
+        params = openjpeg.get_parameters(frame)
+        return int(params["rows"]), int(params["columns"])
+    if tsyntax not in JPEG_CODECS:
+        return None  # RLE: the decoder sizes its output from Rows x Columns alone
+    header = jpeg_frame_header(frame)
+    return None if header is None else header[2:]
+
+
 def check_codec_size(ds: Dataset, path: Path, rows: int, columns: int, frames: int) -> None:
     """Refuse a compressed first frame whose codec header claims more pixels than the DICOM
     header, before any decoder allocates for it."""
     tsyntax = UID(text_tag(ds.file_meta, "TransferSyntaxUID"))
-    if not tsyntax.is_encapsulated or tsyntax not in _J2K_CODECS | _JPEG_CODECS:
+    if not tsyntax.is_encapsulated or tsyntax not in J2K_CODECS | JPEG_CODECS:
         return
     try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
-        size = _codec_size(frame, tsyntax)
+        size = _codec_size(first_frame(ds, frames), tsyntax)
     except Exception:
         return  # unreadable framing or codec header: the decoder reports it
     if size is not None and size[0] * size[1] > rows * columns:
@@ -169,3 +178,8 @@ def check_codec_size(ds: Dataset, path: Path, rows: int, columns: int, frames: i
             f"{tsyntax.name} frame header claims {size[0]}x{size[1]} pixels, more than the "
             f"{rows}x{columns} of the DICOM header (corrupt or hostile file); refusing to decode",
         )
+
+
+def first_frame(ds: Dataset, frames: int) -> bytes:
+    """The first compressed frame of an encapsulated data set's pixel data."""
+    return next(generate_frames(ds.PixelData, number_of_frames=frames))

@@ -2,44 +2,36 @@
 
 Grayscale files (the common case when scoring a folder or training) skip pydicom's float64 LUT
 passes: uncompressed little-endian pixels are read straight from their file offset into a
-scratch array (other syntaxes are decoded to stored values by pydicom's decoders), and rescale +
-window + MONOCHROME1 inversion are folded into one map image = clip(a * s + b, 0, 1). The
-pixels are the full path's (`pixels.decode_full`, the tests compare them), except that a
-windowed JPEG 2000 frame read for a much smaller size is decoded from a coarser wavelet level
-(`_j2k_reduced`, within 0.2% at the 99th percentile on phantoms). An integer-factor shrink is
+scratch array, compressed frames are decoded to stored values by the fastest codec for their
+syntax (`codecs.decode_stored`; pydicom's decoders for the rest), and rescale + window +
+MONOCHROME1 inversion are folded into one map image = clip(a * s + b, 0, 1). The pixels are the
+full path's (`pixels.decode_full`, the tests compare them), except that a windowed JPEG, JPEG
+2000 or HTJ2K frame read for a much smaller size is decoded at a reduced resolution
+(`codecs.decode_reduced`, within 0.2% at the 99th percentile on phantoms). An integer-factor shrink is
 done on integers (`_native_block_mean`); anything the path does not cover returns None and
 falls back to the full path.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import openjpeg
-from PIL import Image
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
-from pydicom.uid import JPEG2000, JPEG2000Lossless
 
+from ptxfast.data.dicom import codecs
 from ptxfast.data.dicom.info import read_error
-from ptxfast.data.dicom.limits import NATIVE_SYNTAXES
+from ptxfast.data.dicom.limits import NATIVE_SYNTAXES, first_frame
 from ptxfast.data.dicom.tags import PIXEL_DATA, float_tag, int_tag, peek, text_tag, window_of
 from ptxfast.data.resize import block_sum, resize
 from ptxfast.data.scratch import scratch
 
-__all__ = ["decode_fast"]
+__all__ = ["EncodedFrame", "decode_fast", "encoded_frame", "finish_stored"]
 
-_J2K_SYNTAXES = frozenset({JPEG2000, JPEG2000Lossless})
-# A reduced JPEG 2000 decode keeps >= 2x the output size a side, at most 2 levels down: the
-# wavelet's low-pass is not an area mean, and the difference grows with depth.
-_J2K_MARGIN = 2
-_J2K_MAX_LEVEL = 2
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 
 
@@ -87,8 +79,8 @@ def decode_fast(
     Same arithmetic as `decode_full` (pydicom's rescale, LINEAR/LINEAR_EXACT window,
     min/max otherwise, MONOCHROME1 inversion), folded into one map of the stored values s,
     image = clip(a * s + b, 0, 1), followed by `resize` when `size` is given. Uncompressed
-    little-endian pixels are read straight from the file; other syntaxes are decoded to
-    stored values by pydicom (JPEG 2000 at a reduced resolution when shrinking a lot) and
+    little-endian pixels are read straight from the file; compressed frames are decoded to
+    stored values by `codecs` (at a reduced resolution when shrinking a lot) or pydicom, and
     then take the same map, which spares the float64 passes of pydicom's LUT functions.
     """
     rules = _rules(ds)
@@ -96,16 +88,20 @@ def decode_fast(
         return None
     stored = _stored_values(f, ds, path, rules, rows, columns, size)
     rows, columns = stored.shape
-    reduced = stored.dtype.kind == "f"  # a JPEG 2000 level: float, within the stored range
+    reduced = stored.dtype.kind == "f"  # a wavelet level: float, within the stored range
     m = _affine_map(rules, stored)
     if m.flat is not None:
         shape = (rows, columns) if size is None else (size, size)
         return np.full(shape, m.flat, dtype=np.float32)
-    if size is not None and not reduced and rows % size == 0 and columns % size == 0:
+    # An axis the size divides is shrunk on integers (a 2500x2048 frame to 512: the columns),
+    # so only the shrunk image is converted to float32 for the rest of the resize.
+    fy = rows // size if size is not None and rows % size == 0 else 1
+    fx = columns // size if size is not None and columns % size == 0 else 1
+    if size is not None and not reduced and fy * fx > 1:
         grid = _integer_grid(m.bounds, rules.bits_stored, rules.bits_allocated)
         if grid is not None:
             return _native_block_mean(
-                stored, rules.bits_stored, m.a, m.b, m.bounds, grid, rows // size, columns // size
+                stored, rules.bits_stored, m.a, m.b, m.bounds, grid, fy, fx, size
             )
     return _native_float(stored, m.a, m.b, m.bounds, size)
 
@@ -147,15 +143,20 @@ def _stored_values(
         stored = _read_native_frame(f, ds, path, rules.dtype, rows, columns)
     else:
         stored = None
-        windowed = rules.window is not None
-        if size is not None and windowed and tsyntax in _J2K_SYNTAXES and not rules.signed:
-            # Only under a window: min/max normalisation needs the full-resolution extremes,
-            # which a coarse level smooths away.
-            stored = _j2k_reduced(ds, rules.bits_stored, size)
+        if tsyntax in codecs.FAST_SYNTAXES:
+            frame = first_frame(ds, int_tag(ds, "NumberOfFrames") or 1)
+            # Reduced only under a window: min/max normalisation needs the full-resolution
+            # extremes, which a coarse read smooths away.
+            if size is not None and rules.window is not None and not rules.signed:
+                stored = codecs.decode_reduced(
+                    frame, tsyntax, rows, columns, rules.bits_stored, size
+                )
+            if stored is None:
+                stored = codecs.decode_stored(frame, tsyntax, rows, columns, rules.dtype)
         if stored is None:
             stored = _decoded_frame(ds, rules.dtype)
     if stored.dtype.kind == "f":
-        return stored  # a reduced JPEG 2000 level holds the stored values already
+        return stored  # a wavelet level holds the stored values already
     shift = rules.bits_allocated - rules.bits_stored
     if shift and rules.signed:
         # Ignore the unused high bits, sign-extending, as pydicom does.
@@ -166,8 +167,8 @@ def _stored_values(
     return stored
 
 
-def _affine_map(rules: _Rules, stored: np.ndarray) -> _Map:
-    """The map of `stored` to [0, 1]: the window's, else the frame's min/max."""
+def _affine_map(rules: _Rules, stored: np.ndarray | None) -> _Map:
+    """The map of `stored` to [0, 1]: the window's (`stored` unused), else the frame's min/max."""
     if rules.window is not None:
         center, width = rules.window
         a = rules.slope / width
@@ -201,10 +202,9 @@ def _affine_map(rules: _Rules, stored: np.ndarray) -> _Map:
 def _integer_grid(bounds: tuple[float, float], bits_stored: int, bits_allocated: int) -> int | None:
     """k in (1, 2) such that k * bounds are integers, so k * s can be clipped exactly as
     integers; None if there is none. Integer window center/width give k = 1 (even width)
-    or k = 2 (odd width), which covers nearly every real file."""
+    or k = 2 (odd width), which covers nearly every real file. (`_native_block_mean` widens
+    the values first where 2 * s would overflow the stored dtype.)"""
     for k in (1, 2):
-        if k == 2 and bits_stored >= bits_allocated:
-            break  # 2 * s would overflow the stored dtype
         if all(abs(k * v - round(k * v)) < 1e-9 for v in bounds):
             return k
     return None
@@ -219,24 +219,32 @@ def _native_block_mean(
     k: int,
     fy: int,
     fx: int,
+    size: int,
 ) -> np.ndarray:
     """Integer-factor resize done on integers: clip k * s to the window (exact, since the
-    bounds sit on the 1/k grid), sum fy x fx blocks, then map the small image."""
+    bounds sit on the 1/k grid), sum fy x fx blocks, area-resize what is left to size x size
+    when an axis is not a multiple of it (linear, so it commutes with the map), then map the
+    small image."""
     v = stored
     shape = (v.shape[0] // fy, v.shape[1] // fx)
-    if k == 2:
+    if k == 2 and bits_stored >= 8 * v.dtype.itemsize - (v.dtype.kind == "i"):
+        # 2 * s would overflow the stored dtype (16 bits stored): widen and double in one pass.
+        v = np.multiply(v, 2, dtype=np.int32)
+    elif k == 2:
         np.left_shift(v, 1, out=v)
     ref, high = (round(k * x) for x in bounds)
     np.clip(v, ref, high, out=v)
     n = k * fy * fx
     # Sum in the stored dtype when the block sums fit (12-bit data, 2x2 blocks: half the
     # memory traffic of int32), else in int32/int64.
-    span = n * 2 ** (bits_stored - (v.dtype.kind == "i"))
+    span = n * 2 ** (bits_stored - (stored.dtype.kind == "i"))
     limit = 2 ** (8 * v.dtype.itemsize - (v.dtype.kind == "i"))
     dtype = v.dtype if span <= limit else np.int32 if span <= 2**31 else np.int64
     acc = block_sum(v, fy, fx, scratch("sums", shape, dtype))
     img = np.empty(shape, np.float32)
     np.copyto(img, acc, casting="unsafe")
+    if shape != (size, size):
+        img = resize(img, size)
     # Subtracting the low bound keeps the values small, so the float32 map below stays
     # exact to rounding even for a narrow window far from 0; mean(s) = sum / n.
     img -= np.float32(fy * fx * ref)
@@ -307,46 +315,44 @@ def _decoded_frame(ds: Dataset, dtype: np.dtype) -> np.ndarray:
     return stored
 
 
-def _j2k_reduced(ds: Dataset, bits_stored: int, size: int) -> np.ndarray | None:
-    """A JPEG 2000 frame decoded at resolution level r (each level halves both sides), as
-    float32 stored values on the full-resolution pixel grid's block centres; the coarsest
-    level (at most `_J2K_MAX_LEVEL`) that keeps at least `_J2K_MARGIN` x `size` pixels a
-    side. None when no level is coarse enough or the codestream will not decode that way
-    (the caller then decodes it whole).
+@dataclass(frozen=True)
+class EncodedFrame:
+    """A windowed grayscale frame handed over still compressed (for a GPU decoder), with the
+    map that turns its stored values s into the model's input: clip(a * s + b, 0, 1), s
+    clipped to `bounds` first and its bits above `bits_stored` ignored."""
 
-    Wavelet coding stores the image as a pyramid, so a coarse level costs a fraction of the
-    full decode (1024² phantoms: level 1 about 5x less, level 2 about 20x). Its low-pass
-    sample n sits on input pixel 2^r n, while the mean of a 2^r block sits (2^r - 1) / 2
-    pixels further on; shifting the level by that much (linear interpolation) brings it onto
-    the area-resize grid. On phantoms the result differs from full decode + area resize by
-    under 0.1% on average and 0.2% at the 99th percentile (uncorrected: 0.2-0.7% and
-    1.5-5%); the tests bound it.
-    """
-    rows, columns = int_tag(ds, "Rows"), int_tag(ds, "Columns")
-    level = 0
-    while level < _J2K_MAX_LEVEL and min(rows, columns) >> (level + 1) >= _J2K_MARGIN * size:
-        level += 1
-    if level == 0:
+    frame: bytes
+    tsyntax: str
+    rows: int
+    columns: int
+    bits_stored: int
+    a: float
+    b: float
+    bounds: tuple[float, float]
+
+
+def encoded_frame(
+    ds: Dataset, rows: int, columns: int, frames: int, syntaxes: frozenset[str]
+) -> EncodedFrame | None:
+    """The first frame of `ds` still compressed, when its syntax is one of `syntaxes` and the
+    fast path's rules cover it under a window (min/max normalisation needs the decoded
+    pixels); None otherwise (the caller decodes it here)."""
+    tsyntax = text_tag(ds.file_meta, "TransferSyntaxUID")
+    if tsyntax not in syntaxes:
         return None
-    frames = int_tag(ds, "NumberOfFrames") or 1
-    try:
-        frame = next(generate_frames(ds.PixelData, number_of_frames=frames))
-        precision = int(openjpeg.get_parameters(frame)["precision"])
-        with Image.open(io.BytesIO(frame)) as im:
-            im.reduce = level  # Pillow's JPEG 2000 decoder reads only the levels it needs
-            im.load()
-            mode, arr = im.mode, np.asarray(im)
-    except Exception:  # e.g. fewer levels coded than asked for: decode it whole
+    rules = _rules(ds)
+    if rules is None or rules.window is None or rules.signed:
         return None
-    if mode not in ("I;16", "L") or precision > bits_stored:
-        return None  # colour, signed, or values the stored bits cannot hold: decode it whole
-    if mode == "I;16" and precision < 16:
-        arr = arr >> (16 - precision)  # Pillow scales I;16 to the full 16 bits
-    if arr.shape != (-(-rows >> level), -(-columns >> level)):
-        return None
-    img = arr.astype(np.float32)
-    f = np.float32((1.0 - 2.0**-level) / 2.0)  # the offset, in pixels of this level
-    # The last row/column stays as it is (the edge value, continued).
-    img[:-1] = (1 - f) * img[:-1] + f * img[1:]
-    img[:, :-1] = (1 - f) * img[:, :-1] + f * img[:, 1:]
-    return img
+    m = _affine_map(rules, None)  # a window needs no stored values
+    if m.flat is not None:
+        return None  # one value everywhere: nothing to decode for
+    frame = first_frame(ds, frames)
+    return EncodedFrame(frame, tsyntax, rows, columns, rules.bits_stored, m.a, m.b, m.bounds)
+
+
+def finish_stored(stored: np.ndarray, ef: EncodedFrame, size: int | None) -> np.ndarray:
+    """An `EncodedFrame`'s stored values, decoded elsewhere (unsigned, `rows` x `columns`),
+    to the model's input: the same map and resize as `decode_fast` (the CPU reference a GPU
+    decode is compared with, and its fallback)."""
+    stored = np.bitwise_and(stored, (1 << ef.bits_stored) - 1, dtype=stored.dtype)
+    return _native_float(stored, ef.a, ef.b, ef.bounds, size)

@@ -1,0 +1,92 @@
+"""How many decoding processes a CPU run starts, from what it measures before starting them.
+
+Decoding and the model share a CPU's cores. A 2500x2048 JPEG-lossless radiograph costs ~30-160
+ms of CPU to decode while a small artifact needs 3 ms of compute per image, so one decoder on
+two cores starves the model (`ptxfast score` ran at 51% of its shared-core bound that way); a
+1024² uncompressed file costs ~5 ms against a 512² model's ~100, so more decoders would only take
+cores from the model. `measure` decodes a few of the run's files in this process (CPU time per
+file, D) and times the loaded model alone on the run's lanes (C = cores / images per second, its
+CPU seconds per image), and `decoders` gives decoding the share of the cores it needs in the
+shared-core bound: ceil(cores x D / (D + C)), between 1 and the cores. When decoding dominates,
+every core the model does not need decodes.
+
+`by_syntax` and `decoders_to_keep_busy` are what the summary reports afterwards: decoding
+files/s per core by transfer syntax, and the decoders that would keep the loaded model busy.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ptxfast.score.decode import Files
+from ptxfast.timing import model_only_images_per_s
+
+__all__ = ["PROBE_FILES", "Sizing", "by_syntax", "decoders", "decoders_to_keep_busy", "measure"]
+
+PROBE_FILES = 3  # files decoded in this process to measure D (the median is taken)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What the sizing measured and chose."""
+
+    decode_cpu_s: float  # D: CPU seconds to decode one file (median of the probe)
+    compute_cpu_s: float  # C: CPU seconds of model compute per image (cores / images per s)
+    cores: int
+    workers: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dict(
+            decode_ms=1000 * self.decode_cpu_s, compute_ms=1000 * self.compute_cpu_s,
+            cores=self.cores, workers=self.workers,
+        )  # fmt: skip
+
+
+def decoders(decode_cpu_s: float, compute_cpu_s: float, cores: int) -> int:
+    """Decoding processes for `cores` cores when decoding a file costs `decode_cpu_s` and the
+    model `compute_cpu_s` per image: decoding's share of the cores, rounded up, 1 to `cores`."""
+    if cores <= 1:
+        return 1
+    total = decode_cpu_s + compute_cpu_s
+    share = decode_cpu_s / total if total > 0 else 1.0
+    return max(1, min(cores, math.ceil(cores * share - 1e-9)))
+
+
+def measure(
+    files: Files,
+    todo: Sequence[int],
+    predictor,
+    batch_size: int,
+    lanes: int,
+    threads: int | None,
+    cores: int,
+) -> Sizing:
+    """Decode up to `PROBE_FILES` of `todo` here (their CPU time) and time the model alone on
+    the run's lanes x threads, then size the decoders (see the module docstring)."""
+    probe = [files[i][1].cpu_seconds for i in todo[:PROBE_FILES]]
+    d = statistics.median(probe) if probe else 0.0
+    x = torch.rand(batch_size, 1, predictor.size, predictor.size)
+    rate = model_only_images_per_s(predictor, x, 2, lanes, threads, budget_s=2.0)
+    c = cores / rate if rate > 0 else 0.0
+    return Sizing(d, c, cores, decoders(d, c, cores))
+
+
+def by_syntax(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """{syntax: [files, CPU seconds]} as {syntax: files, files/s per core} for the summary."""
+    return {
+        name: {"files": int(n), "files_per_s_per_core": n / s if s > 0 else float("nan")}
+        for name, (n, s) in sorted(seconds.items())
+    }
+
+
+def decoders_to_keep_busy(model_images_per_s: float | None, decode_cpu_s: float) -> int | None:
+    """Decoding processes (one core each) that would feed the loaded model at its model-only
+    rate: rate x D, rounded up."""
+    if not model_images_per_s or decode_cpu_s <= 0:
+        return None
+    return math.ceil(model_images_per_s * decode_cpu_s)
