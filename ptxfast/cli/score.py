@@ -24,6 +24,13 @@ class _FolderOrUrl(click.ParamType):
         return value if is_url(value) else DIR.convert(value, param, ctx)
 
 
+_DECODER = (
+    "Where compressed DICOM frames are decoded: cpu (the decoding workers), gpu (nvImageCodec, "
+    "batched, checked against the CPU per syntax; needs pip install 'ptxfast[gpu-decode]' and a "
+    "CUDA device), auto (gpu where it can run)."
+)
+
+
 @cli.command("score")
 @click.argument("folder", type=_FolderOrUrl())
 @option(
@@ -151,14 +158,7 @@ class _FolderOrUrl(click.ParamType):
     type=click.Path(dir_okay=False, path_type=Path),
     help="CA certificates to verify https servers with [default: the system's].",
 )
-@option(
-    "--decoder",
-    type=click.Choice(["auto", "cpu", "gpu"]),
-    default="auto",
-    help="Where compressed DICOM frames are decoded: cpu (the decoding workers), gpu "
-    "(nvImageCodec, batched, checked against the CPU per syntax; needs pip install "
-    "'ptxfast[gpu-decode]' and a CUDA device), auto (gpu where it can run).",
-)
+@option("--decoder", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", help=_DECODER)
 def score_command(
     folder, out, model, exports, device, batch_size, workers, lanes, threads, resume, overwrite,
     shard, masks_dir, seg_dir, sr_dir, output_workers, json_path, model_only_iters, engine,

@@ -96,30 +96,23 @@ def _sop_of(path: Path) -> str | None:
         return None
 
 
+@dataclass(eq=False)
 class Files(Dataset):
-    """Decodes file i of `paths` to size×size; failures become metadata, never exceptions.
+    """Decodes file i of `paths` (under `root`) to size×size; failures become metadata, never
+    exceptions.
 
     `state` is a shared-memory int64 tensor: the decoding process's pid while a file is being
     decoded, -1 once done, so the file that killed a worker can be named.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        paths: Sequence[str],
-        size: int,
-        state: torch.Tensor,
-        eligibility: str = DEFAULT_RULE,
-        hand_over: frozenset[str] = frozenset(),
-    ):
-        self.root = root
-        self.paths = paths
-        self.size = size
-        self.state = state
-        self.eligibility = eligibility
-        # Transfer syntaxes whose (windowed, grayscale) frames are handed over still compressed,
-        # headers checked, for a GPU to decode; empty: everything is decoded here.
-        self.hand_over = hand_over
+    root: Path
+    paths: Sequence[str]
+    size: int
+    state: torch.Tensor
+    eligibility: str = DEFAULT_RULE
+    # Transfer syntaxes whose (windowed, grayscale) frames are handed over still compressed,
+    # headers checked, for a GPU to decode; empty: everything is decoded here.
+    hand_over: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.paths)
