@@ -31,6 +31,8 @@ from pydicom import uid
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_bench import radiograph, write  # noqa: E402
 
+from ptxfast.score.speed import busy_cpu_s  # noqa: E402
+
 CASCADE = "eb3un+eb3"
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -102,46 +104,45 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _busy_s() -> float:
-    """CPU seconds every core of the machine has spent busy (not idle or waiting on I/O)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(values[:8]) - values[3] - values[4]) / _TICK
+def _rows(csv: Path) -> int:
+    """Rows a ledger holds so far (its header left out)."""
+    try:
+        return max(0, csv.read_bytes().count(b"\n") - 1)
+    except OSError:
+        return 0
 
 
 class CoreSampler(threading.Thread):
-    """Samples a scoring process and its children: the wall time, the CPU of the scoring
-    process and of each child, and the machine's busy CPU. The decoders are the children that
-    live a second or more (a helper started for a moment is not one)."""
+    """Samples a scoring run every `period` seconds: the rows its ledger holds, the CPU of the
+    scoring process and of its children (the decoders), and the machine's busy CPU."""
 
-    def __init__(self, proc: subprocess.Popen, period: float = 0.1) -> None:
+    def __init__(self, proc: subprocess.Popen, csv: Path, period: float = 0.1) -> None:
         super().__init__(daemon=True)
-        self.proc, self.period = proc, period
-        self.samples: list[tuple[float, float, float]] = []  # (t, scorer CPU, machine busy)
-        self.children: dict[int, list] = {}  # pid: [first sample, last sample, CPU at last]
+        self.proc, self.csv, self.period = proc, csv, period
+        # (t, scorer CPU, children's CPU, machine busy, rows)
+        self.samples: list[tuple[float, float, float, float, int]] = []
+        self.children: dict[int, float] = {}  # pid: CPU seconds at its last sample
 
     def run(self) -> None:
         while self.proc.poll() is None:
-            kids = _descendants(self.proc.pid)
-            self.samples.append((time.perf_counter(), _cpu_s(self.proc.pid), _busy_s()))
-            at = len(self.samples) - 1
-            for k in kids:
-                self.children.setdefault(k, [at, at, 0.0])[1:] = [at, _cpu_s(k)]
+            for k in _descendants(self.proc.pid):
+                self.children[k] = max(self.children.get(k, 0.0), _cpu_s(k))
+            main, kids = _cpu_s(self.proc.pid), sum(self.children.values())
+            self.samples.append((time.perf_counter(), main, kids, busy_cpu_s(), _rows(self.csv)))
             time.sleep(self.period)
 
     def figures(self, cores: int) -> dict[str, float]:
-        """While the decoders ran: the shares of cores x wall the scoring process, its decoders
-        and everything else took, and the decoders' CPU seconds."""
-        s = self.samples
-        decoders = [c for c in self.children.values() if s[c[1]][0] - s[c[0]][0] >= 1.0]
-        if not decoders:
+        """From the first rows written to the last: images/s, and the shares of cores x wall
+        the scoring process, its decoders and everything else took (the rest idled)."""
+        s = [x for x in self.samples if x[4] > 0]
+        if not s or s[-1][4] == s[0][4]:
             return {}
-        first, last = s[min(c[0] for c in decoders)], s[max(c[1] for c in decoders)]
-        capacity = cores * (last[0] - first[0])
-        main, busy = last[1] - first[1], last[2] - first[2]
-        workers = sum(c[2] for c in decoders)  # (their CPU before the span is tiny)
+        a, b = s[0], next(x for x in s if x[4] == s[-1][4])
+        capacity = cores * (b[0] - a[0])
+        main, kids, busy = b[1] - a[1], b[2] - a[2], b[3] - a[3]
         return dict(
-            span_s=last[0] - first[0], main=main / capacity, decoders=workers / capacity,
-            others=max(0.0, busy - main - workers) / capacity, decoders_cpu_s=workers,
+            rate=(b[4] - a[4]) / (b[0] - a[0]), main=main / capacity, decoders=kids / capacity,
+            others=max(0.0, busy - main - kids) / capacity,
         )  # fmt: skip
 
 
@@ -155,7 +156,7 @@ def score(work: Path, dicoms: Path, sidecar: Path, size: int, extra: list[str]) 
     cmd = [sys.executable, "-m", "ptxfast", "score", str(dicoms), "--out", str(out / "p.csv"),
            "--model", str(sidecar), "--device", "cpu", "--json", str(out / "s.json"), *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    sampler = CoreSampler(proc)
+    sampler = CoreSampler(proc, out / "p.csv")
     sampler.start()
     if proc.wait() != 0:
         raise SystemExit(f"ptxfast score failed (exit {proc.returncode}): {' '.join(cmd)}")
@@ -167,31 +168,37 @@ def score(work: Path, dicoms: Path, sidecar: Path, size: int, extra: list[str]) 
 
 def _row(size: int, s: dict) -> str:
     sizing = s["decoding"].get("sizing") or {}
-    files = s["scored"] + s["failed"]
-    wall = 1000 * s["time_s"]["decode"] / files
+    wall = 1000 * s["time_s"]["decode"] / (s["scored"] + s["failed"])
     d = 1000 * s["decode_cpu_s_per_image"]
     sized = f" (sized: D {sizing['decode_ms']:.0f} ms vs C {sizing['compute_ms']:.1f} ms)"
-    bound, c = s["shared_core_bound_images_per_s"], s["bench"]["cores"]
+    m, bound, c = (
+        s["model_only_images_per_s"],
+        s["shared_core_bound_images_per_s"],
+        s["bench"]["cores"],
+    )
     rate = s["steady_images_per_s"] or s["images_per_s"]
-    cores = left = "not sampled"
+    shares = left = "not sampled"
     if c:
-        cores = f"{c['main']:.0%} / {c['decoders']:.0%} / {c['others']:.0%}"
-        cores += f" ({1000 * c['decoders_cpu_s'] / files:.0f} ms / file)"
-        left = f"{bound * (1 - c['others']):.1f} ({rate / (bound * (1 - c['others'])):.0%})"
-    load = s["bench"]["load"]
+        idle = max(0.0, 1 - c["main"] - c["decoders"] - c["others"])
+        shares = f"{c['main']:.0%} / {c['decoders']:.0%} / {c['others']:.0%} / {idle:.0%}"
+        cut = 1 / (1 / m + d / 1000 / (s["cores"] * (1 - c["others"])))
+        left = f"{c['rate']:.1f} / {cut:.1f} = {c['rate'] / cut:.0%}"
+    load, others = s["bench"]["load"], s.get("others_cpu_share")
+    others = "not measured" if others is None else f"{others:.0%}"
     return (
-        f"| {size}² | {s['workers']}{sized if sizing else ''} | {d:.1f} | "
-        f"{s['model_only_images_per_s']:.1f} | {bound:.1f} | {rate:.1f} | {rate / bound:.0%} | "
-        f"{wall:.0f} vs {d:.0f} | {cores} | {left} | {load[0]:.1f} → {load[1]:.1f} |"
+        f"| {size}² | {s['workers']}{sized if sizing else ''} | {d:.1f} | {m:.1f} | {bound:.1f} | "
+        f"{rate:.1f} | {rate / bound:.0%} | {wall:.0f} vs {d:.0f} | {others} | {shares} | {left} | "
+        f"{load[0]:.1f} → {load[1]:.1f} |"
     )
 
 
 HEADER = (
     "| artifact | decoders | D (CPU ms / file) | model only M (images/s) | bound 1/(1/M + D/c) "
     "| end to end (images/s) | end to end / bound | decoders' wall vs CPU ms / file "
-    "| cores while decoding: scorer / decoders (their CPU per file) / others "
-    "| bound x (1 - others) (end to end / it) | load average |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "| other processes' share of the cores (summary) "
+    "| cores, first row to last: scorer / decoders / others / idle "
+    "| there: images/s / bound on the cores others left = share | load average |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
