@@ -121,27 +121,29 @@ class CoreSampler(threading.Thread):
         self.proc, self.csv, self.period = proc, csv, period
         # (t, scorer CPU, children's CPU, machine busy, rows)
         self.samples: list[tuple[float, float, float, float, int]] = []
-        self.children: dict[int, float] = {}  # pid: CPU seconds at its last sample
+        self.children: dict[int, list] = {}  # pid: [first sample, CPU seconds at its last]
 
     def run(self) -> None:
         while self.proc.poll() is None:
             for k in _descendants(self.proc.pid):
-                self.children[k] = max(self.children.get(k, 0.0), _cpu_s(k))
-            main, kids = _cpu_s(self.proc.pid), sum(self.children.values())
+                self.children.setdefault(k, [len(self.samples), 0.0])[1] = _cpu_s(k)
+            main, kids = _cpu_s(self.proc.pid), sum(c[1] for c in self.children.values())
             self.samples.append((time.perf_counter(), main, kids, busy_cpu_s(), _rows(self.csv)))
             time.sleep(self.period)
 
     def figures(self, cores: int) -> dict[str, float]:
-        """From the first rows written to the last: images/s, and the shares of cores x wall
-        the scoring process, its decoders and everything else took (the rest idled)."""
-        s = [x for x in self.samples if x[4] > 0]
-        if not s or s[-1][4] == s[0][4]:
+        """From the decoders' start to the last row: images/s (every image decoded and scored
+        in that span, none before), and the shares of cores x wall the scoring process, its
+        decoders and everything else took (the rest idled). The decoders are the children
+        that took a second of CPU or more (not a helper started for a moment)."""
+        s, starts = self.samples, [c[0] for c in self.children.values() if c[1] >= 1.0]
+        if not starts or not s or not s[-1][4]:
             return {}
-        a, b = s[0], next(x for x in s if x[4] == s[-1][4])
+        a, b = s[min(starts)], next(x for x in s if x[4] == s[-1][4])
         capacity = cores * (b[0] - a[0])
         main, kids, busy = b[1] - a[1], b[2] - a[2], b[3] - a[3]
         return dict(
-            rate=(b[4] - a[4]) / (b[0] - a[0]), main=main / capacity, decoders=kids / capacity,
+            rate=b[4] / (b[0] - a[0]), main=main / capacity, decoders=kids / capacity,
             others=max(0.0, busy - main - kids) / capacity,
         )  # fmt: skip
 
@@ -196,7 +198,7 @@ HEADER = (
     "| artifact | decoders | D (CPU ms / file) | model only M (images/s) | bound 1/(1/M + D/c) "
     "| end to end (images/s) | end to end / bound | decoders' wall vs CPU ms / file "
     "| other processes' share of the cores (summary) "
-    "| cores, first row to last: scorer / decoders / others / idle "
+    "| decoders' start to last row: cores, scorer / decoders / others / idle "
     "| there: images/s / bound on the cores others left = share | load average |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
