@@ -169,6 +169,7 @@ def test_mixed_folder_one_row_per_file(scored, folder):
     assert summary.decode_cpu_s_per_image > 0 and summary.cores >= 1
     assert summary.shared_core_bound_images_per_s < summary.model_only_images_per_s
     assert summary.bound_share > 0
+    assert summary.others_cpu_share is None  # the output processes' CPU is not counted
     js = json.loads((out / "summary.json").read_text())
     assert js["shared_core_bound_images_per_s"] == summary.shared_core_bound_images_per_s
     assert js["files"] == len(rows) and set(js["latency_ms"]) == {"p50", "p90", "p95", "p99"}
@@ -821,6 +822,21 @@ def test_shared_core_bound_from_model_and_decode_cost():
     s = speed.shared_core_bound(model_only, decode_cpu_s=0.02, cores=2, steady=45.0)  # + 10 ms
     assert s.shared_core_bound_images_per_s == pytest.approx(50.0)
     assert s.bound_share == pytest.approx(0.9) and s.cores == 2
+
+
+def test_others_share_is_the_busy_time_the_run_did_not_use():
+    # 2 cores x 10 s: the CPUs were busy 18 s, the run used 12 of them.
+    assert speed.others_share(18.0, 12.0, cores=2, seconds=10.0) == pytest.approx(0.3)
+    assert speed.others_share(11.0, 12.0, cores=2, seconds=10.0) == 0.0  # (tick rounding)
+    assert speed.others_share(None, 12.0, cores=2, seconds=10.0) is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
+def test_busy_cpu_counts_this_process():
+    busy0, cpu0 = speed.busy_cpu_s(), time.process_time()
+    while time.process_time() - cpu0 < 0.3:
+        sum(range(10_000))
+    assert speed.busy_cpu_s() - busy0 >= 0.8 * (time.process_time() - cpu0)
 
 
 # ------------------------------------------------------------------ eligibility, operating point

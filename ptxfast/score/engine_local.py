@@ -72,6 +72,8 @@ def run(job: Job) -> EngineStats:
     if gpu is not None:
         path_of = lambda i: config.root / found.inputs[i]  # noqa: E731
         scorer.gpu = gpu_decode.GpuFrames(gpu, dev, predictor.size, path_of)
+    # The CPUs' busy time and this process's CPU from here (decoding starts) to the loop's end.
+    cpu0 = (time.perf_counter(), speed.busy_cpu_s(), time.process_time())
     loader = ResilientLoader(files, todo, settings, scorer.settle)
     if threads:
         torch.set_num_threads(threads)  # lane threads started later take this count too
@@ -91,6 +93,12 @@ def run(job: Job) -> EngineStats:
         with GpuSampler(dev) as sampler, Lanes(lanes) as pool:
             scorer.score(loader, pool, writer)
     loop.seconds = time.perf_counter() - loop.t_loop
+    if dev.type == "cpu" and not output_workers:  # (their processes' CPU is not counted)
+        own = time.process_time() - cpu0[2] + (scorer.decode_cpu if workers else 0.0)
+        busy = speed.busy_cpu_s()
+        loop.others_cpu_share = speed.others_share(
+            None if busy is None else busy - cpu0[1], own, cores(), time.perf_counter() - cpu0[0]
+        )
     torch.set_num_threads(all_threads)
     loop.worker_restarts = loader.restarts
     if scorer.gpu is not None:

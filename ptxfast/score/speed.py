@@ -11,13 +11,17 @@ These are pure functions of what the engines measured; `summary.build` puts them
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SharedCoreBound", "model_only", "shared_core_bound", "steady"]
+__all__ = [
+    "SharedCoreBound", "busy_cpu_s", "model_only", "others_share", "shared_core_bound", "steady",
+]  # fmt: skip
 
 
 def steady(marks: list[tuple[float, int]], t0: float, ahead: int, lanes: int = 1) -> float | None:
@@ -83,3 +87,31 @@ def shared_core_bound(
         if steady:
             share = steady / bound
     return SharedCoreBound(decode_cpu_s, cores, bound, share)
+
+
+def busy_cpu_s() -> float | None:
+    """CPU seconds the CPUs this process may run on have spent busy since boot (not idle, not
+    waiting on I/O; time a hypervisor took from them counts as busy), from /proc/stat; None
+    where it cannot be read (not Linux)."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        wanted = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except (OSError, AttributeError):
+        return None
+    ticks = 0
+    for line in lines:
+        name, *values = line.split()
+        if name in wanted:
+            v = [int(x) for x in values[:8]]  # user nice system idle iowait irq softirq steal
+            ticks += sum(v) - v[3] - v[4]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def others_share(busy_s: float | None, own_s: float, cores: int, seconds: float) -> float | None:
+    """The share of `cores` x `seconds` that other processes took: the CPUs' busy time less
+    the run's own CPU time. The shared-core bound counts every core as the run's, so on a
+    machine shared with other work the run falls short of it by about this much where
+    decoding sets the pace."""
+    if busy_s is None or cores < 1 or seconds <= 0:
+        return None
+    return min(1.0, max(0.0, (busy_s - own_s) / (cores * seconds)))

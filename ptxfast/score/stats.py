@@ -57,6 +57,9 @@ class LoopStats:
     # A CPU's decoding cost, for the shared-core bound: CPU seconds per image and the cores.
     decode_cpu_s_per_image: float | None = None
     cores: int | None = None
+    # The share of the cores other processes took while the decoders ran (speed.others_share);
+    # None where not measured (a GPU, output-writing processes, not Linux).
+    others_cpu_share: float | None = None
     cluster: dict[str, Any] | None = None  # --engine ray (see ScoreSummary.cluster)
     gpu_decode: dict[str, Any] | None = None  # --decoder gpu (see ScoreSummary.gpu_decode)
     # Decoding's "sizing" and "by_syntax" (see ScoreSummary.decoding); `summary.build` adds

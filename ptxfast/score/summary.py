@@ -105,6 +105,10 @@ class ScoreSummary:
     cores: int | None = None
     shared_core_bound_images_per_s: float | None = None
     bound_share: float | None = None
+    # The share of those cores other processes took while the decoders ran: the bound counts
+    # every core as the run's, so where decoding sets the pace the run falls short of the bound
+    # by about this much on a shared machine (None where not measured).
+    others_cpu_share: float | None = None
     # --send: per target, results acknowledged this run, by earlier runs, left unsent, and
     # why (senders.Sender.finish).
     sent: list[dict[str, Any]] = field(default_factory=list)
@@ -225,7 +229,7 @@ def _speed_figures(loop: LoopStats, scored: int, lanes: int) -> dict[str, Any]:
     )
     if loop.decode_cpu_s_per_image is not None and loop.cores:
         bound = speed.shared_core_bound(model_only, loop.decode_cpu_s_per_image, loop.cores, rate)
-        figures.update(asdict(bound))
+        figures.update(asdict(bound), others_cpu_share=loop.others_cpu_share)
     return figures
 
 
@@ -324,7 +328,12 @@ def _speed(s: ScoreSummary) -> list[tuple[str, str]]:
         rows.append((
             "shared-core bound",
             f"{_rate(s.shared_core_bound_images_per_s)} = 1 / (1/M + D/c): model only M, decoding "
-            f"D {s.decode_cpu_s_per_image * 1000:.1f} ms CPU per image, c {s.cores} cores{share}",
+            f"D {s.decode_cpu_s_per_image * 1000:.1f} ms CPU per image, c {s.cores} cores{share}"
+            + (
+                f"; other processes took {s.others_cpu_share:.0%} of the cores while it decoded"
+                if s.others_cpu_share is not None
+                else ""
+            ),
         ))  # fmt: skip
     lat = s.latency_ms
     rows.append((
