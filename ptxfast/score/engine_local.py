@@ -178,7 +178,7 @@ class _Scorer:
         self.window = InFlightWindow(0)
         self.times = dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0)
         self.latencies: list[float] = []
-        self.marks: list[tuple[float, int]] = []  # (time a batch's rows were written, images)
+        self.marks: list[tuple[float, int]] = []  # (time a batch reached the scorer, images)
         self.done = 0  # rows written this run
         self.decode_cpu, self.decoded, self.unchecked = 0.0, 0, 0
         self.by_syntax: dict[str, list[float]] = {}  # transfer syntax: [files, CPU seconds]
@@ -256,7 +256,10 @@ class _Scorer:
         f: InFlight | None = waiting.tag
         if f is not None:  # crash rows carry no batch
             self.latencies.append(t_end - f.t_got)
-            self.marks.append((t_end, len(f.batch.ok)))
+            # Marked when the batch reached the scorer, not when its rows were written: a batch's
+            # rows wait for the next batch (the in-flight window) and the last few are written
+            # together at the end, which would count one batch more than the span produced.
+            self.marks.append((f.t_got, len(f.batch.ok)))
         self.done += len(waiting.rows)
         if self.job.config.progress:
             self.job.config.progress(self.done, self.total)

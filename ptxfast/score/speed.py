@@ -27,8 +27,8 @@ __all__ = [
 def steady(marks: list[tuple[float, int]], t0: float, ahead: int, lanes: int = 1) -> float | None:
     """Images/s after the batches decoded ahead during setup (at most half the run) are done;
     None when too few batches are left to time (lanes finish their batches close together, so
-    a span of a few batches says little): at least 4 per lane, and 8. `marks` holds (time a
-    batch's rows were written, images in it)."""
+    a span of a few batches says little): at least 4 per lane, and 8. `marks` holds (time,
+    images) per batch, one batch's time apart from the next (`LoopStats.marks`)."""
     if not marks:
         return None
     skip = min(ahead, len(marks) // 2)

@@ -47,7 +47,9 @@ class LoopStats:
     t_loop: float = 0.0  # perf_counter when the first batch was asked for
     seconds: float = 0.0  # first batch asked for → last row written
     ahead: int = 0  # batches decoded before the loop started: left out of the steady rate
-    marks: list[tuple[float, int]] = field(default_factory=list)  # (rows written at, images)
+    # (time, images) per batch in order: local, when the batch reached the scorer (its arrivals
+    # pace the run once the batches decoded ahead are used up); Ray, when its rows were written.
+    marks: list[tuple[float, int]] = field(default_factory=list)
     times: dict[str, float] = field(default_factory=stage_times)
     latencies: list[float] = field(default_factory=list)  # per batch, seconds
     worker_restarts: int = 0
