@@ -43,9 +43,8 @@ def require() -> tuple[str, str]:
     )
     plugin = dicomweb_plugin()
     if binary is None or plugin is None:
-        pytest.skip(
-            "Debian's orthanc and orthanc-dicomweb are not installed (.ci/run installs them)"
-        )
+        why = "Debian's orthanc and orthanc-dicomweb are not installed (.ci/run installs them)"
+        pytest.skip(reason=why)
     return binary, plugin
 
 
