@@ -266,3 +266,20 @@ def codestream(pixels: np.ndarray, syntax: str, bits: int) -> bytes:
     from ptxfast.data.dicom.codecs import encode_frame
 
     return encode_frame(pixels, syntax, bits)
+
+
+def reduced_calls(monkeypatch) -> list[bool]:
+    """Records each `codecs.decode_reduced` call (True where it read at a reduced resolution,
+    False where it declined), through `monkeypatch`."""
+    from ptxfast.data.dicom import codecs
+
+    calls: list[bool] = []
+    real = codecs.decode_reduced
+
+    def recording(*args):
+        out = real(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(codecs, "decode_reduced", recording)
+    return calls

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import codestream, gray_pixels, image_dataset, with_frame
+from dicom_factory import codestream, gray_pixels, image_dataset, reduced_calls, with_frame
 from pydicom import uid
 
 from ptxfast.data.dicom import ImageReadError, codecs, load_image, read_image, resize
@@ -131,19 +131,6 @@ def test_a_frame_the_fast_codec_refuses_falls_back_to_pydicom(
     assert codecs.decode_stored(b"", uid.JPEGLSLossless, 64, 64, np.dtype("<i2")) is None
 
 
-def _reduced_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    calls: list[bool] = []
-    real = codecs.decode_reduced
-
-    def recording(*args):
-        out = real(*args)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(codecs, "decode_reduced", recording)
-    return calls
-
-
 @pytest.mark.parametrize(
     ("syntax", "bits", "side", "out"),
     [
@@ -163,7 +150,7 @@ def test_reduced_reads_stay_within_the_bound_of_full_decode_and_area_resize(
     window = (0.45 * 2**bits, 0.6 * 2**bits)
     ds = image_dataset(pixels, bits_stored=bits, window=window)
     path = with_frame(ds, tmp_path / "c.dcm", syntax, codestream(pixels, syntax, bits))
-    calls = _reduced_calls(monkeypatch)
+    calls = reduced_calls(monkeypatch)
     small = load_image(path, out)[0]
     assert calls == [True] and small.shape == (out, out) and small.dtype == np.float32
     # The same codestream decoded whole, then area-resized.
@@ -176,7 +163,7 @@ def test_reduced_reads_are_skipped_where_they_do_not_apply(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pixels = gray_pixels(512, 512, bits=12)
-    calls = _reduced_calls(monkeypatch)
+    calls = reduced_calls(monkeypatch)
     # 12-bit JPEG: no maintained binding scales 12-bit DCT frames, so it decodes whole.
     frame = codestream(pixels, uid.JPEGExtended12Bit, 12)
     ds = image_dataset(pixels, bits_stored=12, window=(2048, 2000))

@@ -15,6 +15,7 @@ from dicom_factory import (
     deflated,
     gray_pixels,
     image_dataset,
+    reduced_calls,
     rgb_pixels,
     save,
     save_bare,
@@ -26,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_encoder
 
 from ptxfast.data import dicom, scratch
-from ptxfast.data.dicom import ImageReadError, codecs, is_dicom, load_image, read_image, resize
+from ptxfast.data.dicom import ImageReadError, is_dicom, load_image, read_image, resize
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -82,15 +83,7 @@ def test_jpeg2000_shrinks_at_a_reduced_resolution_under_a_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _needs_encoder(uid.JPEG2000Lossless)
-    levels = []
-    real = codecs.decode_reduced
-
-    def recording(*args):
-        result = real(*args)
-        levels.append(result is not None)
-        return result
-
-    monkeypatch.setattr(codecs, "decode_reduced", recording)
+    levels = reduced_calls(monkeypatch)
     pixels = gray_pixels(512, 512)
     ds = image_dataset(pixels, bits_stored=12, window=(1800, 2501))
     reference = read_image(save(ds, tmp_path / "ref.dcm"), fast=False)
