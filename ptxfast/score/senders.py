@@ -43,8 +43,8 @@ from ptxfast.score.pacs import (
     is_url,
     redact,
     retrying,
-    session,
     transient,
+    web_client,
 )
 
 __all__ = ["SentLedger", "Sender", "Target", "connected", "failure_line", "parse_target"]
@@ -145,15 +145,7 @@ def _read(items: Sequence[_Item]) -> list:
 
 def _stow(target: Target, options: PacsOptions) -> Callable[[list], set[str]]:
     """A function storing datasets with STOW-RS; returns the SOPInstanceUIDs refused."""
-    from dicomweb_client import DICOMwebClient
-
-    web = DICOMwebClient(
-        url=target.url,
-        session=session(target.url, options.ca_bundle),
-        timeout=options.timeout,
-        permissive_uid=True,
-    )
-    web.set_http_retry_params(retry=False)
+    web = web_client(target.url, options)
 
     def send(datasets: list) -> set[str]:
         answer = web.store_instances(datasets)
