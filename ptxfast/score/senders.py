@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxfast.score.ledger import ENCODING, decode_record
+from ptxfast.score.ledger import CSV_COLUMNS, ENCODING, decode_record
 from ptxfast.score.pacs import (
     PacsError,
     PacsOptions,
@@ -329,7 +329,7 @@ def _csv_rows(path: Path) -> Iterator[list[str]]:
         reader = csv.reader(f)
         next(reader, None)
         for row in reader:
-            if len(row) == 6:
+            if len(row) == len(CSV_COLUMNS):
                 yield decode_record(row)  # the values written, not their CSV-safe cells
 
 
