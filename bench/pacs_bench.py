@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             "DICOMweb + SR sent twice": (a.dicomweb, {"sr": True, "send": (a.dicomweb, b.dicom)}),
         }
         for r in range(args.repeat):
-            for name, (root, how) in settings.items():
-                out = base / f"{len(rates.get(name, []))}-{r}-{abs(hash(name))}.csv"
+            for i, (name, (root, how)) in enumerate(settings.items()):
+                out = base / f"{r}-{i}.csv"
                 t0 = time.perf_counter()
                 s = score_folder(
                     ScoreConfig(
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         batch_size=args.batch_size,
                         model_only_iters=0,
                         sr_dir=out.with_suffix(".sr") if how else None,
-                        pacs=PacsOptions(send=how.get("send", ())) if how.get("send") else None,
+                        pacs=PacsOptions(send=how["send"]) if "send" in how else None,
                     )  # fmt: skip
                 )
                 rate = s.steady_images_per_s or s.images_per_s
