@@ -13,6 +13,7 @@ its wall time, and the median per setting.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         a.stop()
         b.stop()
+        shutil.rmtree(base, ignore_errors=True)  # the phantoms, both servers' storage, the CSVs
     print(
         f"\n| setting | median images/s ({args.n} phantoms {args.size}², batch {args.batch_size}) |"
     )
