@@ -13,6 +13,7 @@ its wall time, and the median per setting.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             "DICOMweb + SR sent twice": (a.dicomweb, {"sr": True, "send": (a.dicomweb, b.dicom)}),
         }
         for r in range(args.repeat):
-            for name, (root, how) in settings.items():
-                out = base / f"{len(rates.get(name, []))}-{r}-{abs(hash(name))}.csv"
+            for i, (name, (root, how)) in enumerate(settings.items()):
+                out = base / f"{r}-{i}.csv"
                 t0 = time.perf_counter()
                 s = score_folder(
                     ScoreConfig(
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                         batch_size=args.batch_size,
                         model_only_iters=0,
                         sr_dir=out.with_suffix(".sr") if how else None,
-                        pacs=PacsOptions(send=how.get("send", ())) if how.get("send") else None,
+                        pacs=PacsOptions(send=how["send"]) if "send" in how else None,
                     )  # fmt: skip
                 )
                 rate = s.steady_images_per_s or s.images_per_s
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         a.stop()
         b.stop()
+        shutil.rmtree(base, ignore_errors=True)  # the phantoms, both servers' storage, the CSVs
     print(
         f"\n| setting | median images/s ({args.n} phantoms {args.size}², batch {args.batch_size}) |"
     )

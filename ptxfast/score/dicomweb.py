@@ -36,7 +36,14 @@ from ptxfast.data.eligibility import check as eligible
 from ptxfast.files import atomic_write
 from ptxfast.score.decode import Files, Meta
 from ptxfast.score.inputs import Inputs
-from ptxfast.score.pacs import PacsError, PacsOptions, describe_failure, redact, retrying, session
+from ptxfast.score.pacs import (
+    PacsError,
+    PacsOptions,
+    describe_failure,
+    redact,
+    retrying,
+    web_client,
+)
 
 __all__ = [
     "RESULT_MODALITIES", "FetchingFiles", "Spool", "find_instances", "instance_path", "probe",
@@ -74,16 +81,7 @@ def client(options: PacsOptions, fresh: bool = False):
     the credentials the environment and netrc hold now (a run starts so)."""
     key = (os.getpid(), options.url)
     if fresh or key not in _CLIENTS:
-        from dicomweb_client import DICOMwebClient
-
-        web = DICOMwebClient(
-            url=options.url.rstrip("/"),
-            session=session(options.url, options.ca_bundle),
-            timeout=options.timeout,
-            permissive_uid=True,  # UIDs are checked here, where they become paths
-        )
-        web.set_http_retry_params(retry=False)  # `pacs.retrying` retries every request alike
-        _CLIENTS[key] = web
+        _CLIENTS[key] = web_client(options.url, options)
     return _CLIENTS[key]
 
 

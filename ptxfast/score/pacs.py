@@ -26,7 +26,7 @@ from ptxfast.score.config import ScoreError
 
 __all__ = [
     "PacsError", "PacsOptions", "TOKEN_ENV", "USER_ENV", "PASSWORD_ENV", "describe_failure",
-    "is_url", "redact", "require", "retrying", "session",
+    "is_url", "redact", "require", "retrying", "session", "transient", "web_client",
 ]  # fmt: skip
 
 TOKEN_ENV = "PTXFAST_DICOMWEB_TOKEN"
@@ -147,6 +147,22 @@ def session(url: str, ca_bundle: Path | None = None):
     s.trust_env = False
     s.verify = str(ca_bundle) if ca_bundle is not None else _system_bundle()
     return s
+
+
+def web_client(url: str, options: PacsOptions):
+    """A DICOMwebClient for the root `url` (a source or a STOW-RS target): `session`'s
+    credentials and TLS, `options.timeout`, and no retries of its own (`retrying` retries
+    every request alike)."""
+    from dicomweb_client import DICOMwebClient
+
+    web = DICOMwebClient(
+        url=url.rstrip("/"),
+        session=session(url, options.ca_bundle),
+        timeout=options.timeout,
+        permissive_uid=True,  # UIDs are checked where they become paths
+    )
+    web.set_http_retry_params(retry=False)
+    return web
 
 
 def _system_bundle() -> bool | str:

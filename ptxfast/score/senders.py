@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxfast.score.ledger import ENCODING, decode_record
+from ptxfast.score.ledger import CSV_COLUMNS, ENCODING, decode_record
 from ptxfast.score.pacs import (
     PacsError,
     PacsOptions,
@@ -43,8 +43,8 @@ from ptxfast.score.pacs import (
     is_url,
     redact,
     retrying,
-    session,
     transient,
+    web_client,
 )
 
 __all__ = ["SentLedger", "Sender", "Target", "connected", "failure_line", "parse_target"]
@@ -145,15 +145,7 @@ def _read(items: Sequence[_Item]) -> list:
 
 def _stow(target: Target, options: PacsOptions) -> Callable[[list], set[str]]:
     """A function storing datasets with STOW-RS; returns the SOPInstanceUIDs refused."""
-    from dicomweb_client import DICOMwebClient
-
-    web = DICOMwebClient(
-        url=target.url,
-        session=session(target.url, options.ca_bundle),
-        timeout=options.timeout,
-        permissive_uid=True,
-    )
-    web.set_http_retry_params(retry=False)
+    web = web_client(target.url, options)
 
     def send(datasets: list) -> set[str]:
         answer = web.store_instances(datasets)
@@ -337,7 +329,7 @@ def _csv_rows(path: Path) -> Iterator[list[str]]:
         reader = csv.reader(f)
         next(reader, None)
         for row in reader:
-            if len(row) == 6:
+            if len(row) == len(CSV_COLUMNS):
                 yield decode_record(row)  # the values written, not their CSV-safe cells
 
 
