@@ -1,11 +1,12 @@
 """Run a snippet in a fresh interpreter that sees none of the test run's imports or paths, the
-way a user's own process would load an exported artifact."""
+way a user's own process would load an exported artifact; wait for a running command's file."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -19,3 +20,16 @@ def run_fresh(code: str, cwd: Path) -> str:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip()
+
+
+def wait_for_lines(
+    path: Path, lines: int, proc: subprocess.Popen | None = None, timeout: float = 120.0
+) -> bool:
+    """Poll until `path` holds at least `lines` newline-ended lines (a CSV's header counts):
+    True then; False once `proc` has ended or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+        if path.exists() and path.read_bytes().count(b"\n") >= lines:
+            return True
+        time.sleep(0.02)
+    return False

@@ -28,6 +28,7 @@ from pathlib import Path
 import dicom_factory as F
 import pytest
 from click.testing import CliRunner
+from fresh_process import wait_for_lines
 
 from ptxfast import report, score
 from ptxfast.cli import cli
@@ -309,11 +310,8 @@ def _start(cmd: list[str], out: Path, rows_at_least: int, group: bool = False) -
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=group
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") > rows_at_least:
-            return proc
-        time.sleep(0.02)
+    if wait_for_lines(out, rows_at_least + 1, proc):
+        return proc
     proc.kill()
     raise AssertionError(f"the run ended or stalled first: {proc.communicate()[1][-2000:]}")
 

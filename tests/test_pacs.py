@@ -15,11 +15,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fresh_process import wait_for_lines
 from orthanc import Orthanc, free_port
 
 from ptxfast.cli import cli
@@ -183,12 +183,8 @@ def test_kill_while_sending_then_resume(servers, phantoms, artifact, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if sent.exists() and sent.read_bytes().count(b"\n") >= 4:
-                break
-            time.sleep(0.02)
+        wait_for_lines(sent, 4, proc)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         os.kill(proc.pid, signal.SIGKILL)
     finally:

@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import test_scoring
 from click.testing import CliRunner
+from fresh_process import wait_for_lines
 from test_scoring import _rows, by
 
 from ptxfast import score
@@ -99,11 +99,8 @@ def _scorer_actors() -> list[int]:
 
 
 def _wait_rows(csv_path: Path, n: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if csv_path.exists() and csv_path.read_bytes().count(b"\n") >= n + 1:
-            return
-        time.sleep(0.02)
+    if wait_for_lines(csv_path, n + 1, timeout=timeout):
+        return
     raise AssertionError(f"{csv_path} did not reach {n} rows in {timeout} s")
 
 

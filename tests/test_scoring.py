@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from fresh_process import run_fresh
+from fresh_process import run_fresh, wait_for_lines
 from PIL import Image
 from pydicom import uid
 
@@ -254,12 +254,8 @@ def test_resume_after_kill_and_torn_line(folder, artifact, tmp_path):
     cmd += ["--model", str(artifact), "--device", "cpu", "--batch-size", "1", "--workers", "1"]
     cmd += ["--model-only-iters", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_bytes().count(b"\n") >= 2:  # header + a flushed row
-                break
-            time.sleep(0.01)
+        wait_for_lines(out, 2, proc, timeout=60)  # header + a flushed row
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         os.kill(proc.pid, signal.SIGKILL)
     finally:
