@@ -42,7 +42,7 @@ from ptxfast.score.pipeline import (
     parallelism,
     results,
 )
-from ptxfast.score.stats import EngineStats, LoopStats, Setup
+from ptxfast.score.stats import EngineStats, LoopStats, Setup, stage_times
 from ptxfast.score.summary import operating_point
 from ptxfast.score.writer import OutputWriter
 
@@ -176,7 +176,7 @@ class _Scorer:
         self.predictor = job.predictor
         self.committer = OrderedCommitter(job.preds.append, self._committed)
         self.window = InFlightWindow(0)
-        self.times = dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0)
+        self.times = stage_times()
         self.latencies: list[float] = []
         self.marks: list[tuple[float, int]] = []  # (time a batch reached the scorer, images)
         self.done = 0  # rows written this run
