@@ -228,10 +228,10 @@ class _Scorer:
         if self.gpu is not None:
             batch = self.gpu.finish(batch)  # the batch's compressed frames, decoded on the GPU
         self.times["decode"] += batch.decode_seconds
-        self.decode_cpu += sum(m.cpu_seconds for m in batch.meta)
         self.decoded += len(batch.meta)
-        self.unchecked += sum(m.unchecked for m in batch.meta)
-        for m in batch.meta:
+        for m in batch.meta:  # one pass: decode CPU, unchecked files, per-syntax cost
+            self.decode_cpu += m.cpu_seconds
+            self.unchecked += m.unchecked
             if m.syntax is not None and m.error is None:
                 acc = self.by_syntax.setdefault(m.syntax, [0, 0.0])
                 acc[0] += 1
