@@ -143,7 +143,11 @@ def _workers(
         return config.workers, None
     if predictor.device.type != "cpu" or not todo or cores() < 2:
         return default_workers(predictor.device), None
-    sized = sizing.measure(files, todo, predictor, config.batch_size, lanes, threads, cores())
+    sized = sizing.measure(
+        files, todo, predictor, config.batch_size, lanes, threads, cores(), config.decode_timeout
+    )
+    if sized is None:  # a probed file killed or hung its decoder: the loader will name it
+        return default_workers(predictor.device), None
     return sized.workers, sized
 
 
