@@ -42,7 +42,7 @@ from ptxfast.score.pipeline import (
     parallelism,
     results,
 )
-from ptxfast.score.stats import EngineStats, LoopStats, Setup
+from ptxfast.score.stats import EngineStats, LoopStats, Setup, stage_times
 from ptxfast.score.summary import operating_point
 from ptxfast.score.writer import OutputWriter
 
@@ -143,7 +143,11 @@ def _workers(
         return config.workers, None
     if predictor.device.type != "cpu" or not todo or cores() < 2:
         return default_workers(predictor.device), None
-    sized = sizing.measure(files, todo, predictor, config.batch_size, lanes, threads, cores())
+    sized = sizing.measure(
+        files, todo, predictor, config.batch_size, lanes, threads, cores(), config.decode_timeout
+    )
+    if sized is None:  # a probed file killed or hung its decoder: the loader will name it
+        return default_workers(predictor.device), None
     return sized.workers, sized
 
 
@@ -176,7 +180,7 @@ class _Scorer:
         self.predictor = job.predictor
         self.committer = OrderedCommitter(job.preds.append, self._committed)
         self.window = InFlightWindow(0)
-        self.times = dict(decode=0.0, wait=0.0, transfer=0.0, compute=0.0, write=0.0)
+        self.times = stage_times()
         self.latencies: list[float] = []
         self.marks: list[tuple[float, int]] = []  # (time a batch reached the scorer, images)
         self.done = 0  # rows written this run
@@ -228,10 +232,10 @@ class _Scorer:
         if self.gpu is not None:
             batch = self.gpu.finish(batch)  # the batch's compressed frames, decoded on the GPU
         self.times["decode"] += batch.decode_seconds
-        self.decode_cpu += sum(m.cpu_seconds for m in batch.meta)
         self.decoded += len(batch.meta)
-        self.unchecked += sum(m.unchecked for m in batch.meta)
-        for m in batch.meta:
+        for m in batch.meta:  # one pass: decode CPU, unchecked files, per-syntax cost
+            self.decode_cpu += m.cpu_seconds
+            self.unchecked += m.unchecked
             if m.syntax is not None and m.error is None:
                 acc = self.by_syntax.setdefault(m.syntax, [0, 0.0])
                 acc[0] += 1

@@ -4,7 +4,7 @@ Decoding and the model share a CPU's cores. A 2500x2048 JPEG-lossless radiograph
 ms of CPU to decode while a small artifact needs 3 ms of compute per image, so one decoder on
 two cores starves the model (`ptxfast score` ran at 51% of its shared-core bound that way); a
 1024² uncompressed file costs ~5 ms against a 512² model's ~100, so more decoders would only take
-cores from the model. `measure` decodes a few of the run's files in this process (CPU time per
+cores from the model. `measure` decodes a few of the run's files in a child process (CPU time per
 file, D) and times the loaded model alone on the run's lanes (C = cores / images per second, its
 CPU seconds per image), and `decoders` gives decoding the share of the cores it needs in the
 shared-core bound: ceil(cores x D / (D + C)), between 1 and the cores. When decoding dominates,
@@ -17,18 +17,20 @@ files/s per core by transfer syntax, and the decoders that would keep the loaded
 from __future__ import annotations
 
 import math
+import multiprocessing
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ptxfast.score.decode import Files
+from ptxfast.score.decode import Files, worker_init
+from ptxfast.score.processes import clean_fork, start_method
 from ptxfast.timing import model_only_images_per_s
 
 __all__ = ["PROBE_FILES", "Sizing", "by_syntax", "decoders", "decoders_to_keep_busy", "measure"]
 
-PROBE_FILES = 3  # files decoded in this process to measure D (the median is taken)
+PROBE_FILES = 3  # files decoded (in a child process) to measure D (the median is taken)
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,44 @@ def measure(
     lanes: int,
     threads: int | None,
     cores: int,
-) -> Sizing:
-    """Decode up to `PROBE_FILES` of `todo` here (their CPU time) and time the model alone on
-    the run's lanes x threads, then size the decoders (see the module docstring)."""
-    probe = [files[i][1].cpu_seconds for i in todo[:PROBE_FILES]]
+    timeout: float,
+) -> Sizing | None:
+    """Decode up to `PROBE_FILES` of `todo` (their CPU time) and time the model alone on the
+    run's lanes x threads, then size the decoders (see the module docstring); None when the
+    probe's process died or ran past `timeout` seconds (the caller keeps its default)."""
+    probe = _probe(files, list(todo[:PROBE_FILES]), timeout)
+    if probe is None:
+        return None
     d = statistics.median(probe) if probe else 0.0
     x = torch.rand(batch_size, 1, predictor.size, predictor.size)
     rate = model_only_images_per_s(predictor, x, 2, lanes, threads, budget_s=2.0)
     c = cores / rate if rate > 0 else 0.0
     return Sizing(d, c, cores, decoders(d, c, cores))
+
+
+def _probe(files: Files, indices: list[int], timeout: float) -> list[float] | None:
+    """CPU seconds to decode each file of `indices`, in a process of its own like the decoding
+    workers: a file that kills or hangs its decoder must not take the scoring process with it
+    (the loader turns it into an error row later). None when that process died or timed out."""
+    ctx = multiprocessing.get_context(start_method())
+    recv, send = ctx.Pipe(duplex=False)
+    with clean_fork():
+        proc = ctx.Process(target=_probe_in_child, args=(files, indices, send), daemon=True)
+        proc.start()
+    send.close()
+    try:
+        return recv.recv() if recv.poll(timeout) else None
+    except EOFError:  # it died before answering
+        return None
+    finally:
+        proc.kill()
+        proc.join()
+        recv.close()
+
+
+def _probe_in_child(files: Files, indices: list[int], send) -> None:
+    worker_init(0)  # a decoding worker's setup: dies with the scorer, one thread
+    send.send([files[i][1].cpu_seconds for i in indices])
 
 
 def by_syntax(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:

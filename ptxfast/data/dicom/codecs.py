@@ -45,8 +45,6 @@ from ptxfast.data.dicom.limits import jpeg_frame_header
 
 __all__ = [
     "FAST_SYNTAXES",
-    "REDUCED_SYNTAXES",
-    "codec_name",
     "decode_reduced",
     "decode_stored",
     "encode_frame",
@@ -92,13 +90,6 @@ _FULL: dict[str, tuple[str, Callable[[bytes], np.ndarray]]] = {
 }
 FAST_SYNTAXES = frozenset(_FULL)
 """Transfer syntaxes whose frames `decode_stored` decodes with its own codec."""
-REDUCED_SYNTAXES = _JPEG_DCT | _J2K | _HTJ2K
-"""Transfer syntaxes `decode_reduced` can read at a reduced resolution."""
-
-
-def codec_name(tsyntax: str) -> str:
-    """The codec that decodes `tsyntax` on the fast path ("pydicom" for the rest)."""
-    return _FULL.get(tsyntax, ("pydicom",))[0]
 
 
 def decode_stored(
