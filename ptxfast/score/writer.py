@@ -375,11 +375,10 @@ def _ready() -> None:
 
 def _writer_started() -> None:
     """A writing process's first call: it dies with the scorer, leaving no temporary file
-    (`processes.helper_started`), and what pydicom and highdicom say about headers is counted,
-    never printed (`library_messages`)."""
+    (`processes.helper_started`), and every pydicom/highdicom message `write_outputs` captures
+    is counted (`library_messages`), not only a location's first."""
     helper_started(writes_files=True)
-    library_messages.install()
-    warnings.simplefilter("always")  # every message counted, not only a location's first
+    warnings.simplefilter("always")
 
 
 def output_pool(processes: int, threads: int = 2) -> Executor:
@@ -434,8 +433,6 @@ class OutputWriter:
         self.lock = threading.Lock()  # of `stats`, added to from the pool's callbacks
         self.replaced: set[str] = set()  # inputs with a hash-named output
         wanted = masks_dir is not None or seg_dir is not None or sr_dir is not None
-        if wanted and processes <= 0:
-            library_messages.install()  # writer threads capture; this thread warns as before
         self.pool = output_pool(processes, threads) if wanted else None
 
     def __enter__(self) -> OutputWriter:
