@@ -279,7 +279,7 @@ class _Tally:
             times["transfer"] += float(block["transfer_s"][j])
             self.loop.worker_restarts += int(block["decoder_restarts"][j])
             written = written_of(block, j)
-            self.outputs.add(written, written.replaced)  # (a path is kept once)
+            self.outputs.add(written)  # (a path is kept once)
         for j in range(len(block["actor"])):
             name = str(block["actor"][j])
             self.actors[name] = max(self.actors.get(name, 0.0), float(block["model_only"][j]))

@@ -261,7 +261,7 @@ def _is_ledger(path: Path) -> bool:
     """True for a ptxfast predictions CSV (its header, or the start of it) or an empty file."""
     with open(path, "rb") as f:
         head = f.read(len(CSV_HEADER))
-    return CSV_HEADER.encode().startswith(head) or head.startswith(CSV_HEADER.encode())
+    return CSV_HEADER.encode().startswith(head)  # head is at most the header's length
 
 
 def _check_out(path: Path, given: Path, overwrite: bool) -> None:

@@ -31,8 +31,8 @@ class Stopped(BaseException):
     """The run was stopped by a signal; `exit_code` is the shell's 128 + its number."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+        super().__init__(f"stopped by {self.name}")
 
     @property
     def name(self) -> str:

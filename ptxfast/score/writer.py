@@ -17,7 +17,6 @@ folder before anything is written, so a crafted DICOM cannot place a file elsewh
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import multiprocessing
 import os
@@ -266,8 +265,8 @@ class OutputStats:
     library_messages: int = 0  # counted, never printed: they may quote header values
     output_errors: list[str] = field(default_factory=list)
 
-    def add(self, done: Written, new_name: bool) -> None:
-        """Count one file's outputs; `new_name`: a hash-named input not counted before."""
+    def add(self, done: Written) -> None:
+        """Count one file's outputs (each input's are written once, so counted once)."""
         self.masks_written += done.masks
         self.segs_written += done.segs
         self.srs_written += done.srs
@@ -275,7 +274,7 @@ class OutputStats:
         self.sr_not_dicom += done.sr_not_dicom
         self.output_errors.extend(visible(e) for e in done.errors)
         self.library_messages += done.library_messages
-        self.names_replaced += new_name
+        self.names_replaced += done.replaced
 
 
 @dataclass
@@ -375,11 +374,10 @@ def _ready() -> None:
 
 def _writer_started() -> None:
     """A writing process's first call: it dies with the scorer, leaving no temporary file
-    (`processes.helper_started`), and what pydicom and highdicom say about headers is counted,
-    never printed (`library_messages`)."""
+    (`processes.helper_started`), and every pydicom/highdicom message `write_outputs` captures
+    is counted (`library_messages`), not only a location's first."""
     helper_started(writes_files=True)
-    library_messages.install()
-    warnings.simplefilter("always")  # every message counted, not only a location's first
+    warnings.simplefilter("always")
 
 
 def output_pool(processes: int, threads: int = 2) -> Executor:
@@ -432,10 +430,7 @@ class OutputWriter:
         self.masks_dir, self.seg_dir, self.identity = masks_dir, seg_dir, identity
         self.sr_dir = sr_dir
         self.lock = threading.Lock()  # of `stats`, added to from the pool's callbacks
-        self.replaced: set[str] = set()  # inputs with a hash-named output
         wanted = masks_dir is not None or seg_dir is not None or sr_dir is not None
-        if wanted and processes <= 0:
-            library_messages.install()  # writer threads capture; this thread warns as before
         self.pool = output_pool(processes, threads) if wanted else None
 
     def __enter__(self) -> OutputWriter:
@@ -475,19 +470,15 @@ class OutputWriter:
                     self.masks_dir, self.seg_dir, self.sr_dir, self.identity,
                 )  # fmt: skip
                 future = self.pool.submit(write_outputs, job)
-                future.add_done_callback(functools.partial(self._count, rel))
+                future.add_done_callback(self._count)
                 pending.append(future)
         return rows, pending
 
-    def _count(self, rel: str, future: Future) -> None:
+    def _count(self, future: Future) -> None:
         if future.cancelled() or future.exception() is not None:
             return  # wait_outputs raises it
-        done: Written = future.result()
         with self.lock:
-            new_name = done.replaced and rel not in self.replaced
-            if done.replaced:
-                self.replaced.add(rel)
-            self.stats.add(done, new_name)
+            self.stats.add(future.result())
 
 
 def wait_outputs(outputs: Sequence[Future]) -> None:
