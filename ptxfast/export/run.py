@@ -36,7 +36,7 @@ from ptxfast.export.data import gate_data
 from ptxfast.export.gate import collect_outputs, compare_outputs, gate
 from ptxfast.export.plan import Plan, plan
 from ptxfast.inference.artifact import ArtifactSpec, read_sidecar, utc_now, write_artifact
-from ptxfast.inference.backends import BACKENDS
+from ptxfast.inference.backends import BACKENDS, write_onnx
 from ptxfast.inference.fused import fuse
 from ptxfast.inference.operating import OperatingPointError, describe, label_rule
 from ptxfast.inference.operating import resolve as resolve_operating_point
@@ -222,7 +222,6 @@ def _triton(
     if cfg.triton is None:
         return []
     from ptxfast.export import triton
-    from ptxfast.inference import onnx_graph
 
     p, runtime = job.plan, BACKENDS[chosen.backend]
     onnx_file, plan_file = job.onnx_file.get("path"), None
@@ -234,11 +233,7 @@ def _triton(
             say(f"{p.name}: exporting the fused graph to ONNX for Triton")
             onnx_file = job.out / f".{p.name}.triton.{os.getpid()}.tmp"
             made.append(onnx_file)
-            fused = fuse(
-                job.model, p.name, job.size, device="cpu", return_mask=p.return_mask,
-                channels_last=False, tta=p.tta,
-            )  # fmt: skip
-            onnx_graph.to_onnx(fused, onnx_file)
+            write_onnx(job.model, candidate_request(job, chosen.precision), onnx_file)
         if runtime.triton_plan is not None:
             plan_file = job.out / f".{p.name}.plan.{os.getpid()}.tmp"
             made.append(plan_file)

@@ -265,8 +265,14 @@ def _build_inductor(model: nn.Module, req: Request) -> Built:
 # ONNX: one fp32 file of the fused graph on the CPU, run by ONNX Runtime or OpenVINO.
 
 
-def _onnx_graph(model: nn.Module, req: Request):
-    return _fused(model, req, precision="fp32", device="cpu", channels_last=False)
+def write_onnx(model: nn.Module, req: Request, file: Path) -> dict[str, Any]:
+    """Write the ONNX graph of `req` (the fused graph in fp32, NCHW, on the CPU, whatever
+    `req`'s precision and device) to `file`; what was used (`onnx_graph.to_onnx`). The one
+    graph every ONNX backend runs and `ptxfast export --triton` serves."""
+    from ptxfast.inference import onnx_graph
+
+    fused = _fused(model, req, precision="fp32", device="cpu", channels_last=False)
+    return onnx_graph.to_onnx(fused, file)
 
 
 def _onnx_options(info: dict[str, Any]) -> dict[str, Any]:
@@ -293,10 +299,9 @@ def _build_onnx(load: Callable[..., Module], model: nn.Module, req: Request) -> 
     """Export the fp32 fused graph to ONNX (or reuse `req.onnx_file`) and open it with `load`."""
     from ptxfast.inference import onnx_graph
 
-    fused = _onnx_graph(model, req)
     with tempfile.TemporaryDirectory(prefix="ptxfast-onnx-") as tmp:
         path = Path(req.onnx_file) if req.onnx_file else Path(tmp) / f"{req.name}.onnx"
-        info = onnx_graph.describe(path) if path.is_file() else onnx_graph.to_onnx(fused, path)
+        info = onnx_graph.describe(path) if path.is_file() else write_onnx(model, req, path)
         module = load(path, torch.device("cpu"), precision=req.precision)
     return Built(module, f"onnx:{info['exporter']}", _onnx_options(info))
 
@@ -306,10 +311,8 @@ def _export_onnx(
 ) -> Saved:
     """An ONNX candidate over the fp32 ONNX export that every ONNX candidate of one export
     shares (`shared` holds it: path, info; the first writes it to `file`)."""
-    from ptxfast.inference import onnx_graph
-
     if "path" not in shared:
-        shared["info"] = onnx_graph.to_onnx(_onnx_graph(model, req), file)
+        shared["info"] = write_onnx(model, req, file)
         shared["path"] = file
     path, info = shared["path"], shared["info"]
     module = load(path, torch.device("cpu"), precision=req.precision)

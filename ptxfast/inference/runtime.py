@@ -106,10 +106,10 @@ def _require_runnable(spec: ArtifactSpec, file: Path, dev: torch.device) -> None
     if reason is not None:
         raise PredictorError(f"{file} is {runtime.title}: {reason}")
     if spec.precision == "fp16" and dev.type != "cuda":
-        flag = "cascade" if spec.kind == "cascade" else "model"
         raise PredictorError(
             f"{file} is an fp16 artifact for CUDA GPUs and this device is {dev}; run it on a GPU "
-            f"or export a CPU one (ptxfast export --{flag} {spec.name} --profile cpu-fp32)"
+            f"or export a CPU one (ptxfast export {spec.export_option} {spec.name} "
+            "--profile cpu-fp32)"
         )
     _refuse_other_torch(spec, file, spec.fused_by_torch)
 

@@ -228,10 +228,17 @@ class ArtifactSpec(Mapping):
         return self.path.parent / self.file
 
     @property
+    def export_option(self) -> str:
+        """The `ptxfast export` option that names this artifact's model: --cascade or --model."""
+        return _flag(self.record)
+
+    @property
     def export_command(self) -> str:
         """The command that remakes this artifact (for error messages)."""
-        flag = "--cascade" if self.kind == "cascade" else "--model"
-        return f"ptxfast export {flag} {self.name} --backend {self.backend} --precision {self.precision}"
+        return (
+            f"ptxfast export {self.export_option} {self.name} --backend {self.backend} "
+            f"--precision {self.precision}"
+        )
 
     @property
     def checkpoint(self) -> Path | None:
