@@ -75,3 +75,22 @@ def test_score_sizes_its_decoders_and_reports_decoding(
     text = out.getvalue()
     assert "files/s per core (3)" in text and "would keep the model busy" in text
     assert f"this run: {s.workers} decoder(s) from D" in text
+
+
+@pytest.mark.parametrize("decoder", ["dies", "hangs"])
+def test_a_probe_whose_decoder_dies_or_hangs_sizes_nothing(decoder, forking, tmp_path) -> None:
+    """The probe decodes in a child process: a file that kills or hangs its decoder leaves the
+    scoring process standing, and the run keeps its default decoders."""
+    import os
+    import time
+
+    import torch
+
+    from ptxfast.score.decode import Files
+
+    files = Files(tmp_path, ["a.dcm"], 8, torch.zeros(1, dtype=torch.int64))
+    bad = (lambda self, i: os._exit(11)) if decoder == "dies" else (lambda self, i: time.sleep(60))
+    forking.setattr(Files, "__getitem__", bad)
+    t0 = time.monotonic()
+    assert sizing._probe(files, [0], timeout=2.0) is None
+    assert time.monotonic() - t0 < 30
