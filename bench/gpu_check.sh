@@ -5,8 +5,8 @@
 #   bench/gpu_check.sh OUTDIR --dry      # the same steps on the CPU at tiny sizes (or DRY=1)
 #
 # Steps, each under its own `timeout`, the next one running whatever the last one did:
-#   install   the wheels in .whl/ (smp, pydicom, pylibjpeg + codecs, imagecodecs; nvidia-nvimgcodec-cu12
-#             for the decode step) into $SITE, when missing
+#   install   the wheels in .whl/ (smp, pydicom, pylibjpeg + codecs, imagecodecs, simplejpeg;
+#             nvidia-nvimgcodec-cu12 for the decode step) into $SITE, when missing
 #   env       nvidia-smi -L and versions -> OUTDIR/check.json
 #   synth     a small DICOM set (64 phantoms at 1024², CANDID-PTX layout)
 #   ckpt      random-init checkpoints of eb3un, eb3un+eb3, rn34un, rn34un+rn34 (training's format)
@@ -100,7 +100,7 @@ stage() {
 }
 
 install_wheels() {
-  if "$PY" -c "import segmentation_models_pytorch, pydicom, pylibjpeg, libjpeg, openjpeg, rle, imagecodecs" 2> /dev/null; then
+  if "$PY" -c "import segmentation_models_pytorch, pydicom, pylibjpeg, libjpeg, openjpeg, rle, imagecodecs, simplejpeg" 2> /dev/null; then
     echo "smp, pydicom and the pylibjpeg codecs already import"
     if [[ $DRY == 1 ]] && ls .whl/*.whl > /dev/null 2>&1; then
       # Check the wheel set itself the way the GPU machine installs it (for its Python 3.12).
@@ -112,7 +112,7 @@ install_wheels() {
   fi
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" .whl/*.whl &&
-    "$PY" -c "import segmentation_models_pytorch, pydicom, pylibjpeg, libjpeg, openjpeg, rle, imagecodecs; print('wheels ok')"
+    "$PY" -c "import segmentation_models_pytorch, pydicom, pylibjpeg, libjpeg, openjpeg, rle, imagecodecs, simplejpeg; print('wheels ok')"
 }
 
 environment() {

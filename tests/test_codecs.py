@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import codestream, gray_pixels, image_dataset, reduced_calls, with_frame
+from dicom_factory import codestream, gray_pixels, image_dataset, reduced_calls, save, with_frame
 from pydicom import uid
+from pydicom.encaps import generate_frames
 
 from ptxfast.data.dicom import ImageReadError, codecs, load_image, read_image, resize
 
@@ -58,6 +59,24 @@ def test_lossless_fast_codecs_equal_pydicom(
     assert calls == [(syntax, True), (syntax, True)]
 
 
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_rle_frames_decode_directly_and_equal_pydicom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int
+) -> None:
+    pixels = gray_pixels(72, 88, bits=bits, seed=4)
+    ds = image_dataset(pixels, bits_stored=bits, window=(0.4 * 2**bits, 0.6 * 2**bits))
+    path = save(ds, tmp_path / "rle.dcm", uid.RLELossless)
+    calls = _calls(monkeypatch)
+    reference = read_image(path, fast=False)
+    np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array, pixels)
+    np.testing.assert_allclose(read_image(path), reference, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(load_image(path, 44)[0], resize(reference, 44), atol=1e-6)
+    assert calls == [(uid.RLELossless, True)] * 2
+    # A frame with too few segments for the header's bits is left to pydicom, which reports it.
+    frame = next(generate_frames(pydicom.dcmread(path).PixelData, number_of_frames=1))
+    assert codecs.decode_stored(frame, uid.RLELossless, 72, 88, np.dtype("<u4")) is None
+
+
 @pytest.mark.parametrize(
     ("syntax", "bits", "tol"),
     [
@@ -103,7 +122,9 @@ def test_codec_header_larger_than_the_dicom_header_is_refused_before_decoding(
     ds.Rows, ds.Columns = 32, 48  # the DICOM header lies low; the codestream keeps 128x96
     path = with_frame(ds, tmp_path / "lying.dcm", syntax, frame)
     decoded = []
-    monkeypatch.setattr(codecs, "_FULL", {s: ("x", decoded.append) for s in codecs._FULL})
+    monkeypatch.setattr(
+        codecs, "_FULL", {s: ("x", lambda *a: decoded.append(a)) for s in codecs._FULL}
+    )
     monkeypatch.setattr(codecs, "decode_reduced", lambda *a: decoded.append(a))
     with pytest.raises(ImageReadError, match="frame header claims 128x96 pixels, more than"):
         load_image(path, 16)
@@ -119,13 +140,13 @@ def test_a_frame_the_fast_codec_refuses_falls_back_to_pydicom(
         ds, tmp_path / "c.dcm", uid.JPEGLSLossless, codestream(pixels, uid.JPEGLSLossless, 12)
     )
 
-    def refuse(frame: bytes) -> np.ndarray:
+    def refuse(frame: bytes, *_) -> np.ndarray:
         raise RuntimeError("not this codestream")
 
     monkeypatch.setitem(codecs._FULL, uid.JPEGLSLossless, ("CharLS", refuse))
     np.testing.assert_allclose(read_image(path), read_image(path, fast=False), atol=1e-6)
     # A decoded shape other than the header's is not taken either.
-    monkeypatch.setitem(codecs._FULL, uid.JPEGLSLossless, ("CharLS", lambda f: pixels[:32]))
+    monkeypatch.setitem(codecs._FULL, uid.JPEGLSLossless, ("CharLS", lambda f, *_: pixels[:32]))
     np.testing.assert_allclose(read_image(path), read_image(path, fast=False), atol=1e-6)
     # Signed pixels keep pydicom's sign conventions.
     assert codecs.decode_stored(b"", uid.JPEGLSLossless, 64, 64, np.dtype("<i2")) is None
@@ -190,3 +211,22 @@ def test_htj2k_levels_equal_jpeg2000_levels(tmp_path: Path) -> None:
         path = with_frame(ds, tmp_path / "c.dcm", syntax, codestream(pixels, syntax, 12))
         reads.append(load_image(path, 40)[0])
     np.testing.assert_allclose(reads[0], reads[1], atol=1e-6)
+
+
+def test_dct_scaled_reads_take_only_whole_grayscale_8_bit_frames() -> None:
+    import imagecodecs
+
+    gray = gray_pixels(256, 256, bits=8, seed=2)
+    frame = imagecodecs.jpeg8_encode(gray, level=90)
+    scaled = codecs.decode_reduced(frame, uid.JPEGBaseline8Bit, 256, 256, 8, 32)
+    assert scaled is not None and scaled.shape == (32, 32) and scaled.dtype == np.uint16
+    # The 1/8 read is the blocks' DC: within JPEG's rounding of the blocks' means.
+    means = gray.reshape(32, 8, 32, 8).mean(axis=(1, 3))
+    assert np.abs(scaled - means).max() <= 3
+    # A colour frame, a cut-off frame and a 12-bit frame are left to the whole decode.
+    colour = imagecodecs.jpeg8_encode(np.stack([gray] * 3, axis=-1), level=90)
+    assert codecs.decode_reduced(colour, uid.JPEGBaseline8Bit, 256, 256, 8, 32) is None
+    cut = frame[: len(frame) // 2]
+    assert codecs.decode_reduced(cut, uid.JPEGBaseline8Bit, 256, 256, 8, 32) is None
+    deep = codestream(gray_pixels(256, 256, bits=12, seed=2), uid.JPEGExtended12Bit, 12)
+    assert codecs.decode_reduced(deep, uid.JPEGExtended12Bit, 256, 256, 12, 32) is None
