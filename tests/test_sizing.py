@@ -19,7 +19,11 @@ from ptxfast.score import sizing
     [
         (0.158, 0.0028, 2, 2),  # a 2500² JPEG-lossless file, a 64² artifact: both cores decode
         (0.005, 0.100, 2, 1),  # 1024² uncompressed, a 512² model: the model keeps its cores
-        (0.050, 0.050, 16, 8),  # half the work: half the cores
+        # Half the work: as many decoders as model threads, since each runnable one gets an
+        # equal share of the cores.
+        (0.050, 0.050, 16, 16),
+        (0.045, 0.085, 2, 2),  # 2500² JPEG lossless, a 256² artifact: one decoder got 0.55 core
+        (0.045, 0.200, 2, 1),
         (0.010, 0.0, 8, 8),
         (0.0, 0.010, 8, 1),  # at least one
         (0.3, 0.01, 1, 1),

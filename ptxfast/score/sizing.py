@@ -7,8 +7,12 @@ two cores starves the model (`ptxfast score` ran at 51% of its shared-core bound
 cores from the model. `measure` decodes a few of the run's files in a child process (CPU time per
 file, D) and times the loaded model alone on the run's lanes (C = cores / images per second, its
 CPU seconds per image), and `decoders` gives decoding the share of the cores it needs in the
-shared-core bound: ceil(cores x D / (D + C)), between 1 and the cores. When decoding dominates,
-every core the model does not need decodes.
+shared-core bound, D / (D + C). The model runs one thread per core, and while everything is
+runnable the scheduler gives each thread and process an equal share, so n decoders get
+n / (n + cores) of the cores: they need n >= cores x D / C, rounded up, between 1 and the cores
+(ceil(cores x D / (D + C)) decoders got too little: at 256² one decoder took 0.55 of the 0.72
+cores it needed, and the run reached 86-88% of its bound). Decoders that get ahead block on
+the full queue and hand their share back. When decoding dominates, every core decodes.
 
 `by_syntax` and `decoders_to_keep_busy` are what the summary reports afterwards: decoding
 files/s per core by transfer syntax, and the decoders that would keep the loaded model busy.
@@ -50,13 +54,14 @@ class Sizing:
 
 
 def decoders(decode_cpu_s: float, compute_cpu_s: float, cores: int) -> int:
-    """Decoding processes for `cores` cores when decoding a file costs `decode_cpu_s` and the
-    model `compute_cpu_s` per image: decoding's share of the cores, rounded up, 1 to `cores`."""
-    if cores <= 1:
+    """Decoding processes beside the model's `cores` threads when decoding a file costs
+    `decode_cpu_s` and the model `compute_cpu_s` per image: ceil(cores x D / C), 1 to `cores`
+    (see the module docstring)."""
+    if cores <= 1 or decode_cpu_s <= 0:
         return 1
-    total = decode_cpu_s + compute_cpu_s
-    share = decode_cpu_s / total if total > 0 else 1.0
-    return max(1, min(cores, math.ceil(cores * share - 1e-9)))
+    if compute_cpu_s <= 0:
+        return cores
+    return max(1, min(cores, math.ceil(cores * decode_cpu_s / compute_cpu_s - 1e-9)))
 
 
 def measure(
