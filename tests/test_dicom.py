@@ -351,6 +351,8 @@ FAST_VARIANTS = {
     "8bit-exact-window": dict(
         pixels=gray_pixels(96, 96, bits=8), window=(100, 81), voi_function="LINEAR_EXACT"
     ),
+    # 8 bits stored in 8: the odd width's halves need the values doubled in 16 bits.
+    "8bit-window-odd": dict(pixels=gray_pixels(96, 96, bits=8), window=(120, 101)),
     "8bit-window-above-range": dict(pixels=gray_pixels(64, 64, bits=8), window=(1000, 100)),
     "12bit-window-below-range": dict(
         pixels=gray_pixels(64, 64), bits_stored=12, window=(-5000.3, 100.2)

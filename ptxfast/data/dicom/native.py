@@ -99,7 +99,7 @@ def decode_fast(
     fx = columns // size if size is not None and columns % size == 0 else 1
     if size is not None and not reduced and fy * fx > 1:
         grid = _integer_grid(m.bounds, rules.bits_stored, rules.bits_allocated)
-        if grid is not None:
+        if grid is not None and not (grid == 2 and _full_width(rules, stored.dtype)):
             return _native_block_mean(
                 stored, rules.bits_stored, m.a, m.b, m.bounds, grid, fy, fx, size
             )
@@ -210,6 +210,13 @@ def _integer_grid(bounds: tuple[float, float], bits_stored: int, bits_allocated:
     return None
 
 
+def _full_width(rules: _Rules, dtype: np.dtype) -> bool:
+    """Whether the stored values fill a 16-bit (or wider) dtype, so 2 * s would need 32-bit
+    integers: 2.5 MB of frame becomes 20, and the float path is faster (2500x2048 to 512, 16
+    bits stored: 4.9 against 8.6 ms; at 12 bits the integer path is, 4.2 against 5.3 ms)."""
+    return dtype.itemsize >= 2 and rules.bits_stored >= 8 * dtype.itemsize - rules.signed
+
+
 def _native_block_mean(
     stored: np.ndarray,
     bits_stored: int,
@@ -228,8 +235,9 @@ def _native_block_mean(
     v = stored
     shape = (v.shape[0] // fy, v.shape[1] // fx)
     if k == 2 and bits_stored >= 8 * v.dtype.itemsize - (v.dtype.kind == "i"):
-        # 2 * s would overflow the stored dtype (16 bits stored): widen and double in one pass.
-        v = np.multiply(v, 2, dtype=np.int32)
+        # 2 * s would overflow the stored dtype (8 bits stored in 8): widen and double in one
+        # pass. (16 bits stored take the float path instead: see `_full_width`.)
+        v = np.multiply(v, 2, dtype=np.dtype(f"{v.dtype.kind}{2 * v.dtype.itemsize}"))
     elif k == 2:
         np.left_shift(v, 1, out=v)
     ref, high = (round(k * x) for x in bounds)
