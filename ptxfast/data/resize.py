@@ -13,10 +13,11 @@ import functools
 
 import numpy as np
 from scipy.sparse import csr_array
+from scipy.sparse import identity as sparse_identity
 
 from ptxfast.data.scratch import scratch
 
-__all__ = ["block_sum", "resize"]
+__all__ = ["area_matrix", "block_sum", "resize"]
 
 
 def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -84,7 +85,7 @@ def _resize_axis(img: np.ndarray, n_out: int, axis: int) -> np.ndarray:
         # sums in the same order as the gathers below, 5-15x faster (a 1250x512 image to 512
         # rows: 0.1 against 0.6-1.7 ms). Columns keep the gathers, which scipy's dense x sparse
         # product does not beat on large images.
-        return _row_map(n_in, n_out) @ np.ascontiguousarray(img)
+        return area_matrix(n_in, n_out) @ np.ascontiguousarray(img)
     index, weight = _axis_weights(n_in, n_out)
     out = term = None
     for k in range(index.shape[1]):
@@ -99,8 +100,13 @@ def _resize_axis(img: np.ndarray, n_out: int, axis: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _row_map(n_in: int, n_out: int) -> csr_array:
-    """The (n_out, n_in) sparse matrix of `_axis_weights`."""
+def area_matrix(n_in: int, n_out: int) -> csr_array:
+    """`resize` along one axis as an (n_out, n_in) sparse float32 matrix: output = matrix @
+    input (the GPU decoder's resize multiplies by its dense copy)."""
+    if n_in == n_out:
+        return csr_array(sparse_identity(n_in, dtype=np.float32, format="csr"))
+    if n_in == 1:
+        return csr_array(np.ones((n_out, 1), np.float32))
     index, weight = _axis_weights(n_in, n_out)
     rows = np.repeat(np.arange(n_out), index.shape[1])
     return csr_array((weight.ravel(), (rows, index.ravel())), shape=(n_out, n_in))

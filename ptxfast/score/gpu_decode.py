@@ -36,7 +36,7 @@ from ptxfast.data.dicom import EncodedFrame, load_image
 from ptxfast.data.dicom import codecs as cpu_codecs
 from ptxfast.data.dicom.info import describe
 from ptxfast.data.dicom.native import finish_stored
-from ptxfast.data.resize import _axis_weights
+from ptxfast.data.resize import area_matrix
 from ptxfast.score.config import ScoreError
 from ptxfast.score.decode import Batch
 
@@ -183,14 +183,8 @@ def _missing(device: torch.device) -> str | None:
 
 @functools.lru_cache(maxsize=16)
 def _area_matrix(n_in: int, n_out: int, device: str) -> torch.Tensor:
-    """`resize`'s weights along one axis as an (n_out, n_in) matrix (the same area rule)."""
-    m = np.zeros((n_out, n_in), np.float64)
-    if n_in == n_out:
-        np.fill_diagonal(m, 1.0)
-    else:
-        index, weight = _axis_weights(n_in, n_out)
-        np.add.at(m, (np.arange(n_out)[:, None].repeat(index.shape[1], 1), index), weight)
-    return torch.from_numpy(m).to(device)
+    """`resize` along one axis as a dense (n_out, n_in) matrix on `device`."""
+    return torch.from_numpy(area_matrix(n_in, n_out).toarray().astype(np.float64)).to(device)
 
 
 def model_input(stored: torch.Tensor, ef: EncodedFrame, size: int) -> torch.Tensor:
