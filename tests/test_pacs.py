@@ -236,7 +236,10 @@ def test_target_down_ends_in_one_line_and_resume_sends_the_rest(
         c.stop()
 
 
-def test_credentials_from_netrc_and_never_shown(phantoms, artifact, tmp_path, monkeypatch):
+def test_credentials_from_netrc_and_never_shown(phantoms, artifact, tmp_path, forking):
+    # `forking`: the decoding workers read $NETRC; a forkserver started by an earlier test
+    # (once gRPC is loaded) would hand them its own, older environment.
+    monkeypatch = forking
     for var in (pacs.TOKEN_ENV, pacs.USER_ENV, pacs.PASSWORD_ENV):
         monkeypatch.delenv(var, raising=False)
     server = Orthanc(tmp_path / "auth", "ORTHS", users={"alice": PASSWORD})
