@@ -98,10 +98,15 @@ def decode_fast(
     fy = rows // size if size is not None and rows % size == 0 else 1
     fx = columns // size if size is not None and columns % size == 0 else 1
     if size is not None and not reduced and fy * fx > 1:
-        grid = _integer_grid(m.bounds, rules.bits_stored, rules.bits_allocated)
-        if grid is not None and not (grid == 2 and _full_width(rules, stored.dtype)):
+        grid = _integer_grid(m.bounds)
+        # An odd width's doubled values can overflow the stored dtype. 8-bit values then widen
+        # to 16 bits; 16-bit ones would need 32 (2.5 MB of frame becomes 20) and take the float
+        # path, which is faster there (2500x2048 to 512, 16 bits stored: 4.9 against 8.6 ms; at
+        # 12 bits the integer path is, 4.2 against 5.3 ms).
+        widen = grid == 2 and rules.bits_stored >= 8 * stored.dtype.itemsize - rules.signed
+        if grid is not None and not (widen and stored.dtype.itemsize > 1):
             return _native_block_mean(
-                stored, rules.bits_stored, m.a, m.b, m.bounds, grid, fy, fx, size
+                stored, rules.bits_stored, m.a, m.b, m.bounds, grid, widen, fy, fx, size
             )
     return _native_float(stored, m.a, m.b, m.bounds, size)
 
@@ -199,22 +204,14 @@ def _affine_map(rules: _Rules, stored: np.ndarray | None) -> _Map:
     return _Map(a, b, bounds)
 
 
-def _integer_grid(bounds: tuple[float, float], bits_stored: int, bits_allocated: int) -> int | None:
+def _integer_grid(bounds: tuple[float, float]) -> int | None:
     """k in (1, 2) such that k * bounds are integers, so k * s can be clipped exactly as
     integers; None if there is none. Integer window center/width give k = 1 (even width)
-    or k = 2 (odd width), which covers nearly every real file. (`_native_block_mean` widens
-    the values first where 2 * s would overflow the stored dtype.)"""
+    or k = 2 (odd width), which covers nearly every real file."""
     for k in (1, 2):
         if all(abs(k * v - round(k * v)) < 1e-9 for v in bounds):
             return k
     return None
-
-
-def _full_width(rules: _Rules, dtype: np.dtype) -> bool:
-    """Whether the stored values fill a 16-bit (or wider) dtype, so 2 * s would need 32-bit
-    integers: 2.5 MB of frame becomes 20, and the float path is faster (2500x2048 to 512, 16
-    bits stored: 4.9 against 8.6 ms; at 12 bits the integer path is, 4.2 against 5.3 ms)."""
-    return dtype.itemsize >= 2 and rules.bits_stored >= 8 * dtype.itemsize - rules.signed
 
 
 def _native_block_mean(
@@ -224,6 +221,7 @@ def _native_block_mean(
     b: float,
     bounds: tuple[float, float],
     k: int,
+    widen: bool,
     fy: int,
     fx: int,
     size: int,
@@ -231,13 +229,12 @@ def _native_block_mean(
     """Integer-factor resize done on integers: clip k * s to the window (exact, since the
     bounds sit on the 1/k grid), sum fy x fx blocks, area-resize what is left to size x size
     when an axis is not a multiple of it (linear, so it commutes with the map), then map the
-    small image."""
+    small image. `widen`: 2 * s would overflow the (8-bit) stored dtype, so the values are
+    widened to 16 bits and doubled in one pass."""
     v = stored
     shape = (v.shape[0] // fy, v.shape[1] // fx)
-    if k == 2 and bits_stored >= 8 * v.dtype.itemsize - (v.dtype.kind == "i"):
-        # 2 * s would overflow the stored dtype (8 bits stored in 8): widen and double in one
-        # pass. (16 bits stored take the float path instead: see `_full_width`.)
-        v = np.multiply(v, 2, dtype=np.dtype(f"{v.dtype.kind}{2 * v.dtype.itemsize}"))
+    if widen:
+        v = np.multiply(v, 2, dtype=np.dtype(f"{v.dtype.kind}2"))
     elif k == 2:
         np.left_shift(v, 1, out=v)
     ref, high = (round(k * x) for x in bounds)
