@@ -56,12 +56,13 @@ class Sizing:
 def decoders(decode_cpu_s: float, compute_cpu_s: float, cores: int) -> int:
     """Decoding processes beside the model's `cores` threads when decoding a file costs
     `decode_cpu_s` and the model `compute_cpu_s` per image: ceil(cores x D / C), 1 to `cores`
-    (see the module docstring)."""
+    (see the module docstring). That is `decoders_to_keep_busy` at the model-only rate
+    cores / C, capped at the cores."""
     if cores <= 1 or decode_cpu_s <= 0:
         return 1
     if compute_cpu_s <= 0:
         return cores
-    return max(1, min(cores, math.ceil(cores * decode_cpu_s / compute_cpu_s - 1e-9)))
+    return max(1, min(cores, decoders_to_keep_busy(cores / compute_cpu_s, decode_cpu_s)))
 
 
 def measure(
@@ -125,4 +126,4 @@ def decoders_to_keep_busy(model_images_per_s: float | None, decode_cpu_s: float)
     rate: rate x D, rounded up."""
     if not model_images_per_s or decode_cpu_s <= 0:
         return None
-    return math.ceil(model_images_per_s * decode_cpu_s)
+    return math.ceil(model_images_per_s * decode_cpu_s - 1e-9)  # 18.000000000000004 is 18
