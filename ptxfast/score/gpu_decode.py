@@ -35,6 +35,7 @@ from pydicom.uid import UID
 from ptxfast.data.dicom import EncodedFrame, load_image
 from ptxfast.data.dicom import codecs as cpu_codecs
 from ptxfast.data.dicom.info import describe
+from ptxfast.data.dicom.limits import HTJ2K, J2K, JPEG_DCT, JPEG_LOSSLESS
 from ptxfast.data.dicom.native import finish_stored
 from ptxfast.data.resize import area_matrix
 from ptxfast.score.config import ScoreError
@@ -54,24 +55,9 @@ __all__ = [
 
 DECODERS = ("auto", "cpu", "gpu")
 INSTALL = "pip install 'ptxfast[gpu-decode]' (nvidia-nvimgcodec-cu12)"
-GPU_SYNTAXES = frozenset(
-    {
-        uid.JPEGBaseline8Bit,
-        uid.JPEGExtended12Bit,
-        uid.JPEGLossless,
-        uid.JPEGLosslessSV1,
-        uid.JPEG2000,
-        uid.JPEG2000Lossless,
-        uid.HTJ2K,
-        uid.HTJ2KLossless,
-        uid.HTJ2KLosslessRPCL,
-    }
-)
+GPU_SYNTAXES = JPEG_DCT | JPEG_LOSSLESS | J2K | HTJ2K
 """What nvImageCodec decodes (nvJPEG, nvJPEG2000 with HTJ2K) and the workers hand over."""
-_LOSSLESS = frozenset(
-    {uid.JPEGLossless, uid.JPEGLosslessSV1, uid.JPEG2000Lossless, uid.HTJ2KLossless,
-     uid.HTJ2KLosslessRPCL}
-)  # fmt: skip
+_LOSSLESS = JPEG_LOSSLESS | {uid.JPEG2000Lossless, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL}
 # GPU against CPU for the first frame of a pair, on [0, 1] model inputs: lossless frames
 # agree to rounding; lossy ones within a few code values (IDCTs and the 9/7 wavelet differ).
 _LOSSLESS_TOL = 1e-4

@@ -45,7 +45,14 @@ from PIL import Image
 from pydicom import uid
 from rle.utils import decode_frame as rle_frame
 
-from ptxfast.data.dicom.limits import jpeg_frame_header
+from ptxfast.data.dicom.limits import (
+    HTJ2K,
+    J2K,
+    JPEG_DCT,
+    JPEG_LOSSLESS,
+    JPEG_LS,
+    jpeg_frame_header,
+)
 
 __all__ = [
     "FAST_SYNTAXES",
@@ -54,11 +61,6 @@ __all__ = [
     "encode_frame",
 ]
 
-_JPEG_DCT = frozenset({uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit})
-_JPEG_LOSSLESS = frozenset({uid.JPEGLossless, uid.JPEGLosslessSV1})
-_JPEG_LS = frozenset({uid.JPEGLSLossless, uid.JPEGLSNearLossless})
-_J2K = frozenset({uid.JPEG2000, uid.JPEG2000Lossless})
-_HTJ2K = frozenset({uid.HTJ2K, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL})
 
 # A reduced wavelet decode keeps >= 2x the output size a side, at most 2 levels down: the
 # wavelet's low-pass is not an area mean, and the difference grows with depth.
@@ -95,10 +97,10 @@ def _rle(frame: bytes, rows: int, columns: int, dtype: np.dtype) -> np.ndarray:
 
 
 _FULL: dict[str, tuple[str, Callable[[bytes, int, int, np.dtype], np.ndarray]]] = {
-    **{s: ("libjpeg-turbo", _jpeg) for s in _JPEG_DCT | _JPEG_LOSSLESS},
-    **{s: ("CharLS", _jpegls) for s in _JPEG_LS},
-    **{s: ("OpenJPEG", _j2k) for s in _J2K},
-    **{s: ("OpenJPH", _htj2k) for s in _HTJ2K},
+    **{s: ("libjpeg-turbo", _jpeg) for s in JPEG_DCT | JPEG_LOSSLESS},
+    **{s: ("CharLS", _jpegls) for s in JPEG_LS},
+    **{s: ("OpenJPEG", _j2k) for s in J2K},
+    **{s: ("OpenJPH", _htj2k) for s in HTJ2K},
     uid.RLELossless: ("pylibjpeg-rle", _rle),
 }
 FAST_SYNTAXES = frozenset(_FULL)
@@ -134,10 +136,10 @@ def decode_reduced(
     wavelet level); None when `size` is not small enough for a coarser read, the syntax has
     none, or the frame will not decode that way (the caller then decodes it whole)."""
     try:
-        if tsyntax in _JPEG_DCT:
+        if tsyntax in JPEG_DCT:
             return _jpeg_scaled(frame, rows, columns, bits_stored, size)
-        if tsyntax in _J2K | _HTJ2K:
-            return _wavelet_level(frame, tsyntax in _HTJ2K, rows, columns, bits_stored, size)
+        if tsyntax in J2K | HTJ2K:
+            return _wavelet_level(frame, tsyntax in HTJ2K, rows, columns, bits_stored, size)
     except Exception:  # e.g. fewer levels coded than asked for: decode it whole
         return None
     return None
@@ -238,19 +240,19 @@ def encode_frame(pixels: np.ndarray, syntax: str, bits: int) -> bytes:
     PSNR (about 10:1 on a noisy 12-bit radiograph)."""
     if syntax in (uid.JPEGLossless, uid.JPEGLosslessSV1):
         return imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=1, bitspersample=bits)
-    if syntax in _JPEG_DCT:
+    if syntax in JPEG_DCT:
         return imagecodecs.jpeg8_encode(pixels, level=90, bitspersample=bits)
-    if syntax in _JPEG_LS:
+    if syntax in JPEG_LS:
         return imagecodecs.jpegls_encode(pixels, level=0 if syntax == uid.JPEGLSLossless else 2)
     # Enough wavelet levels for the reduced reads, few enough for small test images.
     resolutions = max(1, min(6, int(np.log2(min(pixels.shape))) - 2))
-    if syntax in _J2K:
+    if syntax in J2K:
         lossless = syntax == uid.JPEG2000Lossless
         return imagecodecs.jpeg2k_encode(
             pixels, level=0 if lossless else 50, codecformat="J2K", reversible=lossless,
             bitspersample=bits, resolutions=resolutions,
         )  # fmt: skip
-    if syntax not in _HTJ2K:
+    if syntax not in HTJ2K:
         raise ValueError(f"no encoder here writes {uid.UID(syntax).name}")
     # OpenJPH writes RPCL progression, so its lossless stream suits every HTJ2K syntax.
     lossless = syntax != uid.HTJ2K

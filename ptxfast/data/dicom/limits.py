@@ -25,8 +25,11 @@ from ptxfast.data.dicom.info import read_error
 from ptxfast.data.dicom.tags import PIXEL_DATA, int_tag, peek, text_tag
 
 __all__ = [
-    "J2K_CODECS",
-    "JPEG_CODECS",
+    "HTJ2K",
+    "J2K",
+    "JPEG_DCT",
+    "JPEG_LOSSLESS",
+    "JPEG_LS",
     "MAX_PIXELS",
     "MAX_PIXEL_BYTES",
     "NATIVE_SYNTAXES",
@@ -48,19 +51,15 @@ MAX_PIXEL_BYTES = MAX_PIXELS * 4
 of the largest frame as float32. A header promising more is refused before inflating."""
 
 NATIVE_SYNTAXES = frozenset({uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian})
-J2K_CODECS = frozenset(
-    {uid.JPEG2000, uid.JPEG2000Lossless, uid.HTJ2K, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL}
-)
-JPEG_CODECS = frozenset(
-    {
-        uid.JPEGBaseline8Bit,
-        uid.JPEGExtended12Bit,
-        uid.JPEGLossless,
-        uid.JPEGLosslessSV1,
-        uid.JPEGLSLossless,
-        uid.JPEGLSNearLossless,
-    }
-)
+# The compressed syntaxes by codec family (`codecs` decodes each with its own library).
+JPEG_DCT = frozenset({uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit})
+JPEG_LOSSLESS = frozenset({uid.JPEGLossless, uid.JPEGLosslessSV1})
+JPEG_LS = frozenset({uid.JPEGLSLossless, uid.JPEGLSNearLossless})
+J2K = frozenset({uid.JPEG2000, uid.JPEG2000Lossless})
+HTJ2K = frozenset({uid.HTJ2K, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL})
+# Whose frame header (SOF/SOF55, SIZ) names the frame's size.
+_JPEG_HEADERED = JPEG_DCT | JPEG_LOSSLESS | JPEG_LS
+_WAVELET = J2K | HTJ2K
 # Start-of-frame markers: JPEG's SOF0-SOF15 less DHT (C4), JPG (C8), DAC (CC); JPEG-LS SOF55.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 
@@ -153,10 +152,10 @@ def jpeg_frame_header(frame: bytes) -> tuple[int, int, int, int] | None:
 
 def _codec_size(frame: bytes, tsyntax: str) -> tuple[int, int] | None:
     """(rows, columns) a compressed frame's own header claims; None when it names none."""
-    if tsyntax in J2K_CODECS:
+    if tsyntax in _WAVELET:
         params = openjpeg.get_parameters(frame)
         return int(params["rows"]), int(params["columns"])
-    if tsyntax not in JPEG_CODECS:
+    if tsyntax not in _JPEG_HEADERED:
         return None  # RLE: the decoder sizes its output from Rows x Columns alone
     header = jpeg_frame_header(frame)
     return None if header is None else header[2:]
@@ -166,7 +165,7 @@ def check_codec_size(ds: Dataset, path: Path, rows: int, columns: int, frames: i
     """Refuse a compressed first frame whose codec header claims more pixels than the DICOM
     header, before any decoder allocates for it."""
     tsyntax = UID(text_tag(ds.file_meta, "TransferSyntaxUID"))
-    if not tsyntax.is_encapsulated or tsyntax not in J2K_CODECS | JPEG_CODECS:
+    if not tsyntax.is_encapsulated or tsyntax not in _WAVELET | _JPEG_HEADERED:
         return
     try:
         size = _codec_size(first_frame(ds, frames), tsyntax)
