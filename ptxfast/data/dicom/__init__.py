@@ -104,22 +104,7 @@ def load_image(
     `eligibility` ("default", "strict" or "off", see `ptxfast.data.eligibility`) is checked on
     the header before the pixels are decoded; a refused file raises `NotEligible`.
     """
-    from ptxfast.data.eligibility import check
-
-    path = Path(path)
-    with open_file(path) as f:
-        head = f.read(SNIFF_BYTES)
-        f.seek(0)
-        if looks_dicom(head):
-            return _load_dicom(f, path, fast, size, eligibility)
-        verdict = check(None, dicom=False, rule=eligibility)
-        if not verdict.eligible:
-            raise NotEligible(path, verdict.reason)
-        img, info = load_pillow(f, path)
-        info.eligibility_note = verdict.note
-    if size is not None:
-        img = resize(img, size)
-    return img, info
+    return _load(Path(path), size, fast, eligibility, frozenset())
 
 
 def load_image_or_frame(
@@ -129,12 +114,27 @@ def load_image_or_frame(
     transfer syntaxes `hand_over` comes back still compressed, as an `EncodedFrame`, once its
     header (eligibility, size limits, the codec's own header) has been checked: decoding
     workers parse and check, a GPU decodes (`ptxfast.score.gpu_decode`)."""
-    path = Path(path)
+    return _load(Path(path), size, True, eligibility, hand_over)
+
+
+def _load(
+    path: Path, size: int | None, fast: bool, eligibility: str, hand_over: frozenset[str]
+) -> tuple[np.ndarray | EncodedFrame, ImageInfo]:
+    from ptxfast.data.eligibility import check
+
     with open_file(path) as f:
-        if looks_dicom(f.read(SNIFF_BYTES)):
-            f.seek(0)
-            return _load_dicom(f, path, True, size, eligibility, hand_over)
-    return load_image(path, size, eligibility=eligibility)
+        head = f.read(SNIFF_BYTES)
+        f.seek(0)
+        if looks_dicom(head):
+            return _load_dicom(f, path, fast, size, eligibility, hand_over)
+        verdict = check(None, dicom=False, rule=eligibility)
+        if not verdict.eligible:
+            raise NotEligible(path, verdict.reason)
+        img, info = load_pillow(f, path)
+        info.eligibility_note = verdict.note
+    if size is not None:
+        img = resize(img, size)
+    return img, info
 
 
 def _load_dicom(
