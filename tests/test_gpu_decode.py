@@ -23,7 +23,7 @@ from ptxfast.data.dicom import (
 )
 from ptxfast.score import gpu_decode
 from ptxfast.score.config import ScoreError
-from ptxfast.score.decode import Files, collate
+from ptxfast.score.decode import Files, HandOver, collate
 
 SIZE = 32
 HAND_OVER = gpu_decode.GPU_SYNTAXES
@@ -48,9 +48,9 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _batch(folder: Path, names: list[str]):
+def _batch(folder: Path, names: list[str], hand_over: HandOver | None = None):
     state = torch.zeros(len(names), dtype=torch.int64)
-    files = Files(folder, names, SIZE, state, "off", HAND_OVER)
+    files = Files(folder, names, SIZE, state, "off", hand_over or HandOver(HAND_OVER))
     return collate([files[i] for i in range(len(names))])
 
 
@@ -76,8 +76,9 @@ class Recording:
         ]
 
 
-def _gpu(folder: Path, names: list[str], decoder) -> gpu_decode.GpuFrames:
-    return gpu_decode.GpuFrames(decoder, torch.device("cpu"), SIZE, lambda i: folder / names[i])
+def _gpu(folder: Path, names: list[str], decoder, hand_over=None) -> gpu_decode.GpuFrames:
+    path_of = lambda i: folder / names[i]  # noqa: E731
+    return gpu_decode.GpuFrames(decoder, torch.device("cpu"), SIZE, path_of, hand_over)
 
 
 def test_workers_hand_over_checked_windowed_frames_of_gpu_syntaxes(folder: Path) -> None:
@@ -148,6 +149,34 @@ def test_a_mismatch_turns_the_gpu_off_for_its_pair_with_one_warning(folder: Path
             expected = load_image(folder / names[j], SIZE)[0]
             np.testing.assert_allclose(batch.images[k, 0].numpy(), expected, atol=1e-5)
     assert len(gpu.stats["turned_off"]) == 1
+
+
+def test_a_pair_turned_off_is_decoded_by_the_workers_from_then_on(folder: Path) -> None:
+    names = ["b_htj2k.dcm", "d_ljpeg.dcm", "e_ljpeg.dcm"]
+    hand_over = HandOver(HAND_OVER)
+    # A worker forked before the check, as the loader's are, sees the pair turned off.
+    ctx = torch.multiprocessing.get_context("fork")
+    checked, answer = ctx.Event(), ctx.SimpleQueue()
+    child = ctx.Process(target=_takes_after, args=(hand_over, folder, checked, answer))
+    child.start()
+    gpu = _gpu(folder, names, Recording(broken=(b"\xff\xd8",)), hand_over)
+    with pytest.warns(UserWarning, match="unlike the CPU"):
+        gpu.finish(_batch(folder, names, hand_over))
+    checked.set()
+    assert answer.get() == (True, False)  # HTJ2K still handed over, lossless JPEG not
+    child.join()
+    batch = _batch(folder, names, hand_over)
+    assert [j for j, _ in batch.encoded] == [0] and batch.ok == [1, 2]
+    for k, j in enumerate(batch.ok):
+        expected = load_image(folder / names[j], SIZE)[0]
+        np.testing.assert_allclose(batch.images[k, 0].numpy(), expected, atol=1e-5)
+
+
+def _takes_after(hand_over: HandOver, folder: Path, checked, answer) -> None:
+    checked.wait(60)
+    frames = [load_image_or_frame(folder / n, SIZE, hand_over=HAND_OVER)[0] for n in
+              ("b_htj2k.dcm", "d_ljpeg.dcm")]  # fmt: skip
+    answer.put(tuple(hand_over.takes(f) for f in frames))
 
 
 def test_frames_the_decoder_refuses_fall_back_per_file(folder: Path, monkeypatch) -> None:

@@ -96,6 +96,26 @@ def _sop_of(path: Path) -> str | None:
         return None
 
 
+class HandOver:
+    """Which frames the decoding workers hand over still compressed, for a GPU to decode:
+    windowed grayscale frames of `syntaxes`, less every (transfer syntax, bits stored) pair the
+    scoring process has turned back to the CPU (its first GPU frame differed from the CPU's).
+    The turned-off pairs sit in shared memory, so workers started before the check decode those
+    frames themselves instead of sending them on for the scoring process to decode one by one.
+    """
+
+    def __init__(self, syntaxes: frozenset[str]) -> None:
+        self.syntaxes = frozenset(syntaxes)
+        self._row = {s: k for k, s in enumerate(sorted(self.syntaxes))}
+        self._off = torch.zeros(len(self._row), 33, dtype=torch.bool).share_memory_()
+
+    def turn_off(self, tsyntax: str, bits_stored: int) -> None:
+        self._off[self._row[tsyntax], min(bits_stored, 32)] = True
+
+    def takes(self, frame: EncodedFrame) -> bool:
+        return not bool(self._off[self._row[frame.tsyntax], min(frame.bits_stored, 32)])
+
+
 @dataclass(eq=False)
 class Files(Dataset):
     """Decodes file i of `paths` (under `root`) to size×size; failures become metadata, never
@@ -110,9 +130,9 @@ class Files(Dataset):
     size: int
     state: torch.Tensor
     eligibility: str = DEFAULT_RULE
-    # Transfer syntaxes whose (windowed, grayscale) frames are handed over still compressed,
-    # headers checked, for a GPU to decode; empty: everything is decoded here.
-    hand_over: frozenset[str] = frozenset()
+    # The frames handed over still compressed, headers checked, for a GPU to decode; None:
+    # everything is decoded here.
+    hand_over: HandOver | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -137,11 +157,14 @@ class Files(Dataset):
                 # e.g. "N frames; using the first": the row is the place for results.
                 warnings.simplefilter("ignore")
                 # The rule reads the header this decode parses, before its pixels.
-                if self.hand_over:
+                if self.hand_over is not None:
                     img, info = load_image_or_frame(
-                        path, self.size, eligibility=self.eligibility, hand_over=self.hand_over
-                    )
-                else:
+                        path, self.size, eligibility=self.eligibility,
+                        hand_over=self.hand_over.syntaxes,
+                    )  # fmt: skip
+                if self.hand_over is None or (
+                    isinstance(img, EncodedFrame) and not self.hand_over.takes(img)
+                ):  # no GPU, or it was turned off for this pair (parsing again costs little)
                     img, info = load_image(path, self.size, eligibility=self.eligibility)
             meta.sop_instance_uid = info.sop_instance_uid
             meta.rows, meta.columns = info.rows, info.columns

@@ -34,7 +34,7 @@ from typing import Any
 from ptxfast.data.eligibility import DEFAULT_RULE, RADIOGRAPH_MODALITIES
 from ptxfast.data.eligibility import check as eligible
 from ptxfast.files import atomic_write
-from ptxfast.score.decode import Files, Meta
+from ptxfast.score.decode import Files, HandOver, Meta
 from ptxfast.score.inputs import Inputs
 from ptxfast.score.pacs import (
     PacsError,
@@ -199,7 +199,7 @@ class FetchingFiles(Files):
         size: int,
         state,
         eligibility: str = DEFAULT_RULE,
-        hand_over: frozenset[str] = frozenset(),
+        hand_over: HandOver | None = None,
         *,
         options: PacsOptions,
     ) -> None:

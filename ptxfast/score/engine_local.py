@@ -25,7 +25,14 @@ import torch
 
 from ptxfast.score import gpu_decode, inputs, sizing, speed
 from ptxfast.score.config import ScoreConfig
-from ptxfast.score.decode import Batch, CrashRows, Files, LoaderSettings, ResilientLoader
+from ptxfast.score.decode import (
+    Batch,
+    CrashRows,
+    Files,
+    HandOver,
+    LoaderSettings,
+    ResilientLoader,
+)
 from ptxfast.score.dicom_out import model_identity
 from ptxfast.score.job import Job
 from ptxfast.score.ledger import read_done
@@ -61,7 +68,7 @@ def run(job: Job) -> EngineStats:
     state = torch.zeros(len(found.inputs), dtype=torch.int64).share_memory_()
     make = found.files or Files  # (fetching from a DICOMweb server, or reading the folder)
     gpu = gpu_decode.resolve(config.decoder, dev)  # None: the workers decode everything
-    hand_over = gpu_decode.GPU_SYNTAXES if gpu is not None else frozenset()
+    hand_over = HandOver(gpu_decode.GPU_SYNTAXES) if gpu is not None else None
     files = make(config.root, found.inputs, predictor.size, state, config.eligibility, hand_over)
     workers, sized = _workers(config, files, todo, predictor, lanes, threads)
     settings = LoaderSettings(
@@ -71,7 +78,7 @@ def run(job: Job) -> EngineStats:
     scorer = _Scorer(job, len(todo))
     if gpu is not None:
         path_of = lambda i: config.root / found.inputs[i]  # noqa: E731
-        scorer.gpu = gpu_decode.GpuFrames(gpu, dev, predictor.size, path_of)
+        scorer.gpu = gpu_decode.GpuFrames(gpu, dev, predictor.size, path_of, hand_over)
     # The CPUs' busy time and this process's CPU from here (decoding starts) to the loop's end.
     cpu0 = (time.perf_counter(), speed.busy_cpu_s(), time.process_time())
     loader = ResilientLoader(files, todo, settings, scorer.settle)

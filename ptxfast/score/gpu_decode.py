@@ -39,7 +39,7 @@ from ptxfast.data.dicom.limits import HTJ2K, J2K, JPEG_DCT, JPEG_LOSSLESS
 from ptxfast.data.dicom.native import finish_stored
 from ptxfast.data.resize import area_matrix
 from ptxfast.score.config import ScoreError
-from ptxfast.score.decode import Batch
+from ptxfast.score.decode import Batch, HandOver
 
 __all__ = [
     "DECODERS",
@@ -194,8 +194,10 @@ class GpuFrames:
         device: torch.device,
         size: int,
         path_of: Callable[[int], Path],
+        hand_over: HandOver | None = None,
     ) -> None:
         self.decoder, self.device, self.size, self.path_of = decoder, device, size, path_of
+        self.hand_over = hand_over  # told when a pair turns off, so the workers decode it
         # (transfer syntax, bits stored) -> whether the GPU's first frame matched the CPU's
         self.parity: dict[tuple[str, int], bool] = {}
         self.stats: dict = dict(decoder=decoder.name, gpu_frames=0, cpu_frames=0, seconds=0.0)
@@ -216,8 +218,12 @@ class GpuFrames:
                 continue
             img = model_input(stored.to(self.device), ef, self.size)
             if _pair(ef) not in self.parity:
-                self._check(batch.meta[j].index, ef, img)
-            if not self.parity[_pair(ef)]:  # this frame's pair, or an earlier one's, differed
+                ref = self._check(batch.meta[j].index, ef, img)
+                if ref is not None:  # they differ: this frame, and the pair's from now, the CPU's
+                    images[j] = ref
+                    self.stats["cpu_frames"] += 1
+                    continue
+            elif not self.parity[_pair(ef)]:  # an earlier frame of this batch turned it off
                 on_cpu.append((j, ef))
                 continue
             images[j] = img
@@ -233,9 +239,10 @@ class GpuFrames:
         self.stats["seconds"] += time.perf_counter() - t0
         return batch
 
-    def _check(self, index: int, ef: EncodedFrame, img: torch.Tensor) -> None:
+    def _check(self, index: int, ef: EncodedFrame, img: torch.Tensor) -> torch.Tensor | None:
         """Compare the pair's first GPU frame (of file `index`) with the CPU's; a mismatch
-        turns the GPU off for the pair, with one warning."""
+        turns the GPU off for the pair, here and in the workers, with one warning, and returns
+        the CPU's image (None when they agree)."""
         ref = torch.from_numpy(self._cpu(index, ef)).to(img.device)
         diff = (img - ref).abs()
         worst, mean = float(diff.max()), float(diff.mean())
@@ -244,14 +251,18 @@ class GpuFrames:
         else:
             ok = mean <= _LOSSY_MEAN_TOL and worst <= _LOSSY_MAX_TOL
         self.parity[_pair(ef)] = ok
-        if not ok:
-            what = f"{UID(ef.tsyntax).name}, {ef.bits_stored} bits stored"
-            self.stats["turned_off"].append(f"{what}: max |Δ| {worst:.4f}")
-            warnings.warn(
-                f"{self.decoder.name} decodes {what} unlike the CPU (max |Δ| {worst:.4f}, mean "
-                f"{mean:.5f}); decoding those on the CPU for the rest of the run",
-                stacklevel=2,
-            )
+        if ok:
+            return None
+        if self.hand_over is not None:
+            self.hand_over.turn_off(*_pair(ef))
+        what = f"{UID(ef.tsyntax).name}, {ef.bits_stored} bits stored"
+        self.stats["turned_off"].append(f"{what}: max |Δ| {worst:.4f}")
+        warnings.warn(
+            f"{self.decoder.name} decodes {what} unlike the CPU (max |Δ| {worst:.4f}, mean "
+            f"{mean:.5f}); decoding those on the CPU for the rest of the run",
+            stacklevel=2,
+        )
+        return ref
 
     def _cpu(self, index: int, ef: EncodedFrame) -> np.ndarray:
         """The CPU path's model input for the frame of file `index`: its fast codec at full
