@@ -71,7 +71,7 @@ class Recording:
             return [None] * len(frames)
         out = self.inner.decode(frames)
         return [
-            torch.zeros_like(t) if bytes(f[:2]) in self.broken else t
+            torch.zeros_like(t) if bytes(f.frame[:2]) in self.broken else t
             for f, t in zip(frames, out, strict=True)
         ]
 
@@ -209,7 +209,7 @@ def test_model_input_is_the_cpu_path(folder: Path) -> None:
     # The GPU side's window + area resize, on the CPU, against `load_image`, at odd sizes too.
     for size in (SIZE, 50, 100):
         frame, _ = load_image_or_frame(folder / "d_ljpeg.dcm", size, hand_over=HAND_OVER)
-        stored = gpu_decode.CpuFrameDecoder().decode([frame.frame])[0]
+        stored = gpu_decode.CpuFrameDecoder().decode([frame])[0]
         ours = gpu_decode.model_input(stored, frame, size).numpy()
         np.testing.assert_allclose(ours, load_image(folder / "d_ljpeg.dcm", size)[0], atol=1e-5)
 

@@ -58,6 +58,7 @@ INSTALL = "pip install 'ptxfast[gpu-decode]' (nvidia-nvimgcodec-cu12)"
 GPU_SYNTAXES = JPEG_DCT | JPEG_LOSSLESS | J2K | HTJ2K
 """What nvImageCodec decodes (nvJPEG, nvJPEG2000 with HTJ2K) and the workers hand over."""
 _LOSSLESS = JPEG_LOSSLESS | {uid.JPEG2000Lossless, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL}
+_STORED = np.dtype("<u2")  # the handed-over frames' stored values (unsigned, <= 16 bits)
 # GPU against CPU for the first frame of a pair, on [0, 1] model inputs: lossless frames
 # agree to rounding; lossy ones within a few code values (IDCTs and the 9/7 wavelet differ).
 _LOSSLESS_TOL = 1e-4
@@ -70,7 +71,7 @@ class FrameDecoder(Protocol):
 
     name: str
 
-    def decode(self, frames: Sequence[bytes]) -> list[torch.Tensor | None]: ...
+    def decode(self, frames: Sequence[EncodedFrame]) -> list[torch.Tensor | None]: ...
 
 
 class NvImageCodec:
@@ -90,8 +91,8 @@ class NvImageCodec:
             allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED
         )
 
-    def decode(self, frames: Sequence[bytes]) -> list[torch.Tensor | None]:
-        streams = [self._nv.CodeStream(bytes(f)) for f in frames]
+    def decode(self, frames: Sequence[EncodedFrame]) -> list[torch.Tensor | None]:
+        streams = [self._nv.CodeStream(bytes(ef.frame)) for ef in frames]
         stream = torch.cuda.current_stream(self.device).cuda_stream
         images = self._decoder.decode(streams, params=self._params, cuda_stream=stream)
         out: list[torch.Tensor | None] = []
@@ -116,19 +117,13 @@ class CpuFrameDecoder:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
 
-    def decode(self, frames: Sequence[bytes]) -> list[torch.Tensor | None]:
-        import imagecodecs
-        import openjpeg
-
+    def decode(self, frames: Sequence[EncodedFrame]) -> list[torch.Tensor | None]:
         out: list[torch.Tensor | None] = []
-        for frame in frames:
-            try:  # JPEG (any process): libjpeg-turbo; JPEG 2000 and HTJ2K: OpenJPEG
-                jpeg = bytes(frame[:2]) == b"\xff\xd8"
-                arr = imagecodecs.jpeg8_decode(frame) if jpeg else openjpeg.decode(frame)
-            except Exception:
-                out.append(None)
-                continue
-            out.append(torch.from_numpy(arr.astype(np.int32)).to(self.device))
+        for ef in frames:
+            arr = cpu_codecs.decode_stored(ef.frame, ef.tsyntax, ef.rows, ef.columns, _STORED)
+            out.append(
+                None if arr is None else torch.from_numpy(arr.astype(np.int32)).to(self.device)
+            )
         return out
 
 
@@ -210,7 +205,7 @@ class GpuFrames:
         t0 = time.perf_counter()
         on_gpu = [(j, ef) for j, ef in batch.encoded if self.parity.get(_pair(ef)) is not False]
         on_cpu = [(j, ef) for j, ef in batch.encoded if self.parity.get(_pair(ef)) is False]
-        decoded = self.decoder.decode([ef.frame for _, ef in on_gpu]) if on_gpu else []
+        decoded = self.decoder.decode([ef for _, ef in on_gpu]) if on_gpu else []
         images: dict[int, torch.Tensor] = {}
         for (j, ef), stored in zip(on_gpu, decoded, strict=True):
             if stored is None or tuple(stored.shape) != (ef.rows, ef.columns):
@@ -267,9 +262,7 @@ class GpuFrames:
     def _cpu(self, index: int, ef: EncodedFrame) -> np.ndarray:
         """The CPU path's model input for the frame of file `index`: its fast codec at full
         resolution (the reference), else the file read again by `load_image` (pydicom)."""
-        stored = cpu_codecs.decode_stored(
-            ef.frame, ef.tsyntax, ef.rows, ef.columns, np.dtype("<u2")
-        )
+        stored = cpu_codecs.decode_stored(ef.frame, ef.tsyntax, ef.rows, ef.columns, _STORED)
         if stored is not None:
             return finish_stored(stored, ef, self.size)
         return load_image(self.path_of(index), self.size)[0]
