@@ -102,7 +102,7 @@ def load_predictor(
 def _require_runnable(spec: ArtifactSpec, file: Path, dev: torch.device) -> None:
     """Refuse, before loading, an artifact this machine or this torch cannot run."""
     runtime = BACKENDS[spec.backend]
-    reason = runtime.unavailable(dev)
+    reason = runtime.refusal(dev)
     if reason is not None:
         raise PredictorError(f"{file} is {runtime.title}: {reason}")
     if spec.precision == "fp16" and dev.type != "cuda":
