@@ -201,6 +201,27 @@ def test_a_damaged_newest_sidecar_is_named_not_skipped(artifact, folder, tmp_pat
     assert latest_artifact(exports) == good
 
 
+def test_a_damaged_sidecar_of_another_model_does_not_block_one(artifact, tmp_path):
+    exports = tmp_path / "exports"
+    good = _copy(artifact, exports)
+    later = good.stat().st_mtime + 60
+    # Another model's name that starts with this one's: not its sidecar.
+    broken = exports / "rn34un+rn34.torchscript-fp32.json"
+    broken.write_text(good.read_text()[:100])
+    os.utime(broken, (later, later))
+    assert latest_artifact(exports, "rn34un") == good
+    with pytest.raises(ArtifactError, match="newest sidecar"):  # with no name it may be the one
+        latest_artifact(exports)
+    with pytest.raises(ArtifactError, match="newest sidecar"):
+        latest_artifact(exports, "rn34un+rn34")
+    own = exports / "rn34un.torchscript-fp32-new.json"
+    own.write_text(good.read_text()[:100])
+    os.utime(own, (later, later))
+    with pytest.raises(ArtifactError, match="newest sidecar") as err:
+        latest_artifact(exports, "rn34un")
+    assert own.name in str(err.value)
+
+
 # ------------------------------------------------------------------------------ Triton
 
 
