@@ -26,7 +26,6 @@ from ptxfast.errors import PtxfastError
 
 FORMAT_VERSION = 1
 INPUT_DTYPES = ("float32", "float16", "bfloat16")
-TTAS = ("none", "hflip")  # fused.TTAS, repeated here so reading a sidecar imports no torch
 
 # Every sidecar carries these keys (`ArtifactSpec.from_record` checks each one's type).
 SIDECAR_FIELDS = (
@@ -140,6 +139,7 @@ class ArtifactSpec(Mapping):
     def from_record(cls, record: Any, path: str | Path) -> ArtifactSpec:
         """Validate a sidecar's JSON object (read from, or about to be written to, `path`)."""
         from ptxfast.inference.backends import BACKENDS, EXPORTABLE
+        from ptxfast.inference.fused import TTAS
         from ptxfast.models import kind_of
 
         path = Path(path)
