@@ -128,6 +128,20 @@ def test_spec_is_typed_and_keeps_the_record(artifact):
         spec.record["backend"] = "eager"  # read-only: what was validated stays valid
 
 
+def test_spec_names_the_torch_a_fused_graph_is_bound_to(artifact):
+    record = json.loads(artifact.read_text())
+    spec = ArtifactSpec.from_record(record, artifact)
+    assert spec.torch_if_fused == spec.fused_by_torch == (record["cpu_fusion"] or {}).get("torch")
+    # A sidecar from before `cpu_fusion`: the torch that exported it, should the graph be fused.
+    old = {k: v for k, v in record.items() if k != "cpu_fusion"}
+    old["versions"] = {**record["versions"], "torch": "2.0.1"}
+    spec = ArtifactSpec.from_record(old, artifact)
+    assert spec.fused_by_torch is None and spec.torch_if_fused == "2.0.1"
+    old["versions"]["torch"] = 2.0
+    with pytest.raises(ArtifactError, match="'versions.torch'"):
+        ArtifactSpec.from_record(old, artifact)
+
+
 DAMAGED = {
     "tensorflow-lite": ({"backend": "tensorflow-lite"}, "'backend'"),
     "backend null": ({"backend": None}, "'backend'"),
