@@ -128,6 +128,20 @@ def test_spec_is_typed_and_keeps_the_record(artifact):
         spec.record["backend"] = "eager"  # read-only: what was validated stays valid
 
 
+def test_spec_names_the_torch_a_fused_graph_is_bound_to(artifact):
+    record = json.loads(artifact.read_text())
+    spec = ArtifactSpec.from_record(record, artifact)
+    assert spec.torch_if_fused == spec.fused_by_torch == (record["cpu_fusion"] or {}).get("torch")
+    # A sidecar from before `cpu_fusion`: the torch that exported it, should the graph be fused.
+    old = {k: v for k, v in record.items() if k != "cpu_fusion"}
+    old["versions"] = {**record["versions"], "torch": "2.0.1"}
+    spec = ArtifactSpec.from_record(old, artifact)
+    assert spec.fused_by_torch is None and spec.torch_if_fused == "2.0.1"
+    old["versions"]["torch"] = 2.0
+    with pytest.raises(ArtifactError, match="'versions.torch'"):
+        ArtifactSpec.from_record(old, artifact)
+
+
 DAMAGED = {
     "tensorflow-lite": ({"backend": "tensorflow-lite"}, "'backend'"),
     "backend null": ({"backend": None}, "'backend'"),
@@ -199,6 +213,27 @@ def test_a_damaged_newest_sidecar_is_named_not_skipped(artifact, folder, tmp_pat
     earlier = good.stat().st_mtime - 60
     os.utime(broken, (earlier, earlier))
     assert latest_artifact(exports) == good
+
+
+def test_a_damaged_sidecar_of_another_model_does_not_block_one(artifact, tmp_path):
+    exports = tmp_path / "exports"
+    good = _copy(artifact, exports)
+    later = good.stat().st_mtime + 60
+    # Another model's name that starts with this one's: not its sidecar.
+    broken = exports / "rn34un+rn34.torchscript-fp32.json"
+    broken.write_text(good.read_text()[:100])
+    os.utime(broken, (later, later))
+    assert latest_artifact(exports, "rn34un") == good
+    with pytest.raises(ArtifactError, match="newest sidecar"):  # with no name it may be the one
+        latest_artifact(exports)
+    with pytest.raises(ArtifactError, match="newest sidecar"):
+        latest_artifact(exports, "rn34un+rn34")
+    own = exports / "rn34un.torchscript-fp32-new.json"
+    own.write_text(good.read_text()[:100])
+    os.utime(own, (later, later))
+    with pytest.raises(ArtifactError, match="newest sidecar") as err:
+        latest_artifact(exports, "rn34un")
+    assert own.name in str(err.value)
 
 
 # ------------------------------------------------------------------------------ Triton

@@ -56,6 +56,9 @@ def test_available_backends_name_what_is_missing():
     assert backends["eager"] is None and backends["torchscript"] is None
     if not torch.cuda.is_available():
         assert "CUDA" in backends["tensorrt"]
+        # The registry adds what to use instead once; the reason itself is bare.
+        assert backends["tensorrt"].count("Use --backend torchscript.") == 1
+        assert "--backend" not in BACKENDS["tensorrt"].unavailable(torch.device("cpu"))
         with pytest.raises(PredictorError, match="needs a CUDA GPU"):
             require_backend("tensorrt", torch.device("cpu"))
     has_cxx = any(shutil.which(c) for c in ("g++", "c++", "clang++"))

@@ -91,7 +91,7 @@ def plan(cfg: ExportConfig) -> Plan:
     elif backend is None:
         candidates = [(gpu_default.name if reason is None else "torchscript", precision)]
         if reason is not None:
-            notes.append(f"backend torchscript: {reason.split('. Use --backend')[0]}")
+            notes.append(f"backend torchscript: {reason}")
     elif backend not in EXPORTABLE:
         choices = ", ".join([*EXPORTABLE, *BACKEND_ALIASES])
         raise ExportError(f"unknown backend {backend!r}; choose one of {choices}")
@@ -121,9 +121,6 @@ def _check_runs(
     """Refuse the one planned candidate when it cannot run here; note an emulated bf16."""
     missing = available_backends(device)[backend]
     if missing is not None:
-        instead = BACKENDS[backend].instead
-        if instead and instead not in missing:
-            missing += f". {instead}"
         raise ExportError(missing)
     check_precision(backend, precision, device)
     if device.type == "cpu" and precision == "bf16" and not bf16:

@@ -196,7 +196,8 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
             sidecar["selection"] = selection
         final = out / f"{artifact_stem(p, chosen.backend, chosen.precision)}.{chosen.ext}"
         side = write_artifact(chosen.tmp, final, sidecar)
-        triton = _triton(cfg, job, chosen, read_sidecar(side), say)
+        spec = read_sidecar(side)  # as every reader will see it
+        triton = _triton(cfg, job, chosen, spec, say)
     finally:
         for c in built:
             c.tmp.unlink(missing_ok=True)
@@ -205,7 +206,7 @@ def export_model(cfg: ExportConfig, say: Callable[[str], None] = lambda _: None)
     return ExportResult(
         sidecar_path=side,
         model_path=final,
-        sidecar=read_sidecar(side),
+        sidecar=spec,
         notes=p.notes,
         seconds=time.perf_counter() - start,
         triton=triton,

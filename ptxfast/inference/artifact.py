@@ -131,13 +131,15 @@ def list_artifacts(exports_dir: str | Path, name: str | None = None) -> list[Art
     A sidecar that cannot be read is refused (an ArtifactError naming it) when it was written
     after the newest readable one: it is most likely the artifact the user means, damaged, and
     scoring with an older one instead would go unnoticed. Older unreadable ones (another format
-    version, other JSON files) are not candidates."""
+    version, other JSON files) are not candidates. With `name`, only unreadable files named as
+    its sidecars are (`<name>.<backend>-<precision>.json`): another model's cannot be the one."""
     found, damaged = [], []
     for side in sorted(Path(exports_dir).glob(f"*{SIDECAR_SUFFIX}")):
         try:
             sc = read_sidecar(side)
         except ArtifactError as err:
-            damaged.append((side, err))
+            if name is None or side.stem.startswith(f"{name}."):
+                damaged.append((side, err))
             continue
         if name is None or sc.name == name:
             found.append(sc)

@@ -100,7 +100,7 @@ class Backend:
     # (model, request, file): the engine serialized as a Triton plan (`export --triton`); None: none
     triton_plan: Callable[[nn.Module, Request, Path], None] | None = None
     verb: str = "building"  # what `ptxfast export` says it is doing ("compiling" an engine)
-    instead: str = ""  # what to use where it cannot run, when its reason does not say
+    instead: str = ""  # what to use where it cannot run (`refusal` adds it to the reason)
     file_tag: str = ""  # the backend's part of an artifact file name ("" : its name)
     threads_itself: bool = False  # runs its own thread pool: one batch at a time on every core
     fixed_batch: bool = False  # an engine built for the batch range only (pad and split)
@@ -112,6 +112,11 @@ class Backend:
     def tag(self) -> str:
         """The backend's part of an artifact's file name (`eb3un+eb3.<tag>-fp32.ts`)."""
         return self.file_tag or self.name
+
+    def refusal(self, device: torch.device) -> str | None:
+        """None when it runs on `device`; else why not, followed by what to use `instead`."""
+        reason = self.unavailable(device)
+        return f"{reason}. {self.instead}" if reason is not None and self.instead else reason
 
 
 # ------------------------------------------------------------------------------ availability
@@ -410,16 +415,16 @@ def backend(name: str) -> Backend:
 
 
 def available_backends(device: str | torch.device | None = "auto") -> dict[str, str | None]:
-    """{backend: None if it can run on `device`, else the reason it cannot}."""
+    """{backend: None if it can run on `device`, else the reason it cannot (`Backend.refusal`)}."""
     dev = resolve_device(device)
-    return {name: b.unavailable(dev) for name, b in BACKENDS.items()}
+    return {name: b.refusal(dev) for name, b in BACKENDS.items()}
 
 
 def require_backend(name: str, device: torch.device) -> Backend:
     """The backend `name` when it can run on `device`; else a PredictorError naming what is
     missing (or, for an unknown name, the known ones)."""
     b = backend(name)
-    reason = b.unavailable(device)
+    reason = b.refusal(device)
     if reason is not None:
         raise PredictorError(reason)
     return b

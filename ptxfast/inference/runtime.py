@@ -102,7 +102,7 @@ def load_predictor(
 def _require_runnable(spec: ArtifactSpec, file: Path, dev: torch.device) -> None:
     """Refuse, before loading, an artifact this machine or this torch cannot run."""
     runtime = BACKENDS[spec.backend]
-    reason = runtime.unavailable(dev)
+    reason = runtime.refusal(dev)
     if reason is not None:
         raise PredictorError(f"{file} is {runtime.title}: {reason}")
     if spec.precision == "fp16" and dev.type != "cuda":
@@ -150,8 +150,7 @@ def _ready_torchscript(
                 f"{file} was exported for the CPU (its convolutions are oneDNN kernels) and cannot "
                 f"run on {dev}; export it for {dev.type} (ptxfast export ... --device {dev.type})"
             )
-        if "cpu_fusion" not in spec:  # exported before sidecars named the fusing torch
-            _refuse_other_torch(spec, file, spec["versions"].get("torch"))
+        _refuse_other_torch(spec, file, spec.torch_if_fused)  # older sidecars: versions.torch
     try:
         if cpu_fusion and dev.type == "cpu" and cpu_fusion_available():
             example = torch.rand(1, 1, spec.size, spec.size).to(getattr(torch, spec.input_dtype))

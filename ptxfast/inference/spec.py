@@ -26,7 +26,6 @@ from ptxfast.errors import PtxfastError
 
 FORMAT_VERSION = 1
 INPUT_DTYPES = ("float32", "float16", "bfloat16")
-TTAS = ("none", "hflip")  # fused.TTAS, repeated here so reading a sidecar imports no torch
 
 # Every sidecar carries these keys (`ArtifactSpec.from_record` checks each one's type).
 SIDECAR_FIELDS = (
@@ -133,6 +132,9 @@ class ArtifactSpec(Mapping):
     created: str  # ISO 8601 UTC; the newest artifact is the latest `created`
     runtime: Mapping[str, Any]  # ONNX Runtime / OpenVINO settings it was gated with
     fused_by_torch: str | None  # the torch whose private kernels a CPU-fused graph calls
+    # the torch a graph found CPU-fused on loading is bound to: fused_by_torch, or in a sidecar
+    # from before `cpu_fusion` its `versions.torch` (the torch that exported it)
+    torch_if_fused: str | None
     format_version: int = FORMAT_VERSION
     record: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -140,6 +142,7 @@ class ArtifactSpec(Mapping):
     def from_record(cls, record: Any, path: str | Path) -> ArtifactSpec:
         """Validate a sidecar's JSON object (read from, or about to be written to, `path`)."""
         from ptxfast.inference.backends import BACKENDS, EXPORTABLE
+        from ptxfast.inference.fused import TTAS
         from ptxfast.models import kind_of
 
         path = Path(path)
@@ -208,6 +211,7 @@ class ArtifactSpec(Mapping):
             runtime=MappingProxyType(r.get("runtime", (dict, type(None)), "an object or null",
                                            required=False) or {}),
             fused_by_torch=_fused_by(r, fusion),
+            torch_if_fused=_torch_if_fused(r, fusion),
             format_version=version,
             record=MappingProxyType(dict(record)),
         )  # fmt: skip
@@ -262,9 +266,17 @@ def _thresholds(r: _Reader) -> Mapping[str, Any]:
 
 
 def _fused_by(r: _Reader, fusion: Mapping[str, Any] | None) -> str | None:
-    """The torch a CPU-fused graph is bound to: its `cpu_fusion.torch`; sidecars from before
-    that field name only `versions.torch`."""
+    """The torch a CPU-fused graph is bound to, as its `cpu_fusion.torch` records it (None for
+    a graph without the rewrite, and in sidecars from before that field)."""
     if fusion is not None:
         return r.get("cpu_fusion.torch", (str, type(None)), "a torch version or null",
                      required=False)  # fmt: skip
     return None
+
+
+def _torch_if_fused(r: _Reader, fusion: Mapping[str, Any] | None) -> str | None:
+    """The torch to hold a graph that turns out CPU-fused to: `_fused_by`'s, or, in a sidecar
+    from before `cpu_fusion` (which names only `versions.torch`), the torch that exported it."""
+    if "cpu_fusion" in r.record:
+        return _fused_by(r, fusion)
+    return r.get("versions.torch", (str, type(None)), "a torch version or null", required=False)

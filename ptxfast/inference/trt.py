@@ -76,11 +76,11 @@ def unavailable_reason(device: str | torch.device | None = None) -> str | None:
     if not torch.cuda.is_available():
         return (
             "tensorrt backend needs a CUDA GPU; none is visible (torch.cuda.is_available() is "
-            "False). Use --backend torchscript."
+            "False)"
         )
     module, reason = _import()
     if module is None:
-        return f"tensorrt backend needs torch-tensorrt: {reason}. Use --backend torchscript."
+        return f"tensorrt backend needs torch-tensorrt: {reason}"
     features = getattr(module, "ENABLED_FEATURES", None)
     if features is not None and not (
         getattr(features, "torchscript_frontend", False)
