@@ -228,6 +228,13 @@ class Sender:
             if not (sop and probability):
                 continue  # not scored, or no UID: no SEG or SR
             for kind, folder in self.outputs:
+                lacking = [t for t in self.targets if (t.name, kind, rel) not in self.ledger.acked]
+                if not lacking:
+                    # Every target has it (an earlier run): no path to resolve or stat, which on
+                    # --resume would otherwise be paid for every row already in the CSV.
+                    for t in self.targets:
+                        self.progress[t.name].already += 1
+                    continue
                 try:  # (an unsafe name was refused when the output was written)
                     path = safe_output_path(folder, rel, ".dcm", uid=sop).path
                     if not path.is_file():
@@ -235,10 +242,10 @@ class Sender:
                 except (OSError, ValueError):
                     continue
                 for t in self.targets:
-                    if (t.name, kind, rel) in self.ledger.acked:
-                        self.progress[t.name].already += 1
-                    else:
+                    if t in lacking:
                         self.queues[t.name].put(_Item(kind, rel, path))
+                    else:
+                        self.progress[t.name].already += 1
 
     def _run(self, target: Target) -> None:
         q, p = self.queues[target.name], self.progress[target.name]
