@@ -355,7 +355,10 @@ def test_server_text_is_one_printable_line():
     response = requests.Response()
     response.status_code, response.reason = 500, "Bad\x1b[31m\nthing"
     err = requests.HTTPError(response=response)
-    assert pacs.describe_failure(err) == "HTTP 500 Bad?[31m thing"
+    text = pacs.describe_failure(err)
+    assert text == "HTTP 500 Bad\\x1b[31m\\nthing" and text.isprintable()
+    other = pacs.describe_failure(RuntimeError("no\x1b]0;x\x07 way\nsecond line"))
+    assert other == "RuntimeError: no\\x1b]0;x\\x07 way" and other.isprintable()
     response.status_code = 401
     assert "netrc" in pacs.describe_failure(requests.HTTPError(response=response))
 
