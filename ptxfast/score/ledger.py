@@ -21,7 +21,7 @@ continues once it is fixed. Rows fsync'd before stay; a half-written row is cut 
 
 Cells. Every value goes through `safe_text.to_cell` on the way in (control characters escaped,
 a leading `'` on what a spreadsheet would evaluate) and `safe_text.from_cell` on the way out
-(`decode_record`, used by resume, the summary's counts and `ptxfast report`), so a file name or
+(`decode_record`, used by resume, `read_rows` and `ptxfast report`), so a file name or
 UID holding `=HYPERLINK(...)` or a CR is inert in a spreadsheet, keeps every record on one line,
 and reads back exactly. One CSV, one lock: `--out` is resolved (`os.path.realpath`) before it is
 locked, read or written, so every name of one file (a symlink, `a/../preds.csv`) shares one
@@ -49,8 +49,8 @@ from ptxfast.score.config import ScoreError
 
 __all__ = [
     "CSV_COLUMNS", "CSV_HEADER", "WRITE_ERRNOS", "LedgerBusy", "LedgerError", "LedgerLock",
-    "OutputsLost", "PredsCsv", "WriteFailed", "decode_record", "read_done", "rows_kept",
-    "write_failed",
+    "OutputsLost", "PredsCsv", "WriteFailed", "decode_record", "read_done", "read_rows",
+    "rows_kept", "write_failed",
 ]  # fmt: skip
 
 CSV_COLUMNS = ("path", "sop_instance_uid", "probability", "label", "mask_area", "error")
@@ -247,6 +247,18 @@ def read_done(path: Path) -> tuple[set[str], int, bool]:
 def decode_record(record: Sequence[str]) -> list[str]:
     """A record of the CSV as read by `csv.reader`, back to the values that were written."""
     return [from_cell(cell) for cell in record]
+
+
+def read_rows(path: str | os.PathLike) -> Iterator[list[str]]:
+    """The complete rows of a predictions CSV (header skipped), as the values written: what the
+    summary counts and `--send` sends. A record that is not six fields (a torn last line) is
+    left out; `read_done` is the check that refuses a malformed file."""
+    with open(path, newline="", **ENCODING) as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for record in reader:
+            if len(record) == len(CSV_COLUMNS):
+                yield decode_record(record)  # the values written, not their CSV-safe cells
 
 
 def rows_kept(path: str | os.PathLike) -> int:

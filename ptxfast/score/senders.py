@@ -24,7 +24,6 @@ command with `--resume` sends the rest. No row is lost: rows never wait for a ta
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import queue
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxfast.score.ledger import CSV_COLUMNS, ENCODING, decode_record
+from ptxfast.score.ledger import read_rows
 from ptxfast.score.pacs import (
     PacsError,
     PacsOptions,
@@ -330,16 +329,6 @@ def _take(q: queue.Queue) -> list[_Item] | None:
     return chunk
 
 
-def _csv_rows(path: Path) -> Iterator[list[str]]:
-    """The complete rows of a predictions CSV (header skipped)."""
-    with open(path, newline="", **ENCODING) as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        for row in reader:
-            if len(row) == len(CSV_COLUMNS):
-                yield decode_record(row)  # the values written, not their CSV-safe cells
-
-
 def failure_line(sent: Sequence[dict[str, Any]], out: Path) -> str | None:
     """The one line a run ends with when a target failed, else None."""
     failed = [s for s in sent if s.get("error")]
@@ -370,7 +359,7 @@ def connected(job) -> Iterator[Callable[[], list[dict[str, Any]]]]:
             fresh = config.overwrite or not config.resume  # (as the CSV itself)
             ledger = SentLedger(config.out.with_name(config.out.name + ".sent"), fresh)
             sender = Sender(options, ledger, outputs, [parse_target(t) for t in options.send])
-            sender.listen(list(_csv_rows(preds.path)))  # rows of earlier runs (--resume)
+            sender.listen(list(read_rows(preds.path)))  # rows of earlier runs (--resume)
             preds.listeners.append(sender.listen)
 
         def after() -> list[dict[str, Any]]:
