@@ -316,6 +316,53 @@ def test_an_instance_that_cannot_be_fetched_is_an_error_row(servers, tmp_path):
     assert not spool.root.exists()  # the folders go with the spool at the end
 
 
+def test_a_full_disk_under_the_sent_record_is_cut_back_and_said_whole(tmp_path, monkeypatch):
+    import errno
+    from types import SimpleNamespace
+
+    from ptxfast.score.ledger import WriteFailed
+
+    path = tmp_path / "p.csv.sent"
+    record = senders.SentLedger(path, fresh=True)
+    record.record("T", [("SR", "a.dcm", "1.2")])
+    real, landed = record.file, []
+
+    class Full:  # part of a line lands, then the disk is full
+        def write(self, data):
+            if not landed:
+                landed.append(data[:5])
+                return real.write(bytes(data[:5]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    record.file = Full()
+    with pytest.raises(WriteFailed, match=r"p.csv.sent: No space left on device \(ENOSPC\)"):
+        record.record("T", [("SR", "b.dcm", "1.3")])
+    assert landed and record.acked == {("T", "SR", "a.dcm")}
+    assert path.read_text() == '["T", "SR", "a.dcm", "1.2"]\n'  # the torn line is gone
+
+    # A sender whose record cannot be written: the target's error is that one line, whole.
+    monkeypatch.setattr(senders, "_stow", lambda target, options: lambda datasets: set())
+    monkeypatch.setattr(senders, "_read", lambda items: [SimpleNamespace(SOPInstanceUID="1.3")])
+    options = pacs.PacsOptions(attempts=1, backoff=0)
+    sender = senders.Sender(options, record, [], [senders.Target(name="T", url="http://x")])
+    sender.queues["T"].put(senders._Item("SR", "b.dcm", tmp_path / "b.dcm"))
+    [account] = sender.finish()
+    assert account["left"] == 1 and account["sent"] == 0
+    assert account["error"].startswith(f"cannot write {path}: No space left on device (ENOSPC)")
+    assert account["error"].endswith("--resume to continue")
+    record.close()
+
+    path.write_bytes(path.read_bytes() + b'["T", "SR", "b.')  # killed mid-line
+    again = senders.SentLedger(path, fresh=False)
+    assert again.acked == {("T", "SR", "a.dcm")}
+    again.record("T", [("SR", "b.dcm", "1.3")])
+    again.close()
+    assert path.read_text() == '["T", "SR", "a.dcm", "1.2"]\n["T", "SR", "b.dcm", "1.3"]\n'
+
+
 def test_send_targets_are_parsed_or_refused():
     t = senders.parse_target("dicom://PACS1@10.0.0.2:11112")
     assert (t.aet, t.host, t.port, t.url) == ("PACS1", "10.0.0.2", 11112, None)

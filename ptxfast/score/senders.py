@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import re
 import threading
@@ -34,7 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxfast.score.ledger import read_rows
+from ptxfast.score.ledger import (
+    WriteFailed,
+    append_whole,
+    cut_back,
+    is_write_error,
+    read_rows,
+    write_failed,
+)
 from ptxfast.score.pacs import (
     PacsError,
     PacsOptions,
@@ -89,7 +95,9 @@ def parse_target(text: str) -> Target:
 
 
 class SentLedger:
-    """`<out>.sent`: what each target acknowledged, one JSON line per result, fsync'd."""
+    """`<out>.sent`: what each target acknowledged, one JSON line per result, fsync'd, written
+    as the CSV is (`ledger.append_whole`): a failed write is cut back and a full disk is a
+    `WriteFailed`."""
 
     def __init__(self, path: Path, fresh: bool) -> None:
         self.path = path
@@ -105,25 +113,28 @@ class SentLedger:
                 with contextlib.suppress(ValueError, TypeError):
                     target, kind, rel, _ = json.loads(line)
                     self.acked.add((target, kind, rel))
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        os.ftruncate(self.fd, good)
-        os.lseek(self.fd, good, os.SEEK_SET)
+        try:
+            self.file = open(path, "r+b" if good else "wb", buffering=0)
+            cut_back(self.file, good)
+        except OSError as err:
+            if is_write_error(err):
+                raise write_failed(path, err) from None
+            raise
+        self.size = good  # bytes of complete lines on disk
 
     def record(self, target: str, done: Sequence[tuple[str, str, str]]) -> None:
         """Record `(kind, input path, SOPInstanceUID)` results as acknowledged by `target`."""
         if not done:
             return
-        text = "".join(json.dumps([target, *d]) + "\n" for d in done)
+        data = "".join(json.dumps([target, *d]) + "\n" for d in done).encode()
         with self.lock:
-            data = memoryview(text.encode())
-            while data:
-                data = data[os.write(self.fd, data) :]
-            os.fsync(self.fd)
+            append_whole(self.file, data, self.size, self.path)
+            self.size += len(data)
             self.acked.update((target, kind, rel) for kind, rel, _ in done)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            os.close(self.fd)
+            self.file.close()
 
 
 # ------------------------------------------------------------------ the transports
@@ -263,7 +274,8 @@ class Sender:
                 self._send(target, send, chunk)
             except Exception as err:
                 p.left += len([i for i in chunk if not self._acked(target, i)])
-                p.error = describe_failure(err)
+                # (`<out>.sent` not written, a full disk say: ptxfast's own line, said whole)
+                p.error = str(err) if isinstance(err, WriteFailed) else describe_failure(err)
 
     def _acked(self, target: Target, item: _Item) -> bool:
         return (target.name, item.kind, item.rel) in self.ledger.acked
