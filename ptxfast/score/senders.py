@@ -172,8 +172,11 @@ def _c_store(target: Target, options: PacsOptions) -> Callable[[list], set[str]]
     def send(datasets: list) -> set[str]:
         ae = AE(ae_title=options.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = options.timeout
-        for ds in datasets:
-            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        # One context per kind of dataset, not per dataset: a chunk is mostly SEGs and SRs of
+        # one transfer syntax each, and an association offers at most 128 contexts.
+        kinds = dict.fromkeys((ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets)
+        for sop_class, syntax in kinds:
+            ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(target.host, target.port, ae_title=target.aet)
         if not assoc.is_established:
             raise ConnectionError(
