@@ -265,12 +265,12 @@ class Sender:
         try:
             send = _stow(target, self.options) if target.url else _c_store(target, self.options)
         except Exception as err:
-            send, p.error = None, describe_failure(err)
+            send, p.error = None, describe_failure(err)  # (never empty: no send means an error)
         while True:
             chunk = _take(q)
             if chunk is None:
                 return
-            if send is None or p.error or self.stop.is_set():
+            if p.error or self.stop.is_set():
                 p.left += len(chunk)
                 continue
             try:
