@@ -410,6 +410,16 @@ def test_server_text_is_one_printable_line():
     assert "netrc" in pacs.describe_failure(requests.HTTPError(response=response))
 
 
+def test_the_ae_title_default_is_one_default():
+    from ptxfast.cli.score import _pacs_options
+
+    default = pacs.PacsOptions().ae_title
+    [option] = [p for p in cli.commands["score"].params if p.name == "ae_title"]
+    assert option.default == default  # the CLI's default is the options' default
+    assert _pacs_options((), None, (), default, None) is None  # nothing given: a plain folder
+    assert _pacs_options((), None, (), "OTHER", None).ae_title == "OTHER"
+
+
 def test_pacs_options_refused_before_any_work(tmp_path):
     from ptxfast.score import ScoreConfig, ScoreError
 
