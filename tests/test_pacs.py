@@ -310,7 +310,57 @@ def test_an_instance_that_cannot_be_fetched_is_an_error_row(servers, tmp_path):
     (spool.root / paths[0]).parent.mkdir(parents=True)
     (spool.root / paths[0]).write_bytes(b"x")
     spool.release([[paths[0]]])
-    assert list(spool.root.iterdir()) == []  # the file and its emptied folders
+    assert not (spool.root / paths[0]).exists()  # the file; its folders stay (no race)
+    assert (spool.root / paths[0]).parent.is_dir()
+    spool.remove()
+    assert not spool.root.exists()  # the folders go with the spool at the end
+
+
+def test_a_full_disk_under_the_sent_record_is_cut_back_and_said_whole(tmp_path, monkeypatch):
+    import errno
+    from types import SimpleNamespace
+
+    from ptxfast.score.ledger import WriteFailed
+
+    path = tmp_path / "p.csv.sent"
+    record = senders.SentLedger(path, fresh=True)
+    record.record("T", [("SR", "a.dcm", "1.2")])
+    real, landed = record.file, []
+
+    class Full:  # part of a line lands, then the disk is full
+        def write(self, data):
+            if not landed:
+                landed.append(data[:5])
+                return real.write(bytes(data[:5]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    record.file = Full()
+    with pytest.raises(WriteFailed, match=r"p.csv.sent: No space left on device \(ENOSPC\)"):
+        record.record("T", [("SR", "b.dcm", "1.3")])
+    assert landed and record.acked == {("T", "SR", "a.dcm")}
+    assert path.read_text() == '["T", "SR", "a.dcm", "1.2"]\n'  # the torn line is gone
+
+    # A sender whose record cannot be written: the target's error is that one line, whole.
+    monkeypatch.setattr(senders, "_stow", lambda target, options: lambda datasets: set())
+    monkeypatch.setattr(senders, "_read", lambda items: [SimpleNamespace(SOPInstanceUID="1.3")])
+    options = pacs.PacsOptions(attempts=1, backoff=0)
+    sender = senders.Sender(options, record, [], [senders.Target(name="T", url="http://x")])
+    sender.queues["T"].put(senders._Item("SR", "b.dcm", tmp_path / "b.dcm"))
+    [account] = sender.finish()
+    assert account["left"] == 1 and account["sent"] == 0
+    assert account["error"].startswith(f"cannot write {path}: No space left on device (ENOSPC)")
+    assert account["error"].endswith("--resume to continue")
+    record.close()
+
+    path.write_bytes(path.read_bytes() + b'["T", "SR", "b.')  # killed mid-line
+    again = senders.SentLedger(path, fresh=False)
+    assert again.acked == {("T", "SR", "a.dcm")}
+    again.record("T", [("SR", "b.dcm", "1.3")])
+    again.close()
+    assert path.read_text() == '["T", "SR", "a.dcm", "1.2"]\n["T", "SR", "b.dcm", "1.3"]\n'
 
 
 def test_send_targets_are_parsed_or_refused():
@@ -352,9 +402,22 @@ def test_server_text_is_one_printable_line():
     response = requests.Response()
     response.status_code, response.reason = 500, "Bad\x1b[31m\nthing"
     err = requests.HTTPError(response=response)
-    assert pacs.describe_failure(err) == "HTTP 500 Bad?[31m thing"
+    text = pacs.describe_failure(err)
+    assert text == "HTTP 500 Bad\\x1b[31m\\nthing" and text.isprintable()
+    other = pacs.describe_failure(RuntimeError("no\x1b]0;x\x07 way\nsecond line"))
+    assert other == "RuntimeError: no\\x1b]0;x\\x07 way" and other.isprintable()
     response.status_code = 401
     assert "netrc" in pacs.describe_failure(requests.HTTPError(response=response))
+
+
+def test_the_ae_title_default_is_one_default():
+    from ptxfast.cli.score import _pacs_options
+
+    default = pacs.PacsOptions().ae_title
+    [option] = [p for p in cli.commands["score"].params if p.name == "ae_title"]
+    assert option.default == default  # the CLI's default is the options' default
+    assert _pacs_options((), None, (), default, None) is None  # nothing given: a plain folder
+    assert _pacs_options((), None, (), "OTHER", None).ae_title == "OTHER"
 
 
 def test_pacs_options_refused_before_any_work(tmp_path):

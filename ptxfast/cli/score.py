@@ -233,7 +233,7 @@ def _pacs_options(studies, since, send, ae_title, ca_bundle):
     """The PACS options given, None when there are none (a folder, nothing sent)."""
     from ptxfast.score.pacs import PacsOptions
 
-    given = studies or since or send or ca_bundle or ae_title != "PTXFAST"
+    given = studies or since or send or ca_bundle or ae_title != PacsOptions().ae_title
     return PacsOptions(
         studies=tuple(studies), since=since, send=tuple(send), ae_title=ae_title,
         ca_bundle=ca_bundle,

@@ -226,16 +226,8 @@ class FetchingFiles(Files):
 
     @staticmethod
     def _store(ds, path: Path) -> None:
-        """Write a fetched instance as stored (its transfer syntax), through a temporary name.
-        `Spool.release` may remove an emptied parent folder between this process making it
-        and writing into it: the write is tried again then."""
-        for attempt in range(3):
-            try:
-                atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=False))
-                return
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
+        """Write a fetched instance as stored (its transfer syntax), through a temporary name."""
+        atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=False))
 
     def _failed(self, i: int, error: str) -> tuple[None, Meta, float]:
         self.state[i] = -1
@@ -259,7 +251,8 @@ class FetchingFiles(Files):
 class Spool:
     """The folder the fetched files wait in (`spool_dir`): emptied at the start (a run killed
     before left it), each file deleted once its row is written (`release`, a ledger
-    listener), removed at the end."""
+    listener), removed at the end. Its folders stay until then: removing one emptied by a
+    release would race with a fetch making it again to write into it."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -267,14 +260,10 @@ class Spool:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)  # patients' images: ours alone
 
     def release(self, rows: Iterable[Sequence[str]]) -> None:
-        """Delete the fetched files of rows just written (and folders left empty)."""
+        """Delete the fetched files of rows just written (their folders stay until `remove`)."""
         for row in rows:
-            path = self.root / row[0]
             with contextlib.suppress(OSError):
-                path.unlink()
-            for parent in list(path.parents)[:5]:  # instances/, <Series>/, series/, <Study>/
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+                (self.root / row[0]).unlink()
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

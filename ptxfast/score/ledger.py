@@ -18,10 +18,12 @@ Write failures. A full disk, a quota, a read-only or failing file system, or a f
 vanished (`WRITE_ERRNOS`) are not problems of one input: they stop the run with one line,
 `WriteFailed`, that names the file that could not be written and says that `--resume`
 continues once it is fixed. Rows fsync'd before stay; a half-written row is cut off.
+`append_whole` and `cut_back` are that rule for every append-only record of a run (this CSV,
+`--send`'s `<out>.sent`).
 
 Cells. Every value goes through `safe_text.to_cell` on the way in (control characters escaped,
 a leading `'` on what a spreadsheet would evaluate) and `safe_text.from_cell` on the way out
-(`decode_record`, used by resume, the summary's counts and `ptxfast report`), so a file name or
+(`decode_record`, used by resume, `read_rows` and `ptxfast report`), so a file name or
 UID holding `=HYPERLINK(...)` or a CR is inert in a spreadsheet, keeps every record on one line,
 and reads back exactly. One CSV, one lock: `--out` is resolved (`os.path.realpath`) before it is
 locked, read or written, so every name of one file (a symlink, `a/../preds.csv`) shares one
@@ -41,6 +43,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from ptxfast.errors import PtxfastError
 from ptxfast.safe_text import from_cell, to_cell
@@ -49,8 +52,8 @@ from ptxfast.score.config import ScoreError
 
 __all__ = [
     "CSV_COLUMNS", "CSV_HEADER", "WRITE_ERRNOS", "LedgerBusy", "LedgerError", "LedgerLock",
-    "OutputsLost", "PredsCsv", "WriteFailed", "decode_record", "read_done", "rows_kept",
-    "write_failed",
+    "OutputsLost", "PredsCsv", "WriteFailed", "append_whole", "cut_back", "decode_record",
+    "read_done", "read_rows", "rows_kept", "write_failed",
 ]  # fmt: skip
 
 CSV_COLUMNS = ("path", "sop_instance_uid", "probability", "label", "mask_area", "error")
@@ -113,6 +116,31 @@ def write_failed(path: str | os.PathLike, err: OSError) -> WriteFailed:
         "kept: free space or fix the folder, then run the same command with --resume to continue",
         Path(path),
     )
+
+
+def cut_back(file: BinaryIO, size: int) -> None:
+    """Cut an append-only record to its first `size` bytes (its complete records: a torn last
+    one goes) and write on from there."""
+    file.truncate(size)
+    file.seek(size)
+
+
+def append_whole(file: BinaryIO, data: bytes, size: int, path: str | os.PathLike) -> None:
+    """Write `data` whole after the `size` bytes of complete records of `file` (opened
+    unbuffered, so a failed write leaves nothing queued to be retried at close), then fsync.
+    On an error the file is cut back to `size` (shrinking needs no space), so no torn record
+    stays; a write error (see WRITE_ERRNOS) raises `WriteFailed` naming `path`."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[file.write(view) :]
+        os.fsync(file.fileno())
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            cut_back(file, size)
+        if is_write_error(err):
+            raise write_failed(path, err) from None
+        raise
 
 
 class LedgerLock:
@@ -249,6 +277,18 @@ def decode_record(record: Sequence[str]) -> list[str]:
     return [from_cell(cell) for cell in record]
 
 
+def read_rows(path: str | os.PathLike) -> Iterator[list[str]]:
+    """The complete rows of a predictions CSV (header skipped), as the values written: what the
+    summary counts and `--send` sends. A record that is not six fields (a torn last line) is
+    left out; `read_done` is the check that refuses a malformed file."""
+    with open(path, newline="", **ENCODING) as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for record in reader:
+            if len(record) == len(CSV_COLUMNS):
+                yield decode_record(record)  # the values written, not their CSV-safe cells
+
+
 def rows_kept(path: str | os.PathLike) -> int:
     """How many files have a row in the CSV at `path` (0 when there is none to read)."""
     try:
@@ -342,8 +382,7 @@ class PredsCsv:
         self.size = good  # bytes of complete rows on disk
         with signals.deferred():
             if good:
-                self.file.truncate(good)  # drop a torn last line; its file is scored again
-                self.file.seek(good)
+                cut_back(self.file, good)  # drop a torn last line; its file is scored again
                 self._write(b"")
             else:
                 self._write(CSV_HEADER.encode())
@@ -351,18 +390,7 @@ class PredsCsv:
 
     def _write(self, data: bytes) -> None:
         """Write `data` whole and fsync; on a write error cut back to the complete rows."""
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[self.file.write(view) :]
-            os.fsync(self.file.fileno())
-        except OSError as err:
-            with contextlib.suppress(OSError):  # shrinking needs no space
-                self.file.truncate(self.size)
-                self.file.seek(self.size)
-            if is_write_error(err):
-                raise write_failed(self.path, err) from None
-            raise
+        append_whole(self.file, data, self.size, self.path)
         self.size += len(data)
 
     def append(self, rows: Sequence[Sequence[str]]) -> None:

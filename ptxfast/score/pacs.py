@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from ptxfast.errors import first_line
+from ptxfast.safe_text import visible
 from ptxfast.score.config import ScoreError
 
 __all__ = [
@@ -34,6 +36,9 @@ USER_ENV = "PTXFAST_DICOMWEB_USER"
 PASSWORD_ENV = "PTXFAST_DICOMWEB_PASSWORD"
 _URL = re.compile(r"https?://", re.IGNORECASE)
 _DATE = re.compile(r"\d{8}")
+# Characters of text a server sent (a reason phrase, an error) quoted in a failure's line: a real
+# one is short, and a hostile one is not printed whole into a terminal or a CSV cell.
+_QUOTED = 200
 T = TypeVar("T")
 
 
@@ -210,7 +215,7 @@ def describe_failure(err: BaseException) -> str:
 
     status = _status(err)
     if status is not None:
-        reason = _printable(getattr(err.response, "reason", "") or "")
+        reason = visible((getattr(err.response, "reason", "") or "")[:_QUOTED])
         text = f"HTTP {status} {reason}".strip()
         if status in (401, 403):
             text += (
@@ -224,11 +229,5 @@ def describe_failure(err: BaseException) -> str:
         return "connection refused or host unreachable"
     if isinstance(err, requests.Timeout):
         return "no answer in time"
-    text = _printable(str(err))
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """Text a server sent (a reason phrase, an error), as one line of printable ASCII: it
-    reaches a terminal and a CSV cell, where control characters could act."""
-    return re.sub(r"[^\x20-\x7e]", "?", " ".join(text.split()))[:limit]
+    # Control characters in it (it may quote the server) are written as visible escapes.
+    return visible(first_line(err, typed=True)[:_QUOTED])

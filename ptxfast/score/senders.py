@@ -24,9 +24,7 @@ command with `--resume` sends the rest. No row is lost: rows never wait for a ta
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
-import os
 import queue
 import re
 import threading
@@ -35,7 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptxfast.score.ledger import CSV_COLUMNS, ENCODING, decode_record
+from ptxfast.score.ledger import (
+    WriteFailed,
+    append_whole,
+    cut_back,
+    is_write_error,
+    read_rows,
+    write_failed,
+)
 from ptxfast.score.pacs import (
     PacsError,
     PacsOptions,
@@ -90,7 +95,9 @@ def parse_target(text: str) -> Target:
 
 
 class SentLedger:
-    """`<out>.sent`: what each target acknowledged, one JSON line per result, fsync'd."""
+    """`<out>.sent`: what each target acknowledged, one JSON line per result, fsync'd, written
+    as the CSV is (`ledger.append_whole`): a failed write is cut back and a full disk is a
+    `WriteFailed`."""
 
     def __init__(self, path: Path, fresh: bool) -> None:
         self.path = path
@@ -106,25 +113,28 @@ class SentLedger:
                 with contextlib.suppress(ValueError, TypeError):
                     target, kind, rel, _ = json.loads(line)
                     self.acked.add((target, kind, rel))
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        os.ftruncate(self.fd, good)
-        os.lseek(self.fd, good, os.SEEK_SET)
+        try:
+            self.file = open(path, "r+b" if good else "wb", buffering=0)
+            cut_back(self.file, good)
+        except OSError as err:
+            if is_write_error(err):
+                raise write_failed(path, err) from None
+            raise
+        self.size = good  # bytes of complete lines on disk
 
     def record(self, target: str, done: Sequence[tuple[str, str, str]]) -> None:
         """Record `(kind, input path, SOPInstanceUID)` results as acknowledged by `target`."""
         if not done:
             return
-        text = "".join(json.dumps([target, *d]) + "\n" for d in done)
+        data = "".join(json.dumps([target, *d]) + "\n" for d in done).encode()
         with self.lock:
-            data = memoryview(text.encode())
-            while data:
-                data = data[os.write(self.fd, data) :]
-            os.fsync(self.fd)
+            append_whole(self.file, data, self.size, self.path)
+            self.size += len(data)
             self.acked.update((target, kind, rel) for kind, rel, _ in done)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            os.close(self.fd)
+            self.file.close()
 
 
 # ------------------------------------------------------------------ the transports
@@ -162,8 +172,11 @@ def _c_store(target: Target, options: PacsOptions) -> Callable[[list], set[str]]
     def send(datasets: list) -> set[str]:
         ae = AE(ae_title=options.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = options.timeout
-        for ds in datasets:
-            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        # One context per kind of dataset, not per dataset: a chunk is mostly SEGs and SRs of
+        # one transfer syntax each, and an association offers at most 128 contexts.
+        kinds = dict.fromkeys((ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets)
+        for sop_class, syntax in kinds:
+            ae.add_requested_context(sop_class, syntax)
         assoc = ae.associate(target.host, target.port, ae_title=target.aet)
         if not assoc.is_established:
             raise ConnectionError(
@@ -228,6 +241,13 @@ class Sender:
             if not (sop and probability):
                 continue  # not scored, or no UID: no SEG or SR
             for kind, folder in self.outputs:
+                lacking = [t for t in self.targets if (t.name, kind, rel) not in self.ledger.acked]
+                if not lacking:
+                    # Every target has it (an earlier run): no path to resolve or stat, which on
+                    # --resume would otherwise be paid for every row already in the CSV.
+                    for t in self.targets:
+                        self.progress[t.name].already += 1
+                    continue
                 try:  # (an unsafe name was refused when the output was written)
                     path = safe_output_path(folder, rel, ".dcm", uid=sop).path
                     if not path.is_file():
@@ -235,29 +255,30 @@ class Sender:
                 except (OSError, ValueError):
                     continue
                 for t in self.targets:
-                    if (t.name, kind, rel) in self.ledger.acked:
-                        self.progress[t.name].already += 1
-                    else:
+                    if t in lacking:
                         self.queues[t.name].put(_Item(kind, rel, path))
+                    else:
+                        self.progress[t.name].already += 1
 
     def _run(self, target: Target) -> None:
         q, p = self.queues[target.name], self.progress[target.name]
         try:
             send = _stow(target, self.options) if target.url else _c_store(target, self.options)
         except Exception as err:
-            send, p.error = None, describe_failure(err)
+            send, p.error = None, describe_failure(err)  # (never empty: no send means an error)
         while True:
             chunk = _take(q)
             if chunk is None:
                 return
-            if send is None or p.error or self.stop.is_set():
+            if p.error or self.stop.is_set():
                 p.left += len(chunk)
                 continue
             try:
                 self._send(target, send, chunk)
             except Exception as err:
                 p.left += len([i for i in chunk if not self._acked(target, i)])
-                p.error = describe_failure(err)
+                # (`<out>.sent` not written, a full disk say: ptxfast's own line, said whole)
+                p.error = str(err) if isinstance(err, WriteFailed) else describe_failure(err)
 
     def _acked(self, target: Target, item: _Item) -> bool:
         return (target.name, item.kind, item.rel) in self.ledger.acked
@@ -323,16 +344,6 @@ def _take(q: queue.Queue) -> list[_Item] | None:
     return chunk
 
 
-def _csv_rows(path: Path) -> Iterator[list[str]]:
-    """The complete rows of a predictions CSV (header skipped)."""
-    with open(path, newline="", **ENCODING) as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        for row in reader:
-            if len(row) == len(CSV_COLUMNS):
-                yield decode_record(row)  # the values written, not their CSV-safe cells
-
-
 def failure_line(sent: Sequence[dict[str, Any]], out: Path) -> str | None:
     """The one line a run ends with when a target failed, else None."""
     failed = [s for s in sent if s.get("error")]
@@ -363,7 +374,7 @@ def connected(job) -> Iterator[Callable[[], list[dict[str, Any]]]]:
             fresh = config.overwrite or not config.resume  # (as the CSV itself)
             ledger = SentLedger(config.out.with_name(config.out.name + ".sent"), fresh)
             sender = Sender(options, ledger, outputs, [parse_target(t) for t in options.send])
-            sender.listen(list(_csv_rows(preds.path)))  # rows of earlier runs (--resume)
+            sender.listen(list(read_rows(preds.path)))  # rows of earlier runs (--resume)
             preds.listeners.append(sender.listen)
 
         def after() -> list[dict[str, Any]]:

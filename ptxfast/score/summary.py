@@ -5,7 +5,6 @@ from the ledger, and `print_summary`, the table `ptxfast score` prints.
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from ptxfast.files import json_clean
 from ptxfast.safe_text import visible
 from ptxfast.score import speed
 from ptxfast.score.config import ScoreConfig
-from ptxfast.score.ledger import CSV_COLUMNS, ENCODING, decode_record
+from ptxfast.score.ledger import read_rows
 from ptxfast.score.stats import EngineStats, LoopStats
 
 if TYPE_CHECKING:
@@ -141,22 +140,18 @@ def count(csv_path: Path, paths: set[str]) -> Counts:
     """Scored / failed / not eligible / positives of this run's files, read back from the CSV
     (the record)."""
     c = Counts()
-    with open(csv_path, newline="", **ENCODING) as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        for record in reader:
-            row = decode_record(record)
-            if len(row) != len(CSV_COLUMNS) or row[0] not in paths:
-                continue
-            if row[2]:
-                c.scored += 1
-                c.positives += row[3] == "1"
-            elif (reason := reason_of(row[5])) is not None:
-                reason = visible(reason)  # a header value: printed and written as JSON
-                c.not_eligible += 1
-                c.reasons[reason] = c.reasons.get(reason, 0) + 1
-            else:
-                c.failed += 1
+    for row in read_rows(csv_path):
+        if row[0] not in paths:
+            continue
+        if row[2]:
+            c.scored += 1
+            c.positives += row[3] == "1"
+        elif (reason := reason_of(row[5])) is not None:
+            reason = visible(reason)  # a header value: printed and written as JSON
+            c.not_eligible += 1
+            c.reasons[reason] = c.reasons.get(reason, 0) + 1
+        else:
+            c.failed += 1
     c.reasons = dict(sorted(c.reasons.items()))
     return c
 
