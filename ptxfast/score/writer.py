@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import re
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -374,10 +373,8 @@ def _ready() -> None:
 
 def _writer_started() -> None:
     """A writing process's first call: it dies with the scorer, leaving no temporary file
-    (`processes.helper_started`), and every pydicom/highdicom message `write_outputs` captures
-    is counted (`library_messages`), not only a location's first."""
+    (`processes.helper_started`)."""
     helper_started(writes_files=True)
-    warnings.simplefilter("always")
 
 
 def output_pool(processes: int, threads: int = 2) -> Executor:
