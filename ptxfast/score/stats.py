@@ -1,6 +1,6 @@
 """What an engine hands back at the end of a run: how it set the run up (`Setup`), what its
-loop measured (`LoopStats`), what its output writer came to (`writer.OutputStats`) and which
-inputs it had. `summary.build` makes the run's one `ScoreSummary` of them, after the engine
+loop measured (`LoopStats`), what the output files of the rows it committed came to
+(`writer.OutputStats`) and which inputs it had. `summary.build` makes the run's one `ScoreSummary` of them, after the engine
 has finished, so no figure depends on the order in which another was filled in.
 """
 
