@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import test_scoring
@@ -248,7 +249,7 @@ def test_without_ray_the_engine_is_a_one_line_error(folder, artifact, tmp_path, 
 def test_plan_places_actors_on_gpus_or_cpu_lanes():
     from ptxfast.score import engine_ray as score_ray
 
-    cuda, cpu = {"device": "cuda"}, {"device": "cpu"}
+    cuda, cpu = SimpleNamespace(device="cuda"), SimpleNamespace(device="cpu")  # as ArtifactSpecs
     opts = score_ray.RayOptions()
     p = score_ray._plan({"CPU": 32, "GPU": 4}, "auto", cuda, opts, None)
     assert (p.device, p.actors, p.decoders) == ("cuda", 4, 28)

@@ -42,8 +42,7 @@ from ptxfast.score.pipeline import (
     parallelism,
     results,
 )
-from ptxfast.score.stats import EngineStats, LoopStats, Setup, stage_times
-from ptxfast.score.summary import operating_point
+from ptxfast.score.stats import EngineStats, LoopStats, Setup, operating_point, stage_times
 from ptxfast.score.writer import OutputStats, OutputWriter
 
 __all__ = ["run"]
@@ -124,12 +123,15 @@ def _setup(job: Job, workers: int, lanes: int, output_workers: int) -> Setup:
     run them)."""
     predictor = job.predictor
     side = predictor.sidecar
+    if side is not None:
+        op, detail = operating_point(side)
+    else:  # a Predictor passed in without a sidecar labels by its own rule
+        op, detail = f"p > {predictor.rule.threshold:g} ({predictor.name}'s default rule)", None
     return Setup(
         model=predictor.name, artifact=str(side.path) if side is not None else None,
         backend=predictor.backend, precision=predictor.precision, device=str(predictor.device),
         workers=workers, threads=torch.get_num_threads(), lanes=lanes,
-        operating_point=operating_point(predictor),
-        operating_point_detail=(side or {}).get("operating_point"),
+        operating_point=op, operating_point_detail=detail,
         setup_seconds=time.perf_counter() - job.t_start, output_workers=output_workers,
     )  # fmt: skip
 
