@@ -482,8 +482,27 @@ def test_person_name_without_caret_never_reaches_the_console(artifact, tmp_path,
         sr_dir=tmp_path / "sr_t", model_only_iters=0,
     )  # fmt: skip
     captured = capfd.readouterr()
-    assert s.srs_written == 2 and s.library_messages >= 1
+    assert s.srs_written == 2 and s.library_messages >= 2
     assert "SMITH" not in captured.err + captured.out and "DOE" not in captured.err
+
+
+def test_repeated_library_warnings_are_all_counted_in_a_thread():
+    # Outputs written by threads (`--output-workers 0`, a Ray model actor's writer) count every
+    # warning, not only the first one of its location that Python's default filter shows.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pydicom.charset import convert_encodings
+
+    from ptxfast.score import library_messages
+
+    def write() -> int:
+        with library_messages.captured() as heard:
+            for _ in range(2):  # "Unknown encoding 'ISO_IR 999' - using default encoding ..."
+                convert_encodings(["ISO_IR 999"])
+        return heard.messages
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(write).result() == 2
 
 
 # --------------------------------------------------------------- 8: report's counts

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import test_scoring
@@ -160,6 +161,38 @@ def test_a_file_that_kills_its_decoder_is_an_error_row(cluster, folder, artifact
     assert (s.scored, s.failed) == (4, 1) and s.worker_restarts >= 2
 
 
+def test_decoder_counts_each_restart_on_the_row_it_decoded(folder, tmp_path, monkeypatch):
+    # The decoder actor's stage alone, in this process, with ray_hooks' crashing reader.
+    import numpy as np
+    import ray_hooks
+
+    from ptxfast.data.eligibility import DEFAULT_RULE
+    from ptxfast.score import decode
+    from ptxfast.score.ray_stages import Decoder
+
+    monkeypatch.setattr(decode, "load_image", decode.load_image)  # undone after the test
+    ray_hooks.install()
+    names = ["a.dcm", "crash.dcm", "d.dcm", "e.dcm"]
+    root = _phantoms(folder, tmp_path / "in", names)
+    decoder = Decoder(str(root), 64, 30.0, DEFAULT_RULE)
+
+    def restarts(batch: list[str]) -> list[int]:
+        index = np.asarray([names.index(n) for n in batch])
+        out = decoder({"index": index, "path": np.asarray(batch, dtype=object)})
+        return out["decoder_restarts"].tolist()
+
+    try:
+        # The actor's first process is no restart; after crash.dcm kills it, a.dcm is decoded
+        # again alone in a fresh one (1), which crash.dcm kills, and then the one started again
+        # for its second attempt (1).
+        assert restarts(["a.dcm", "crash.dcm"]) == [1, 1]
+        # The next batch starts one again, for its first file.
+        assert restarts(["d.dcm", "e.dcm"]) == [1, 0]
+        assert restarts(["a.dcm"]) == [0]
+    finally:
+        decoder.child._stop()
+
+
 def test_model_actor_killed_mid_run_one_row_per_file(cluster, folder, artifact, tmp_path):
     names = [f"slow{i:02d}.dcm" for i in range(12)]
     root = _phantoms(folder, tmp_path / "in", names)
@@ -248,7 +281,7 @@ def test_without_ray_the_engine_is_a_one_line_error(folder, artifact, tmp_path, 
 def test_plan_places_actors_on_gpus_or_cpu_lanes():
     from ptxfast.score import engine_ray as score_ray
 
-    cuda, cpu = {"device": "cuda"}, {"device": "cpu"}
+    cuda, cpu = SimpleNamespace(device="cuda"), SimpleNamespace(device="cpu")  # as ArtifactSpecs
     opts = score_ray.RayOptions()
     p = score_ray._plan({"CPU": 32, "GPU": 4}, "auto", cuda, opts, None)
     assert (p.device, p.actors, p.decoders) == ("cuda", 4, 28)

@@ -49,9 +49,8 @@ from ptxfast.score.pipeline import (
     parallelism,
     results,
 )
-from ptxfast.score.stats import EngineStats, LoopStats, Setup, stage_times
-from ptxfast.score.summary import operating_point
-from ptxfast.score.writer import OutputWriter
+from ptxfast.score.stats import EngineStats, LoopStats, Setup, operating_point, stage_times
+from ptxfast.score.writer import OutputStats, OutputWriter
 
 __all__ = ["run"]
 
@@ -123,7 +122,7 @@ def run(job: Job) -> EngineStats:
     if scorer.decoded:
         loop.decode_cpu_s_per_image = scorer.decode_cpu / scorer.decoded
         loop.decoding["by_syntax"] = sizing.by_syntax(scorer.by_syntax)
-    return EngineStats(setup, loop, writer.stats, found, todo)
+    return EngineStats(setup, loop, scorer.outputs, found, todo)
 
 
 def _setup(job: Job, workers: int, lanes: int, output_workers: int) -> Setup:
@@ -131,12 +130,15 @@ def _setup(job: Job, workers: int, lanes: int, output_workers: int) -> Setup:
     run them)."""
     predictor = job.predictor
     side = predictor.sidecar
+    if side is not None:
+        op, detail = operating_point(side)
+    else:  # a Predictor passed in without a sidecar labels by its own rule
+        op, detail = f"p > {predictor.rule.threshold:g} ({predictor.name}'s default rule)", None
     return Setup(
         model=predictor.name, artifact=str(side.path) if side is not None else None,
         backend=predictor.backend, precision=predictor.precision, device=str(predictor.device),
         workers=workers, threads=torch.get_num_threads(), lanes=lanes,
-        operating_point=operating_point(predictor),
-        operating_point_detail=(side or {}).get("operating_point"),
+        operating_point=op, operating_point_detail=detail,
         setup_seconds=time.perf_counter() - job.t_start, output_workers=output_workers,
     )  # fmt: skip
 
@@ -180,7 +182,8 @@ def _warm(predictor, loader: ResilientLoader, batch: int) -> None:
 
 class _Scorer:
     """The loop: batches from the loader through the lanes, rows into the ledger in order;
-    what it measures on the way (stage times, latencies, commit marks, decode CPU time)."""
+    what it measures on the way (stage times, latencies, commit marks, decode CPU time) and
+    what the committed rows' output files came to."""
 
     def __init__(self, job: Job, total: int) -> None:
         self.job, self.total = job, total
@@ -191,6 +194,7 @@ class _Scorer:
         self.latencies: list[float] = []
         self.marks: list[tuple[float, int]] = []  # (time a batch reached the scorer, images)
         self.done = 0  # rows written this run
+        self.outputs = OutputStats()  # what the output files of the rows written came to
         self.decode_cpu, self.decoded, self.unchecked = 0.0, 0, 0
         self.by_syntax: dict[str, list[float]] = {}  # transfer syntax: [files, CPU seconds]
         self.last_x: torch.Tensor | None = None  # a full batch on the device, for model-only
@@ -271,6 +275,8 @@ class _Scorer:
             # rows wait for the next batch (the in-flight window) and the last few are written
             # together at the end, which would count one batch more than the span produced.
             self.marks.append((f.t_got, len(f.batch.ok)))
+        for o in waiting.outputs:  # written (the committer waited for them), each file's once
+            self.outputs.add(o.result())
         self.done += len(waiting.rows)
         if self.job.config.progress:
             self.job.config.progress(self.done, self.total)

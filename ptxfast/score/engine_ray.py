@@ -48,13 +48,13 @@ from typing import Any
 
 import numpy as np
 
-from ptxfast.inference import operating
+from ptxfast.inference.spec import ArtifactSpec
 from ptxfast.score import inputs, ledger
 from ptxfast.score.config import ScoreError
 from ptxfast.score.job import Job
 from ptxfast.score.ledger import CSV_COLUMNS
 from ptxfast.score.ray_stages import Decoder, Scorer, written_of
-from ptxfast.score.stats import EngineStats, LoopStats, Setup
+from ptxfast.score.stats import EngineStats, LoopStats, Setup, operating_point
 from ptxfast.score.writer import OutputStats
 
 INSTALL_HINT = "pip install 'ptxfast[ray]'"
@@ -110,12 +110,13 @@ class _Plan:
     threads: int | None  # torch threads per CPU model actor
 
 
-def _plan(resources: dict[str, float], device: str, sidecar, options: RayOptions, threads):
+def _plan(
+    resources: dict[str, float], device: str, sidecar: ArtifactSpec, options: RayOptions, threads
+):
     cpus = int(resources.get("CPU", 0))
     gpus = int(resources.get("GPU", 0))
     if device == "auto":
-        wanted = str(sidecar.get("device", "cpu"))  # the ArtifactSpec's record
-        device = "cuda" if gpus and wanted.startswith("cuda") else "cpu"
+        device = "cuda" if gpus and sidecar.device.startswith("cuda") else "cpu"
     elif device.startswith("cuda"):
         if not gpus:
             raise ScoreError(
@@ -162,7 +163,7 @@ def _connect(ray, address: str | None) -> bool:
     return True
 
 
-def run(job: Job, sidecar, options: RayOptions, device: str = "auto") -> EngineStats:
+def run(job: Job, sidecar: ArtifactSpec, options: RayOptions, device: str = "auto") -> EngineStats:
     """Score `job` on Ray; `job.preds` is open (and locked), the artifact's bytes checked."""
     ray = require_ray()
     started = _connect(ray, options.address)
@@ -183,13 +184,13 @@ def run(job: Job, sidecar, options: RayOptions, device: str = "auto") -> EngineS
     return EngineStats(setup, tally.finish(cluster, plan.actors), tally.outputs, found, todo)
 
 
-def _setup(job: Job, sidecar, plan: _Plan) -> Setup:
+def _setup(job: Job, sidecar: ArtifactSpec, plan: _Plan) -> Setup:
+    op, detail = operating_point(sidecar)
     return Setup(
         model=sidecar.name, artifact=str(sidecar.path), backend=sidecar.backend,
         precision=sidecar.precision, device=plan.device,
         workers=plan.decoders, threads=plan.threads or 0, lanes=plan.actors,
-        operating_point=operating.describe(sidecar),
-        operating_point_detail=sidecar.operating_point and dict(sidecar.operating_point),
+        operating_point=op, operating_point_detail=detail,
         setup_seconds=time.perf_counter() - job.t_start, engine="ray",
     )  # fmt: skip
 
@@ -206,7 +207,7 @@ def _cluster(ray, plan: _Plan, resources) -> dict[str, Any]:
     }
 
 
-def _dataset(ray, job: Job, sidecar, plan: _Plan, todo: list[tuple[int, str]]):
+def _dataset(ray, job: Job, sidecar: ArtifactSpec, plan: _Plan, todo: list[tuple[int, str]]):
     """from_items → decoders → model actors, in the inputs' order."""
     config = job.config
     from ray.data import ActorPoolStrategy, DataContext

@@ -8,7 +8,10 @@ patient's name: `The string "SMITH JOHN" is unlikely to represent the intended p
 Batch logs end up where patient data must not. So a thread that writes a file's SEG or SR does
 it inside `captured()`: every warning and every log record of those libraries raised by that
 thread is counted in its `Tally` and dropped, and the summary says how many there were. Other
-threads, and the same thread outside the block, warn and log as before.
+threads, and the same thread outside the block, warn and log as before, except that a warning
+of the two libraries is shown each time, not only the first time at its place: a process that
+captures warns "always" for their modules (`install`), as a repeat in a block must be counted
+however the process writes, in threads or in processes of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from dataclasses import dataclass
 __all__ = ["LOGGERS", "Tally", "captured", "install"]
 
 LOGGERS = ("pydicom", "highdicom")
+# The modules the libraries' warnings are raised from: each of them is shown, so counted, every
+# time, not only the first time at a place as Python's default filter does.
+_MODULES = r"(pydicom|highdicom)(\.|$)"
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -73,8 +79,9 @@ class _Forward(logging.Handler):
 
 
 def install() -> None:
-    """Route this process's warnings and the two libraries' log records through the capture
-    (once; before any thread captures)."""
+    """Route this process's warnings and the two libraries' log records through the capture,
+    and show every warning of the two libraries, not only a place's first (once; before any
+    thread captures)."""
     global _previous_show
     with _lock:
         # Checked each time: a `warnings.catch_warnings` block that began earlier restores the
@@ -82,6 +89,12 @@ def install() -> None:
         if warnings.showwarning is not _show:
             _previous_show = warnings.showwarning
             warnings.showwarning = _show
+        # Added once: adding a filter again would make every module's registry forget which
+        # warnings it already showed.
+        if not any(
+            f[0] == "always" and f[3] and f[3].pattern == _MODULES for f in warnings.filters
+        ):
+            warnings.filterwarnings("always", module=_MODULES)
         for name in LOGGERS:
             log = logging.getLogger(name)
             if not any(isinstance(h, _Forward) for h in log.handlers):

@@ -65,6 +65,7 @@ class _Child:
         self.proc = None
         self.conn = None
         self.started = 0
+        self.restarts = 0  # processes started after the first, not yet taken (`take_restarts`)
 
     def decode(self, paths: list[str]) -> list[tuple]:
         """(image or None, _Meta, seconds) per path, as `decode.Files` gives them; raises _ChildDied."""
@@ -92,7 +93,13 @@ class _Child:
         )
         self.proc.start()
         child.close()
+        self.restarts += self.started > 0  # the actor's first process is no restart
         self.started += 1
+
+    def take_restarts(self) -> int:
+        """The processes started again since the last call."""
+        n, self.restarts = self.restarts, 0
+        return n
 
     def _stop(self) -> None:
         if self.proc is not None:
@@ -116,19 +123,19 @@ class Decoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
-        before = self.child.started
         restarts = np.zeros(len(paths), dtype=np.int64)  # decoding processes started again
         try:
             items = self.child.decode(paths)
         except _ChildDied:
+            items = None
+        # A process started again for the batch as a whole (one died before it) is the first
+        # file's.
+        restarts[:1] = self.child.take_restarts()
+        if items is None:  # the batch killed its process: each file alone
             items = []
             for j, path in enumerate(paths):  # each file's own restarts, its row's
-                started = self.child.started
                 items.append(self._isolated(path))
-                restarts[j] = self.child.started - started
-        # A process started for the batch as a whole (one died before it) is the first
-        # file's; the actor's very first process is no restart.
-        restarts[:1] += self.child.started - before - restarts.sum() - (before == 0)
+                restarts[j] += self.child.take_restarts()
         return _decoded_columns(batch["index"], paths, items, self.size, restarts)
 
     def _isolated(self, path: str) -> tuple:

@@ -1,6 +1,6 @@
 """What an engine hands back at the end of a run: how it set the run up (`Setup`), what its
-loop measured (`LoopStats`), what its output writer came to (`writer.OutputStats`) and which
-inputs it had. `summary.build` makes the run's one `ScoreSummary` of them, after the engine
+loop measured (`LoopStats`), what the output files of the rows it committed came to
+(`writer.OutputStats`) and which inputs it had. `summary.build` makes the run's one `ScoreSummary` of them, after the engine
 has finished, so no figure depends on the order in which another was filled in.
 """
 
@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ptxfast.inference.spec import ArtifactSpec
     from ptxfast.score.inputs import Inputs
     from ptxfast.score.writer import OutputStats
 
-__all__ = ["EngineStats", "LoopStats", "Setup", "stage_times"]
+__all__ = ["EngineStats", "LoopStats", "Setup", "operating_point", "stage_times"]
 
 
 def stage_times() -> dict[str, float]:
@@ -38,6 +39,15 @@ class Setup:
     setup_seconds: float  # the call's start → the loop's start
     output_workers: int = 0
     engine: str = "local"
+
+
+def operating_point(spec: ArtifactSpec) -> tuple[str, dict[str, Any] | None]:
+    """`Setup`'s operating point of an artifact: the line `operating.describe` makes of its
+    sidecar, and the sidecar's `operating_point` as a plain dict (None without one)."""
+    from ptxfast.inference.operating import describe
+
+    op = spec.operating_point
+    return describe(spec), dict(op) if op is not None else None
 
 
 @dataclass

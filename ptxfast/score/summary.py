@@ -25,7 +25,7 @@ from ptxfast.score.stats import EngineStats, LoopStats
 if TYPE_CHECKING:
     from ptxfast.score.job import Job
 
-__all__ = ["Counts", "ScoreSummary", "build", "count", "operating_point", "print_summary"]
+__all__ = ["Counts", "ScoreSummary", "build", "count", "print_summary"]
 
 
 @dataclass
@@ -461,12 +461,3 @@ def _outputs(s: ScoreSummary, config: ScoreConfig) -> list[tuple[str, str]]:
         already = f", {t['already']} sent before" if t["already"] else ""
         rows.append(("sent", f"{t['sent']} to {t['target']}{already}{left}"))
     return rows
-
-
-def operating_point(predictor) -> str:
-    """How the predictor labels, in one line (the sidecar's operating point when it has one)."""
-    from ptxfast.inference.operating import describe
-
-    if predictor.sidecar is not None:
-        return describe(predictor.sidecar)
-    return f"p > {predictor.rule.threshold:g} ({predictor.name}'s default rule)"

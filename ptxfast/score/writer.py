@@ -21,8 +21,6 @@ import hashlib
 import multiprocessing
 import os
 import re
-import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -374,10 +372,8 @@ def _ready() -> None:
 
 def _writer_started() -> None:
     """A writing process's first call: it dies with the scorer, leaving no temporary file
-    (`processes.helper_started`), and every pydicom/highdicom message `write_outputs` captures
-    is counted (`library_messages`), not only a location's first."""
+    (`processes.helper_started`)."""
     helper_started(writes_files=True)
-    warnings.simplefilter("always")
 
 
 def output_pool(processes: int, threads: int = 2) -> Executor:
@@ -409,8 +405,8 @@ class OutputWriter:
     model goes on; `rows` returns the futures, and a batch's rows go into the CSV only once
     its outputs exist (a row in the CSV means its files are there, so `--resume` never skips
     a positive whose mask is missing). A positive's SR is written after its SEG, which it
-    references. What each file's outputs came to (`Written`) is added to `stats` as its
-    future finishes.
+    references. Each future's result is what its file's outputs came to (`Written`), which
+    the engine adds to its `OutputStats` when it commits the file's row.
     """
 
     def __init__(
@@ -426,10 +422,8 @@ class OutputWriter:
         processes: int = 0,
     ) -> None:
         self.root, self.paths = root, paths
-        self.stats = OutputStats()
         self.masks_dir, self.seg_dir, self.identity = masks_dir, seg_dir, identity
         self.sr_dir = sr_dir
-        self.lock = threading.Lock()  # of `stats`, added to from the pool's callbacks
         wanted = masks_dir is not None or seg_dir is not None or sr_dir is not None
         self.pool = output_pool(processes, threads) if wanted else None
 
@@ -438,9 +432,8 @@ class OutputWriter:
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
-            # Every done-callback has run after this. A run that stops (an error, a signal)
-            # drops the outputs not started; those being written are finished, so no
-            # temporary file is left behind.
+            # A run that stops (an error, a signal) drops the outputs not started; those being
+            # written are finished, so no temporary file is left behind.
             self.pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
 
     def rows(
@@ -469,16 +462,8 @@ class OutputWriter:
                     float(prob[j]), positive, None if mask is None else np.asarray(mask),
                     self.masks_dir, self.seg_dir, self.sr_dir, self.identity,
                 )  # fmt: skip
-                future = self.pool.submit(write_outputs, job)
-                future.add_done_callback(self._count)
-                pending.append(future)
+                pending.append(self.pool.submit(write_outputs, job))
         return rows, pending
-
-    def _count(self, future: Future) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return  # wait_outputs raises it
-        with self.lock:
-            self.stats.add(future.result())
 
 
 def wait_outputs(outputs: Sequence[Future]) -> None:
