@@ -41,6 +41,7 @@ from typing import BinaryIO
 import numpy as np
 from pydicom.uid import UID
 
+from ptxfast.data.dicom.codecs import FAST_SYNTAXES
 from ptxfast.data.dicom.header import (
     DEFER_BYTES,
     SNIFF_BYTES,
@@ -57,6 +58,7 @@ from ptxfast.data.dicom.limits import (
     check_codec_size,
     check_header,
     check_native_length,
+    first_frame,
 )
 from ptxfast.data.dicom.native import EncodedFrame, decode_fast, encoded_frame
 from ptxfast.data.dicom.pillow import load_pillow
@@ -168,11 +170,13 @@ def _load_dicom(
     tsyntax = text_tag(ds.file_meta, "TransferSyntaxUID")
     try:
         check_native_length(f, ds, path, rows * columns)
-        check_codec_size(ds, path, rows, columns, frames)
-        encoded = encoded_frame(ds, rows, columns, frames, hand_over) if hand_over else None
+        # The first compressed frame, pulled out once for the checks and the fast codecs.
+        frame = first_frame(ds, frames) if tsyntax in FAST_SYNTAXES else None
+        check_codec_size(frame, tsyntax, path, rows, columns)
+        encoded = encoded_frame(ds, rows, columns, frame, hand_over) if hand_over else None
         if encoded is not None:
             return encoded, info
-        img = decode_fast(f, ds, path, rows, columns, size) if fast else None
+        img = decode_fast(f, ds, path, rows, columns, size, frame) if fast else None
         if img is None:
             img = _decode_full(ds)
             if size is not None:

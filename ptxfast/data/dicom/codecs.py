@@ -24,10 +24,9 @@ been checked against the DICOM header by `limits.check_codec_size` before any of
 with DCT-domain scaling (1/2, 1/4, 1/8: libjpeg-turbo's TurboJPEG API through simplejpeg, one
 call from memory, 7% faster than Pillow's `draft` on the same library; no maintained binding
 here scales 12-bit frames, see the README), JPEG 2000 and HTJ2K at a coarser wavelet
-level (OpenJPEG through Pillow's `reduce`, OpenJPH's `skipres`). A scaled IDCT sample is the
-block's low-pass value at the centre of its sub-block, which is where the area mean sits; a
-wavelet low-pass sample sits on the block's first pixel and is shifted onto that grid
-(`_onto_area_grid`). Both stay within the bound the tests hold them to against full decode +
+level (OpenJPEG through Pillow's `reduce`, OpenJPH's `skipres`). A scaled IDCT sample is its
+sub-block's mean, rounded, so it sits on the area-resize grid already; a wavelet low-pass
+sample sits on the block's first pixel and is shifted onto that grid (`_onto_area_grid`). Both stay within the bound the tests hold them to against full decode +
 area resize.
 """
 
@@ -66,9 +65,12 @@ __all__ = [
 # wavelet's low-pass is not an area mean, and the difference grows with depth.
 _WAVELET_MARGIN = 2
 _WAVELET_MAX_LEVEL = 2
-# At 1/8 a scaled IDCT sample is the block's DC, its mean, so 1/8 may go down to the output
-# size; at 1/2 and 1/4 it is a band-limited value, not a box mean, so those keep the wavelet's
-# margin (on noisy phantoms 1/2 at 1.3x the output size was off by 0.4% on average).
+# A scaled IDCT sample is the mean of its sub-block's unclamped values, rounded (on the bench
+# radiograph within 0.75 of a code value of the full decode's block mean, 0.25 on average).
+# The full decode clamps each pixel to the sample range first, which moves edge blocks, and
+# rounding one sample per output pixel is not averaged away: at 1/2 and 1/4 on the test
+# phantoms, 1x the output size was off by up to 0.03, over the tests' bound of 0.02, so those
+# keep the wavelet's margin; a 1/8 sample (the DC) averages 64 pixels and may go down to it.
 _DCT_MAX_LEVEL = 3
 
 

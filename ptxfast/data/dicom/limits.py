@@ -161,24 +161,30 @@ def _codec_size(frame: bytes, tsyntax: str) -> tuple[int, int] | None:
     return None if header is None else header[2:]
 
 
-def check_codec_size(ds: Dataset, path: Path, rows: int, columns: int, frames: int) -> None:
-    """Refuse a compressed first frame whose codec header claims more pixels than the DICOM
-    header, before any decoder allocates for it."""
-    tsyntax = UID(text_tag(ds.file_meta, "TransferSyntaxUID"))
-    if not tsyntax.is_encapsulated or tsyntax not in _WAVELET | _JPEG_HEADERED:
+def check_codec_size(
+    frame: bytes | None, tsyntax: str, path: Path, rows: int, columns: int
+) -> None:
+    """Refuse a compressed first `frame` (None: not pulled out, nothing to check) whose codec
+    header claims more pixels than the DICOM header, before any decoder allocates for it."""
+    if frame is None or tsyntax not in _WAVELET | _JPEG_HEADERED:
         return
     try:
-        size = _codec_size(first_frame(ds, frames), tsyntax)
+        size = _codec_size(frame, tsyntax)
     except Exception:
-        return  # unreadable framing or codec header: the decoder reports it
+        return  # an unreadable codec header: the decoder reports it
     if size is not None and size[0] * size[1] > rows * columns:
         raise read_error(
             path,
-            f"{tsyntax.name} frame header claims {size[0]}x{size[1]} pixels, more than the "
-            f"{rows}x{columns} of the DICOM header (corrupt or hostile file); refusing to decode",
+            f"{UID(tsyntax).name} frame header claims {size[0]}x{size[1]} pixels, more than "
+            f"the {rows}x{columns} of the DICOM header (corrupt or hostile file); refusing to "
+            "decode",
         )
 
 
-def first_frame(ds: Dataset, frames: int) -> bytes:
-    """The first compressed frame of an encapsulated data set's pixel data."""
-    return next(generate_frames(ds.PixelData, number_of_frames=frames))
+def first_frame(ds: Dataset, frames: int) -> bytes | None:
+    """The first compressed frame of an encapsulated data set's pixel data; None when its
+    framing cannot be read (pydicom's decoder then reports why)."""
+    try:
+        return next(generate_frames(ds.PixelData, number_of_frames=frames))
+    except Exception:
+        return None

@@ -25,7 +25,7 @@ from pydicom.pixels import pixel_array
 
 from ptxfast.data.dicom import codecs
 from ptxfast.data.dicom.info import read_error
-from ptxfast.data.dicom.limits import NATIVE_SYNTAXES, first_frame
+from ptxfast.data.dicom.limits import NATIVE_SYNTAXES
 from ptxfast.data.dicom.tags import PIXEL_DATA, float_tag, int_tag, peek, text_tag, window_of
 from ptxfast.data.resize import block_sum, resize
 from ptxfast.data.scratch import scratch
@@ -72,7 +72,13 @@ class _Map:
 
 
 def decode_fast(
-    f: BinaryIO, ds: Dataset, path: Path, rows: int, columns: int, size: int | None
+    f: BinaryIO,
+    ds: Dataset,
+    path: Path,
+    rows: int,
+    columns: int,
+    size: int | None,
+    frame: bytes | None = None,
 ) -> np.ndarray | None:
     """The fast path for grayscale frames; None when it does not apply.
 
@@ -82,11 +88,13 @@ def decode_fast(
     little-endian pixels are read straight from the file; compressed frames are decoded to
     stored values by `codecs` (at a reduced resolution when shrinking a lot) or pydicom, and
     then take the same map, which spares the float64 passes of pydicom's LUT functions.
+    `frame`: the first compressed frame, already pulled out (`limits.first_frame`) for a
+    syntax `codecs` decodes; None otherwise.
     """
     rules = _rules(ds)
     if rules is None:
         return None
-    stored = _stored_values(f, ds, path, rules, rows, columns, size)
+    stored = _stored_values(f, ds, path, rules, rows, columns, size, frame)
     rows, columns = stored.shape
     reduced = stored.dtype.kind == "f"  # a wavelet level: float, within the stored range
     m = _affine_map(rules, stored)
@@ -140,7 +148,14 @@ def _rules(ds: Dataset) -> _Rules | None:
 
 
 def _stored_values(
-    f: BinaryIO, ds: Dataset, path: Path, rules: _Rules, rows: int, columns: int, size: int | None
+    f: BinaryIO,
+    ds: Dataset,
+    path: Path,
+    rules: _Rules,
+    rows: int,
+    columns: int,
+    size: int | None,
+    frame: bytes | None,
 ) -> np.ndarray:
     """The first frame's stored values, the unused high bits cleared (sign-extended)."""
     tsyntax = text_tag(ds.file_meta, "TransferSyntaxUID")
@@ -148,8 +163,7 @@ def _stored_values(
         stored = _read_native_frame(f, ds, path, rules.dtype, rows, columns)
     else:
         stored = None
-        if tsyntax in codecs.FAST_SYNTAXES:
-            frame = first_frame(ds, int_tag(ds, "NumberOfFrames") or 1)
+        if frame is not None and tsyntax in codecs.FAST_SYNTAXES:
             # Reduced only under a window: min/max normalisation needs the full-resolution
             # extremes, which a coarse read smooths away.
             if size is not None and rules.window is not None and not rules.signed:
@@ -337,13 +351,13 @@ class EncodedFrame:
 
 
 def encoded_frame(
-    ds: Dataset, rows: int, columns: int, frames: int, syntaxes: frozenset[str]
+    ds: Dataset, rows: int, columns: int, frame: bytes | None, syntaxes: frozenset[str]
 ) -> EncodedFrame | None:
-    """The first frame of `ds` still compressed, when its syntax is one of `syntaxes` and the
-    fast path's rules cover it under a window (min/max normalisation needs the decoded
-    pixels); None otherwise (the caller decodes it here)."""
+    """The first frame of `ds` (`frame`, already pulled out) still compressed, when its
+    syntax is one of `syntaxes` and the fast path's rules cover it under a window (min/max
+    normalisation needs the decoded pixels); None otherwise (the caller decodes it here)."""
     tsyntax = text_tag(ds.file_meta, "TransferSyntaxUID")
-    if tsyntax not in syntaxes:
+    if frame is None or tsyntax not in syntaxes:
         return None
     rules = _rules(ds)
     if rules is None or rules.window is None or rules.signed:
@@ -351,7 +365,6 @@ def encoded_frame(
     m = _affine_map(rules, None)  # a window needs no stored values
     if m.flat is not None:
         return None  # one value everywhere: nothing to decode for
-    frame = first_frame(ds, frames)
     return EncodedFrame(frame, tsyntax, rows, columns, rules.bits_stored, m.a, m.b, m.bounds)
 
 
