@@ -332,6 +332,34 @@ def _stop(proc: subprocess.Popen, how: int, group: bool = False) -> tuple[int, s
     return proc.returncode, err, _alive(helpers)
 
 
+def test_a_helper_exit_arriving_with_the_stop_signal_changes_nothing(monkeypatch):
+    from ptxfast.score.signals import Stopped, stop_on_signals
+
+    # SIGTERM to the whole process group: the helpers die with the scorer, and their SIGCHLD
+    # can be pending beside the SIGTERM. Python handles pending signals in ascending order,
+    # so the stop's handler runs first and the SIGCHLD after it, against whatever the stop
+    # left as its handler (SIG_DFL raised "Signal 17 ignored due to race condition", which
+    # Python printed as a traceback while the stop unwound).
+    checks, unraisable = [], []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    before = signal.signal(signal.SIGCHLD, lambda *a: checks.append("torch's check"))
+    both = {signal.SIGTERM, signal.SIGCHLD}
+    try:
+        with pytest.raises(Stopped) as stop, stop_on_signals():
+            signal.pthread_sigmask(signal.SIG_BLOCK, both)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGCHLD)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both delivered here
+            for _ in range(100):
+                time.sleep(0.001)
+        assert stop.value.signum == signal.SIGTERM and stop.value.__context__ is None
+        assert checks == []  # torch's check is off once the stop has begun
+        assert [str(u.exc_value) for u in unraisable] == []
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, both)
+        signal.signal(signal.SIGCHLD, before)
+
+
 def test_stopped_runs_leave_nothing_running_and_resume_finishes(artifact, tmp_path):
     root, base = tmp_path / "in", tmp_path / "out"
     root.mkdir()

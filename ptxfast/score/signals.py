@@ -64,12 +64,20 @@ def _handler(signum: int, frame) -> None:
     _raise(signum)
 
 
+def _child_exited(signum: int, frame) -> None:
+    """SIGCHLD while stopping: nothing to do (the helpers are being stopped)."""
+
+
 def _raise(signum: int) -> None:
     _state.stopping = True
     # From here a helper process that exits is expected: torch's SIGCHLD check would turn it
-    # into "DataLoader worker ... killed" in the middle of the stop.
+    # into "DataLoader worker ... killed" in the middle of the stop. The check is replaced by a
+    # handler that does nothing, not by SIG_DFL: a SIGTERM sent to the whole process group
+    # kills the helpers too, and a SIGCHLD that arrived before this line but is handled after
+    # it would otherwise raise "OSError: Signal 17 ignored due to race condition" wherever the
+    # stop had got to.
     with contextlib.suppress(ValueError, OSError):
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, _child_exited)
     raise Stopped(signum)
 
 
