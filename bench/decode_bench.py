@@ -10,8 +10,8 @@ every thread pool):
   ptxfast  ptxfast.data.dicom.load_image(path, size): window applied, area resize (fast codecs,
            reduced-resolution reads where the syntax allows)
   codec    the file read whole, its frame (at an offset found beforehand) given to the codec
-           library directly (imagecodecs: libjpeg-turbo, CharLS, OpenJPH; pylibjpeg-openjpeg:
-           OpenJPEG; pylibjpeg-rle), at full resolution, + the same window and area resize as
+           library directly (imagecodecs: libjpeg-turbo, CharLS, OpenJPH, PackBits for RLE;
+           pylibjpeg-openjpeg: OpenJPEG), at full resolution, + the same window and area resize as
            ptxfast's (its own float32 pass): no header parsing at all
 
 Each of --repeat passes reads every file of a syntax with every method back to back (page cache
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
 import shutil
@@ -131,11 +132,18 @@ def fast(path: Path, size: int) -> np.ndarray:
     return load_image(path, size)[0]
 
 
-def _rle(frame: bytes, rows: int, columns: int, bits: int) -> np.ndarray:
-    from rle.utils import decode_frame
-
-    data = decode_frame(frame, rows * columns, bits, "<")
-    return np.frombuffer(data, f"<u{bits // 8}").reshape(rows, columns)
+def _rle(frame: bytes, rows: int, columns: int) -> np.ndarray:
+    """DICOM RLE: imagecodecs' PackBits on each segment (a byte plane, most significant
+    first), the planes put together."""
+    count, *offsets = np.frombuffer(frame, "<u4", count=16).tolist()
+    ends = [*offsets[:count], len(frame)]
+    planes = [
+        np.frombuffer(imagecodecs.packbits_decode(frame[a:b]), np.uint8)[: rows * columns]
+        for a, b in itertools.pairwise(ends)
+    ]
+    if len(planes) == 1:
+        return planes[0].reshape(rows, columns)
+    return ((planes[0].astype(np.uint16) << 8) | planes[1]).reshape(rows, columns)
 
 
 def _codec(syntax: str) -> Callable[[bytes], np.ndarray]:
@@ -167,7 +175,7 @@ def codec_method(
         if syntax == uid.ExplicitVRLittleEndian:
             arr = np.frombuffer(frame, np.uint16 if bits > 8 else np.uint8).reshape(shape)
         elif syntax == uid.RLELossless:
-            arr = _rle(bytes(frame), *shape, 16 if bits > 8 else 8)
+            arr = _rle(frame, *shape)
         else:
             arr = decode(frame)
         img = arr.astype(np.float32)
