@@ -14,10 +14,9 @@ directly, chosen by measurement on one core (`bench/decode_bench.py`):
 | HTJ2K (all three) | OpenJPH | imagecodecs `htj2k_decode` |
 | RLE lossless | PackBits (imagecodecs) | `packbits_decode` per segment (1.5x pylibjpeg-rle) |
 
-`decode_stored` returns None for
-whatever it does not cover or a frame a codec will not take (signed data, a precision the
-bits allocated cannot hold, a decoded shape other than the header's); the caller then decodes
-with pydicom, which stays the reference. The codec's own header (SOF, SOF55, SIZ) has already
+`decode_stored` returns None for whatever it does not cover or a frame a codec will not take
+(signed data, a precision the bits allocated cannot hold, a decoded shape other than the
+header's); the caller then decodes with pydicom, which stays the reference. The codec's own header (SOF, SOF55, SIZ) has already
 been checked against the DICOM header by `limits.check_codec_size` before any of this runs.
 
 `decode_reduced` reads only what a much smaller output needs: JPEG frames of 8-bit precision
@@ -26,8 +25,8 @@ call from memory, 7% faster than Pillow's `draft` on the same library; no mainta
 here scales 12-bit frames, see the README), JPEG 2000 and HTJ2K at a coarser wavelet
 level (OpenJPEG through Pillow's `reduce`, OpenJPH's `skipres`). A scaled IDCT sample is its
 sub-block's mean, rounded, so it sits on the area-resize grid already; a wavelet low-pass
-sample sits on the block's first pixel and is shifted onto that grid (`_onto_area_grid`). Both stay within the bound the tests hold them to against full decode +
-area resize.
+sample sits on the block's first pixel and is shifted onto that grid (`_onto_area_grid`).
+Both stay within the bound the tests hold them to against full decode + area resize.
 """
 
 from __future__ import annotations
@@ -121,12 +120,13 @@ def _rle(frame: bytes, rows: int, columns: int, dtype: np.dtype) -> np.ndarray:
     return out.reshape(rows, columns)
 
 
-_FULL: dict[str, tuple[str, Callable[[bytes, int, int, np.dtype], np.ndarray]]] = {
-    **{s: ("libjpeg-turbo", _jpeg) for s in JPEG_DCT | JPEG_LOSSLESS},
-    **{s: ("CharLS", _jpegls) for s in JPEG_LS},
-    **{s: ("OpenJPEG", _j2k) for s in J2K},
-    **{s: ("OpenJPH", _htj2k) for s in HTJ2K},
-    uid.RLELossless: ("PackBits", _rle),
+# The codec of each syntax (the module docstring's table).
+_FULL: dict[str, Callable[[bytes, int, int, np.dtype], np.ndarray]] = {
+    **dict.fromkeys(JPEG_DCT | JPEG_LOSSLESS, _jpeg),
+    **dict.fromkeys(JPEG_LS, _jpegls),
+    **dict.fromkeys(J2K, _j2k),
+    **dict.fromkeys(HTJ2K, _htj2k),
+    uid.RLELossless: _rle,
 }
 FAST_SYNTAXES = frozenset(_FULL)
 """Transfer syntaxes whose frames `decode_stored` decodes with its own codec."""
@@ -137,13 +137,13 @@ def decode_stored(
 ) -> np.ndarray | None:
     """A grayscale frame's stored values as a writable (rows, columns) array of `dtype`, decoded
     by the syntax's fast codec; None when none covers it (the caller decodes with pydicom)."""
-    entry = _FULL.get(tsyntax)
-    if entry is None or dtype.kind != "u":
+    codec = _FULL.get(tsyntax)
+    if codec is None or dtype.kind != "u":
         return None  # signed data: pydicom knows each codec's sign conventions
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = entry[1](frame, rows, columns, dtype)
+            arr = codec(frame, rows, columns, dtype)
     except Exception:  # a codestream this codec will not take: pydicom decides (and reports)
         return None
     if arr.shape != (rows, columns) or arr.dtype.kind != "u" or arr.itemsize > dtype.itemsize:

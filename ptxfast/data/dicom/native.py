@@ -78,7 +78,7 @@ def decode_fast(
     rows: int,
     columns: int,
     size: int | None,
-    frame: bytes | None = None,
+    frame: bytes | None,
 ) -> np.ndarray | None:
     """The fast path for grayscale frames; None when it does not apply.
 
@@ -163,7 +163,7 @@ def _stored_values(
         stored = _read_native_frame(f, ds, path, rules.dtype, rows, columns)
     else:
         stored = None
-        if frame is not None and tsyntax in codecs.FAST_SYNTAXES:
+        if frame is not None:  # pulled out only for a syntax `codecs` decodes
             # Reduced only under a window: min/max normalisation needs the full-resolution
             # extremes, which a coarse read smooths away.
             if size is not None and rules.window is not None and not rules.signed:
