@@ -31,7 +31,7 @@ from pydicom import uid
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode_bench import radiograph, write  # noqa: E402
 
-from ptxfast.score.speed import busy_cpu_s  # noqa: E402
+from ptxfast.score.speed import busy_cpu_s, shared_core_bound  # noqa: E402
 
 CASCADE = "eb3un+eb3"
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -183,8 +183,10 @@ def _row(size: int, s: dict) -> str:
     if c:
         idle = max(0.0, 1 - c["main"] - c["decoders"] - c["others"])
         shares = f"{c['main']:.0%} / {c['decoders']:.0%} / {c['others']:.0%} / {idle:.0%}"
-        cut = 1 / (1 / m + d / 1000 / (s["cores"] * (1 - c["others"])))
-        left = f"{c['rate']:.1f} / {cut:.1f} = {c['rate'] / cut:.0%}"
+        # The same bound on the cores the machine's other processes left to the run.
+        left_over = shared_core_bound(m, d / 1000, s["cores"] * (1 - c["others"]), c["rate"])
+        cut = left_over.shared_core_bound_images_per_s
+        left = f"{c['rate']:.1f} / {cut:.1f} = {left_over.bound_share:.0%}"
     load, others = s["bench"]["load"], s.get("others_cpu_share")
     others = "not measured" if others is None else f"{others:.0%}"
     return (

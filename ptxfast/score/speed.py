@@ -71,16 +71,17 @@ class SharedCoreBound:
     """What a CPU can reach when its decoders share the model's cores (the summary's fields)."""
 
     decode_cpu_s_per_image: float
-    cores: int
+    cores: float
     shared_core_bound_images_per_s: float | None
     bound_share: float | None  # the end-to-end rate as a share of the bound
 
 
 def shared_core_bound(
-    model_only: float | None, decode_cpu_s: float, cores: int, steady: float | None
+    model_only: float | None, decode_cpu_s: float, cores: float, steady: float | None
 ) -> SharedCoreBound:
     """The bound 1 / (1/M + D/c) a CPU reaches when decoding (D CPU seconds per image) and the
-    model (M images/s alone on the c cores) take turns on the same cores."""
+    model (M images/s alone on the c cores) take turns on the same cores (c may be a share of
+    them: what other processes left)."""
     bound = share = None
     if model_only:
         bound = 1.0 / (1.0 / model_only + decode_cpu_s / cores)

@@ -1,7 +1,8 @@
 """What an engine hands back at the end of a run: how it set the run up (`Setup`), what its
 loop measured (`LoopStats`), what the output files of the rows it committed came to
-(`writer.OutputStats`) and which inputs it had. `summary.build` makes the run's one `ScoreSummary` of them, after the engine
-has finished, so no figure depends on the order in which another was filled in.
+(`writer.OutputStats`) and which inputs it had. `summary.build` makes the run's one
+`ScoreSummary` of them, after the engine has finished, so no figure depends on the order in
+which another was filled in.
 """
 
 from __future__ import annotations
