@@ -16,8 +16,9 @@ directly, chosen by measurement on one core (`bench/decode_bench.py`):
 
 `decode_stored` returns None for whatever it does not cover or a frame a codec will not take
 (signed data, a precision the bits allocated cannot hold, a decoded shape other than the
-header's); the caller then decodes with pydicom, which stays the reference. The codec's own header (SOF, SOF55, SIZ) has already
-been checked against the DICOM header by `limits.check_codec_size` before any of this runs.
+header's); the caller then decodes with pydicom, which stays the reference. The codec's own
+header (SOF, SOF55, SIZ) has already been checked against the DICOM header by
+`limits.check_codec_size` before any of this runs.
 
 `decode_reduced` reads only what a much smaller output needs: JPEG frames of 8-bit precision
 with DCT-domain scaling (1/2, 1/4, 1/8: libjpeg-turbo's TurboJPEG API through simplejpeg, one
@@ -263,7 +264,7 @@ def encode_frame(pixels: np.ndarray, syntax: str, bits: int) -> bytes:
     CharLS, OpenJPEG, OpenJPH): test and benchmark files in syntaxes pydicom cannot write
     (HTJ2K, 12-bit JPEG). Lossy settings: JPEG quality 90, JPEG-LS NEAR=2, JPEG 2000 at 50 dB
     PSNR (about 10:1 on a noisy 12-bit radiograph)."""
-    if syntax in (uid.JPEGLossless, uid.JPEGLosslessSV1):
+    if syntax in JPEG_LOSSLESS:
         return imagecodecs.jpeg8_encode(pixels, lossless=True, predictor=1, bitspersample=bits)
     if syntax in JPEG_DCT:
         return imagecodecs.jpeg8_encode(pixels, level=90, bitspersample=bits)
