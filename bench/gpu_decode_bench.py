@@ -34,7 +34,7 @@ from decode_bench import radiograph, write  # noqa: E402
 
 from ptxfast.data.dicom import load_image, load_image_or_frame  # noqa: E402
 from ptxfast.score import gpu_decode  # noqa: E402
-from ptxfast.score.decode import Meta, collate  # noqa: E402
+from ptxfast.score.decode import HandOver, Meta, collate  # noqa: E402
 
 SYNTAXES = [
     ("JPEG lossless SV1", uid.JPEGLosslessSV1, 12),
@@ -44,12 +44,16 @@ SYNTAXES = [
 ]
 
 
+# Every frame of the GPU syntaxes goes to `GpuFrames`, which decides GPU or CPU by parity.
+_EVERY_GPU_FRAME = HandOver(gpu_decode.GPU_SYNTAXES)
+
+
 def _gpu_pass(paths: list[Path], size: int, batch: int, frames: gpu_decode.GpuFrames) -> list:
     out = []
     for start in range(0, len(paths), batch):
         items = []
         for i in range(start, min(start + batch, len(paths))):
-            img, _ = load_image_or_frame(paths[i], size, hand_over=gpu_decode.GPU_SYNTAXES)
+            img, _ = load_image_or_frame(paths[i], size, hand_over=_EVERY_GPU_FRAME)
             items.append((img, Meta(index=i), 0.0))
         out.append(frames.finish(collate(items)).images)
     if frames.device.type == "cuda":

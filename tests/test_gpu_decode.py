@@ -26,7 +26,7 @@ from ptxfast.score.config import ScoreError
 from ptxfast.score.decode import Files, HandOver, collate
 
 SIZE = 32
-HAND_OVER = gpu_decode.GPU_SYNTAXES
+HAND_OVER = HandOver(gpu_decode.GPU_SYNTAXES)  # never turned off: hands over every frame
 
 
 def _file(folder: Path, name: str, syntax: str, *, window=True, bits=12, seed=0) -> Path:
@@ -50,7 +50,7 @@ def folder(tmp_path: Path) -> Path:
 
 def _batch(folder: Path, names: list[str], hand_over: HandOver | None = None):
     state = torch.zeros(len(names), dtype=torch.int64)
-    files = Files(folder, names, SIZE, state, "off", hand_over or HandOver(HAND_OVER))
+    files = Files(folder, names, SIZE, state, "off", hand_over or HandOver(gpu_decode.GPU_SYNTAXES))
     return collate([files[i] for i in range(len(names))])
 
 
@@ -153,7 +153,7 @@ def test_a_mismatch_turns_the_gpu_off_for_its_pair_with_one_warning(folder: Path
 
 def test_a_pair_turned_off_is_decoded_by_the_workers_from_then_on(folder: Path) -> None:
     names = ["b_htj2k.dcm", "d_ljpeg.dcm", "e_ljpeg.dcm"]
-    hand_over = HandOver(HAND_OVER)
+    hand_over = HandOver(gpu_decode.GPU_SYNTAXES)
     # A worker forked before the check, as the loader's are, sees the pair turned off.
     ctx = torch.multiprocessing.get_context("fork")
     checked, answer = ctx.Event(), ctx.SimpleQueue()
@@ -176,7 +176,7 @@ def _takes_after(hand_over: HandOver, folder: Path, checked, answer) -> None:
     checked.wait(60)
     frames = [load_image_or_frame(folder / n, SIZE, hand_over=HAND_OVER)[0] for n in
               ("b_htj2k.dcm", "d_ljpeg.dcm")]  # fmt: skip
-    answer.put(tuple(hand_over.takes(f) for f in frames))
+    answer.put(tuple(hand_over(f.tsyntax, f.bits_stored) for f in frames))
 
 
 def test_frames_the_decoder_refuses_fall_back_per_file(folder: Path, monkeypatch) -> None:

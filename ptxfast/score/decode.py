@@ -105,15 +105,16 @@ class HandOver:
     """
 
     def __init__(self, syntaxes: frozenset[str]) -> None:
-        self.syntaxes = frozenset(syntaxes)
-        self._row = {s: k for k, s in enumerate(sorted(self.syntaxes))}
+        self._row = {s: k for k, s in enumerate(sorted(syntaxes))}
         self._off = torch.zeros(len(self._row), 33, dtype=torch.bool).share_memory_()
 
     def turn_off(self, tsyntax: str, bits_stored: int) -> None:
         self._off[self._row[tsyntax], min(bits_stored, 32)] = True
 
-    def takes(self, frame: EncodedFrame) -> bool:
-        return not bool(self._off[self._row[frame.tsyntax], min(frame.bits_stored, 32)])
+    def __call__(self, tsyntax: str, bits_stored: int) -> bool:
+        """Whether a frame of this pair is handed over (the reader's `HandOverRule`)."""
+        row = self._row.get(tsyntax)
+        return row is not None and not bool(self._off[row, min(bits_stored, 32)])
 
 
 @dataclass(eq=False)
@@ -159,12 +160,9 @@ class Files(Dataset):
                 # The rule reads the header this decode parses, before its pixels.
                 if self.hand_over is not None:
                     img, info = load_image_or_frame(
-                        path, self.size, eligibility=self.eligibility,
-                        hand_over=self.hand_over.syntaxes,
-                    )  # fmt: skip
-                if self.hand_over is None or (
-                    isinstance(img, EncodedFrame) and not self.hand_over.takes(img)
-                ):  # no GPU, or it was turned off for this pair (parsing again costs little)
+                        path, self.size, eligibility=self.eligibility, hand_over=self.hand_over
+                    )
+                else:
                     img, info = load_image(path, self.size, eligibility=self.eligibility)
             meta.sop_instance_uid = info.sop_instance_uid
             meta.rows, meta.columns = info.rows, info.columns

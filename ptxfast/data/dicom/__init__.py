@@ -60,7 +60,7 @@ from ptxfast.data.dicom.limits import (
     check_native_length,
     first_frame,
 )
-from ptxfast.data.dicom.native import EncodedFrame, decode_fast, encoded_frame
+from ptxfast.data.dicom.native import EncodedFrame, HandOverRule, decode_fast, encoded_frame
 from ptxfast.data.dicom.pillow import load_pillow
 from ptxfast.data.dicom.pixels import decode_full as _decode_full
 from ptxfast.data.dicom.tags import dicom_info, prepare, text_tag
@@ -106,21 +106,21 @@ def load_image(
     `eligibility` ("default", "strict" or "off", see `ptxfast.data.eligibility`) is checked on
     the header before the pixels are decoded; a refused file raises `NotEligible`.
     """
-    return _load(Path(path), size, fast, eligibility, frozenset())
+    return _load(Path(path), size, fast, eligibility, None)
 
 
 def load_image_or_frame(
-    path: str | os.PathLike, size: int, *, eligibility: str = "off", hand_over: frozenset[str]
+    path: str | os.PathLike, size: int, *, eligibility: str = "off", hand_over: HandOverRule
 ) -> tuple[np.ndarray | EncodedFrame, ImageInfo]:
-    """`load_image(path, size)`, except that a windowed grayscale DICOM frame in one of the
-    transfer syntaxes `hand_over` comes back still compressed, as an `EncodedFrame`, once its
-    header (eligibility, size limits, the codec's own header) has been checked: decoding
-    workers parse and check, a GPU decodes (`ptxfast.score.gpu_decode`)."""
+    """`load_image(path, size)`, except that a windowed grayscale DICOM frame whose (transfer
+    syntax, bits stored) `hand_over` takes comes back still compressed, as an `EncodedFrame`,
+    once its header (eligibility, size limits, the codec's own header) has been checked:
+    decoding workers parse and check, a GPU decodes (`ptxfast.score.gpu_decode`)."""
     return _load(Path(path), size, True, eligibility, hand_over)
 
 
 def _load(
-    path: Path, size: int | None, fast: bool, eligibility: str, hand_over: frozenset[str]
+    path: Path, size: int | None, fast: bool, eligibility: str, hand_over: HandOverRule | None
 ) -> tuple[np.ndarray | EncodedFrame, ImageInfo]:
     from ptxfast.data.eligibility import check
 
@@ -145,7 +145,7 @@ def _load_dicom(
     fast: bool,
     size: int | None,
     eligibility: str = "off",
-    hand_over: frozenset[str] = frozenset(),
+    hand_over: HandOverRule | None = None,
 ) -> tuple[np.ndarray | EncodedFrame, ImageInfo]:
     from ptxfast.data.eligibility import check
 
@@ -173,7 +173,7 @@ def _load_dicom(
         # The first compressed frame, pulled out once for the checks and the fast codecs.
         frame = first_frame(ds, frames) if tsyntax in FAST_SYNTAXES else None
         check_codec_size(frame, tsyntax, path, rows, columns)
-        encoded = encoded_frame(ds, rows, columns, frame, hand_over) if hand_over else None
+        encoded = encoded_frame(ds, rows, columns, frame, hand_over)
         if encoded is not None:
             return encoded, info
         img = decode_fast(f, ds, path, rows, columns, size, frame) if fast else None

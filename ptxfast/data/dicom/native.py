@@ -14,6 +14,7 @@ falls back to the full path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,7 +31,7 @@ from ptxfast.data.dicom.tags import PIXEL_DATA, float_tag, int_tag, peek, text_t
 from ptxfast.data.resize import block_sum, resize
 from ptxfast.data.scratch import scratch
 
-__all__ = ["EncodedFrame", "decode_fast", "encoded_frame", "finish_stored"]
+__all__ = ["EncodedFrame", "HandOverRule", "decode_fast", "encoded_frame", "finish_stored"]
 
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 
@@ -350,17 +351,24 @@ class EncodedFrame:
     bounds: tuple[float, float]
 
 
+HandOverRule = Callable[[str, int], bool]
+"""(transfer syntax, bits stored) -> whether such a frame is handed over still compressed."""
+
+
 def encoded_frame(
-    ds: Dataset, rows: int, columns: int, frame: bytes | None, syntaxes: frozenset[str]
+    ds: Dataset, rows: int, columns: int, frame: bytes | None, hand_over: HandOverRule | None
 ) -> EncodedFrame | None:
-    """The first frame of `ds` (`frame`, already pulled out) still compressed, when its
-    syntax is one of `syntaxes` and the fast path's rules cover it under a window (min/max
-    normalisation needs the decoded pixels); None otherwise (the caller decodes it here)."""
-    tsyntax = text_tag(ds.file_meta, "TransferSyntaxUID")
-    if frame is None or tsyntax not in syntaxes:
+    """The first frame of `ds` (`frame`, already pulled out) still compressed, when
+    `hand_over` takes its (transfer syntax, bits stored) and the fast path's rules cover it
+    under a window (min/max normalisation needs the decoded pixels); None otherwise (the
+    caller decodes it here)."""
+    if frame is None or hand_over is None:
         return None
     rules = _rules(ds)
     if rules is None or rules.window is None or rules.signed:
+        return None
+    tsyntax = text_tag(ds.file_meta, "TransferSyntaxUID")
+    if not hand_over(tsyntax, rules.bits_stored):
         return None
     m = _affine_map(rules, None)  # a window needs no stored values
     if m.flat is not None:
