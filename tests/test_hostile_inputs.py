@@ -344,11 +344,15 @@ def test_a_helper_exit_arriving_with_the_stop_signal_changes_nothing(monkeypatch
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     before = signal.signal(signal.SIGCHLD, lambda *a: checks.append("torch's check"))
     both = {signal.SIGTERM, signal.SIGCHLD}
+    main = threading.main_thread().ident
     try:
         with pytest.raises(Stopped) as stop, stop_on_signals():
+            # Sent to the main thread, not the process: a process-directed signal goes to any
+            # thread that does not block it (pytest-xdist's, a writer's), whose C handler can
+            # mark SIGCHLD before SIGTERM, so the two would not be pending together.
             signal.pthread_sigmask(signal.SIG_BLOCK, both)
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGCHLD)
+            signal.pthread_kill(main, signal.SIGTERM)
+            signal.pthread_kill(main, signal.SIGCHLD)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both delivered here
             for _ in range(100):
                 time.sleep(0.001)
