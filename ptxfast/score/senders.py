@@ -241,12 +241,15 @@ class Sender:
             if not (sop and probability):
                 continue  # not scored, or no UID: no SEG or SR
             for kind, folder in self.outputs:
-                lacking = [t for t in self.targets if (t.name, kind, rel) not in self.ledger.acked]
+                lacking = []
+                for t in self.targets:
+                    if (t.name, kind, rel) in self.ledger.acked:
+                        self.progress[t.name].already += 1  # acknowledged in an earlier run
+                    else:
+                        lacking.append(t)
                 if not lacking:
-                    # Every target has it (an earlier run): no path to resolve or stat, which on
-                    # --resume would otherwise be paid for every row already in the CSV.
-                    for t in self.targets:
-                        self.progress[t.name].already += 1
+                    # No path to resolve or stat, which on --resume would otherwise be paid for
+                    # every row already in the CSV.
                     continue
                 try:  # (an unsafe name was refused when the output was written)
                     path = safe_output_path(folder, rel, ".dcm", uid=sop).path
@@ -254,11 +257,8 @@ class Sender:
                         continue  # a negative's SEG, or an output error the summary reports
                 except (OSError, ValueError):
                     continue
-                for t in self.targets:
-                    if t in lacking:
-                        self.queues[t.name].put(_Item(kind, rel, path))
-                    else:
-                        self.progress[t.name].already += 1
+                for t in lacking:
+                    self.queues[t.name].put(_Item(kind, rel, path))
 
     def _run(self, target: Target) -> None:
         q, p = self.queues[target.name], self.progress[target.name]
