@@ -208,8 +208,11 @@ class GpuFrames:
         decoded = self.decoder.decode([ef for _, ef in on_gpu]) if on_gpu else []
         images: dict[int, torch.Tensor] = {}
         for (j, ef), stored in zip(on_gpu, decoded, strict=True):
-            if stored is None or tuple(stored.shape) != (ef.rows, ef.columns):
-                on_cpu.append((j, ef))  # a frame the GPU decoder will not take
+            refused = stored is None or tuple(stored.shape) != (ef.rows, ef.columns)
+            if refused or self.parity.get(_pair(ef)) is False:
+                # A frame the GPU decoder will not take, or whose pair an earlier frame of this
+                # batch turned off: no window and resize on the GPU for it.
+                on_cpu.append((j, ef))
                 continue
             img = model_input(stored.to(self.device), ef, self.size)
             if _pair(ef) not in self.parity:
@@ -218,9 +221,6 @@ class GpuFrames:
                     images[j] = ref
                     self.stats["cpu_frames"] += 1
                     continue
-            elif not self.parity[_pair(ef)]:  # an earlier frame of this batch turned it off
-                on_cpu.append((j, ef))
-                continue
             images[j] = img
             self.stats["gpu_frames"] += 1
         for j, ef in on_cpu:
