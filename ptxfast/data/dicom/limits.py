@@ -166,7 +166,7 @@ def check_codec_size(
 ) -> None:
     """Refuse a compressed first `frame` (None: not pulled out, nothing to check) whose codec
     header claims more pixels than the DICOM header, before any decoder allocates for it."""
-    if frame is None or tsyntax not in _WAVELET | _JPEG_HEADERED:
+    if frame is None:
         return
     try:
         size = _codec_size(frame, tsyntax)
